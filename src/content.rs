@@ -1,0 +1,508 @@
+//! Comparison content files: YAML front matter (typed, strict) and an optional Markdown
+//! editor's note. Every problem in every file is collected, each naming the file, the field,
+//! the line where one is known, and what to fix.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, FixedOffset, Utc};
+use serde::Deserialize;
+
+/// The four reviewer lenses of the panel, in the order the digest shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lens {
+    Builder,
+    Skeptic,
+    Futurist,
+    Business,
+}
+
+impl Lens {
+    pub const ALL: [Lens; 4] = [Lens::Builder, Lens::Skeptic, Lens::Futurist, Lens::Business];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Lens::Builder => "Builder",
+            Lens::Skeptic => "Skeptic",
+            Lens::Futurist => "Futurist",
+            Lens::Business => "Business",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ship,
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Review {
+    pub verdict: Verdict,
+    pub take: String,
+}
+
+/// One review per lens: the struct itself guarantees none is missing or doubled.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reviews {
+    pub builder: Review,
+    pub skeptic: Review,
+    pub futurist: Review,
+    pub business: Review,
+}
+
+impl Reviews {
+    pub fn get(&self, lens: Lens) -> &Review {
+        match lens {
+            Lens::Builder => &self.builder,
+            Lens::Skeptic => &self.skeptic,
+            Lens::Futurist => &self.futurist,
+            Lens::Business => &self.business,
+        }
+    }
+
+    pub fn ships(&self) -> usize {
+        Lens::ALL
+            .iter()
+            .filter(|l| self.get(**l).verdict == Verdict::Ship)
+            .count()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    pub name: String,
+    pub tagline: String,
+    pub entry: String,
+    /// Absent means the community has not voted yet.
+    #[serde(default)]
+    pub community_votes: Option<u32>,
+    /// Optional statement of the panel's ship share; checked against the verdicts.
+    #[serde(default)]
+    pub panel_ship_percent: Option<u8>,
+    pub summary: String,
+    pub reviews: Reviews,
+}
+
+impl Tool {
+    /// The share of this tool's reviews that say ship, in percent.
+    pub fn ship_percent(&self) -> u8 {
+        (self.reviews.ships() * 100 / Lens::ALL.len()) as u8
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FrontMatter {
+    title: String,
+    slug: String,
+    published: String,
+    category: String,
+    tools: Vec<Tool>,
+}
+
+/// A validated comparison.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub source: PathBuf,
+    pub title: String,
+    pub slug: String,
+    pub published: DateTime<FixedOffset>,
+    pub category: String,
+    pub tools: [Tool; 2],
+    /// The editor's note, rendered from Markdown (raw HTML in it is shown as text).
+    pub note_html: Option<String>,
+    /// The editor's note as plain text.
+    pub note_text: Option<String>,
+}
+
+impl Comparison {
+    pub fn published_utc(&self) -> DateTime<Utc> {
+        self.published.with_timezone(&Utc)
+    }
+}
+
+/// One problem in one content file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for ContentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field `{field}`")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Every problem found in a content directory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ContentErrors(pub Vec<ContentError>);
+
+impl fmt::Display for ContentErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} problem{} in content files:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The folder under the content directory that holds comparisons.
+pub fn comparisons_dir(content_dir: &Path) -> PathBuf {
+    content_dir.join("comparisons")
+}
+
+/// Loads and validates every `*.md` file in `content_dir/comparisons`, sorted by
+/// publication time. Any problem in any file fails the whole load, listing all problems.
+pub fn load_dir(content_dir: &Path) -> Result<Vec<Comparison>, ContentErrors> {
+    let dir = comparisons_dir(content_dir);
+    let fail = |reason: String| {
+        ContentErrors(vec![ContentError {
+            file: dir.clone(),
+            line: None,
+            field: None,
+            reason,
+        }])
+    };
+    let entries = std::fs::read_dir(&dir)
+        .map_err(|e| fail(format!("cannot read the comparisons folder: {e}")))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| fail(format!("cannot list the comparisons folder: {e}")))?
+            .path();
+        if path.extension().is_some_and(|x| x == "md") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+
+    let mut errors = Vec::new();
+    let mut comparisons = Vec::new();
+    for path in paths {
+        match std::fs::read_to_string(&path) {
+            Err(e) => errors.push(ContentError {
+                file: path,
+                line: None,
+                field: None,
+                reason: format!("cannot read file: {e}"),
+            }),
+            Ok(text) => match parse_comparison(&path, &text) {
+                Ok(c) => comparisons.push(c),
+                Err(mut es) => errors.append(&mut es),
+            },
+        }
+    }
+
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for c in &comparisons {
+        if let Some(first) = seen.get(&c.slug) {
+            errors.push(ContentError {
+                file: c.source.clone(),
+                line: None,
+                field: Some("slug".into()),
+                reason: format!(
+                    "`{}` is already used by {}; slugs must be unique",
+                    c.slug,
+                    first.display()
+                ),
+            });
+        } else {
+            seen.insert(c.slug.clone(), c.source.clone());
+        }
+    }
+
+    if errors.is_empty() {
+        comparisons.sort_by(|a, b| {
+            a.published_utc()
+                .cmp(&b.published_utc())
+                .then(a.slug.cmp(&b.slug))
+        });
+        Ok(comparisons)
+    } else {
+        Err(ContentErrors(errors))
+    }
+}
+
+/// Splits `---` front matter from the body. Returns (front matter, first line number of
+/// the front matter, body).
+fn split_front_matter(text: &str) -> Option<(&str, usize, &str)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let rest = text
+        .strip_prefix("---\n")
+        .or_else(|| text.strip_prefix("---\r\n"))?;
+    let mut offset = 0;
+    for line in rest.split_inclusive('\n') {
+        if line.trim_end() == "---" {
+            let front = &rest[..offset];
+            let body = &rest[offset + line.len()..];
+            return Some((front, 2, body));
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// The 1-based line in `front` (starting at `first_line`) of the `nth` line whose key is
+/// `key`, for pointing at fields that parsed but failed a rule.
+fn line_of(front: &str, first_line: usize, key: &str, nth: usize) -> Option<usize> {
+    front
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.strip_prefix(key).is_some_and(|r| r.starts_with(':'))
+        })
+        .nth(nth)
+        .map(|(i, _)| i + first_line)
+}
+
+fn is_url_safe_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 120
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+/// Parses and validates one comparison file; `path` is only used in messages.
+pub fn parse_comparison(path: &Path, text: &str) -> Result<Comparison, Vec<ContentError>> {
+    let err = |line: Option<usize>, field: Option<&str>, reason: String| ContentError {
+        file: path.to_owned(),
+        line,
+        field: field.map(str::to_owned),
+        reason,
+    };
+    let Some((front, first_line, body)) = split_front_matter(text) else {
+        return Err(vec![err(
+            Some(1),
+            None,
+            "no front matter: the file must start with a `---` line and the YAML must end with another `---` line".into(),
+        )]);
+    };
+    let fm: FrontMatter = serde_yaml::from_str(front).map_err(|e| {
+        let line = e.location().map(|l| l.line() + first_line - 1);
+        // The parser's message carries its own "at line N column M"; we report the file's line.
+        let msg = e.to_string();
+        let msg = match msg.find(" at line ") {
+            Some(i) => msg[..i].to_owned(),
+            None => msg,
+        };
+        vec![err(line, None, msg)]
+    })?;
+
+    let mut errors = Vec::new();
+    let line = |key: &str, nth: usize| line_of(front, first_line, key, nth);
+
+    for (field, value) in [
+        ("title", &fm.title),
+        ("slug", &fm.slug),
+        ("category", &fm.category),
+    ] {
+        if value.trim().is_empty() {
+            errors.push(err(line(field, 0), Some(field), "must not be empty".into()));
+        }
+    }
+    if !fm.slug.trim().is_empty() && !is_url_safe_slug(&fm.slug) {
+        errors.push(err(
+            line("slug", 0),
+            Some("slug"),
+            format!(
+                "`{}` is not URL-safe: use lowercase letters, digits and single hyphens",
+                fm.slug
+            ),
+        ));
+    }
+    let published = match DateTime::parse_from_rfc3339(fm.published.trim()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(err(
+                line("published", 0),
+                Some("published"),
+                format!(
+                    "`{}` is not an RFC 3339 date with offset (e.g. 2026-11-16T10:30:00+00:00): {e}",
+                    fm.published
+                ),
+            ));
+            None
+        }
+    };
+    if fm.tools.len() != 2 {
+        errors.push(err(
+            line("tools", 0),
+            Some("tools"),
+            format!(
+                "a comparison has exactly two tools, this file has {}",
+                fm.tools.len()
+            ),
+        ));
+    }
+    for (i, tool) in fm.tools.iter().enumerate() {
+        for (key, value) in [
+            ("name", &tool.name),
+            ("tagline", &tool.tagline),
+            ("entry", &tool.entry),
+            ("summary", &tool.summary),
+        ] {
+            if value.trim().is_empty() {
+                errors.push(err(
+                    line(key, i),
+                    Some(&format!("tools[{i}].{key}")),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        for lens in Lens::ALL {
+            if tool.reviews.get(lens).take.trim().is_empty() {
+                let key = lens.label().to_lowercase();
+                errors.push(err(
+                    None,
+                    Some(&format!("tools[{i}].reviews.{key}.take")),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        if let Some(stated) = tool.panel_ship_percent {
+            let actual = tool.ship_percent();
+            if stated != actual {
+                errors.push(err(
+                    line(
+                        "panel_ship_percent",
+                        tools_before_with_percent(&fm.tools, i),
+                    ),
+                    Some(&format!("tools[{i}].panel_ship_percent")),
+                    format!(
+                        "states {stated}% but {} of 4 reviews of {} say ship, which is {actual}%",
+                        tool.reviews.ships(),
+                        tool.name
+                    ),
+                ));
+            }
+        }
+    }
+    if fm.tools.len() == 2 && fm.tools[0].name.trim() == fm.tools[1].name.trim() {
+        errors.push(err(
+            line("name", 1),
+            Some("tools[1].name"),
+            "both tools have the same name; a comparison needs two different tools".into(),
+        ));
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let (note_html, note_text) = render_note(body);
+    let tools: [Tool; 2] = fm.tools.try_into().expect("two tools checked above");
+    Ok(Comparison {
+        source: path.to_owned(),
+        title: fm.title.trim().to_owned(),
+        slug: fm.slug,
+        published: published.expect("date checked above"),
+        category: fm.category.trim().to_owned(),
+        tools,
+        note_html,
+        note_text,
+    })
+}
+
+/// The index among `panel_ship_percent:` lines that belongs to tool `i`.
+fn tools_before_with_percent(tools: &[Tool], i: usize) -> usize {
+    tools[..i]
+        .iter()
+        .filter(|t| t.panel_ship_percent.is_some())
+        .count()
+}
+
+/// Renders the Markdown note to HTML (raw HTML neutralised) and to plain text.
+fn render_note(body: &str) -> (Option<String>, Option<String>) {
+    use pulldown_cmark::{Event, Parser, Tag, TagEnd};
+    let body = body.trim();
+    if body.is_empty() {
+        return (None, None);
+    }
+    let events: Vec<Event<'_>> = Parser::new(body)
+        .map(|e| match e {
+            Event::Html(s) | Event::InlineHtml(s) => Event::Text(s),
+            other => other,
+        })
+        .collect();
+    let mut html = String::new();
+    pulldown_cmark::html::push_html(&mut html, events.iter().cloned());
+
+    let mut text = String::new();
+    let mut links: Vec<String> = Vec::new();
+    for e in events {
+        match e {
+            Event::Text(s) | Event::Code(s) => text.push_str(&s),
+            Event::SoftBreak | Event::HardBreak => text.push(' '),
+            Event::Start(Tag::Link { dest_url, .. }) => links.push(dest_url.to_string()),
+            Event::End(TagEnd::Link) => {
+                if let Some(url) = links.pop() {
+                    text.push_str(&format!(" <{url}>"));
+                }
+            }
+            Event::End(TagEnd::Paragraph) => text.push_str("\n\n"),
+            Event::End(TagEnd::Item) => text.push('\n'),
+            Event::Start(Tag::Item) => text.push_str("- "),
+            _ => {}
+        }
+    }
+    (Some(html), Some(text.trim().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn front_matter_split_handles_crlf_and_bom() {
+        let t = "\u{feff}---\r\ntitle: x\r\n---\r\nbody\r\n";
+        let (front, first, body) = split_front_matter(t).unwrap();
+        assert_eq!(front, "title: x\r\n");
+        assert_eq!(first, 2);
+        assert_eq!(body, "body\r\n");
+    }
+
+    #[test]
+    fn note_keeps_links_in_text_and_neutralises_html() {
+        let (html, text) = render_note("See [the docs](https://example.com/d) <b>now</b>.");
+        let html = html.unwrap();
+        assert!(html.contains("href=\"https://example.com/d\""));
+        assert!(html.contains("&lt;b&gt;"), "{html}");
+        assert_eq!(
+            text.unwrap(),
+            "See the docs <https://example.com/d> <b>now</b>."
+        );
+    }
+
+    #[test]
+    fn slugs_must_be_url_safe() {
+        assert!(is_url_safe_slug("gemini-vs-llama-4"));
+        for bad in ["", "Upper", "a b", "a--b", "-a", "a/b", "ünï"] {
+            assert!(!is_url_safe_slug(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The state database (built in the next commit).
