@@ -47,10 +47,64 @@ pub enum Command {
         /// Output folder
         #[arg(long, default_value = "out")]
         out: PathBuf,
+        /// Exit 0 despite deliverability warnings (as `send --force` would send); errors still fail
+        #[arg(long)]
+        force: bool,
     },
     /// Validate the config and every content file; exit 1 listing every problem
     Check,
+    /// Create (or resume) the issue for the slot at or before --at and deliver it
+    Send {
+        /// The moment to send for (RFC 3339) [default: now]
+        #[arg(long, value_parser = parse_instant)]
+        at: Option<DateTime<Utc>>,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Write each recipient's exact message to --out instead of sending; the ledger is untouched
+        #[arg(long)]
+        dry_run: bool,
+        /// Output folder for --dry-run
+        #[arg(long, default_value = "out/dry-run", requires = "dry_run")]
+        out: PathBuf,
+        /// Send despite deliverability warnings; errors are never overridden
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue history and delivery counts; `issues show N`, `issues retry N`
+    Issues {
+        #[command(subcommand)]
+        command: Option<IssuesCommand>,
+    },
+    /// Run the daemon: send each slot's issue on schedule and serve the unsubscribe endpoint
+    Run,
+    /// Serve only the unsubscribe endpoint (web.listen)
+    Serve,
+    /// Check the issue that would go out at --at for deliverability problems
+    Lint {
+        /// The moment to check (RFC 3339) [default: the next slot]
+        #[arg(long, value_parser = parse_instant)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// Print the DNS TXT record to publish for the configured DKIM key
+    DkimRecord,
     /// Manage the subscriber list
     #[command(subcommand)]
     Subscribers(crate::subscribers::SubscribersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IssuesCommand {
+    /// Every issue with its delivery counts (the default)
+    List,
+    /// One issue: per-state counts and the failed recipients with their last reply
+    Show {
+        /// Issue number
+        number: i64,
+    },
+    /// Re-queue the failed deliveries of an issue whose subscribers are still active
+    Retry {
+        /// Issue number
+        number: i64,
+    },
 }

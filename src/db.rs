@@ -29,6 +29,8 @@ pub const MIGRATIONS: &[&str] = &[
         unsubscribed_at TEXT
     );
     CREATE INDEX subscribers_by_status ON subscribers (status);",
+    // 2: issues and their deliveries (see the ledger module).
+    crate::ledger::MIGRATION,
 ];
 
 /// The schema version this binary creates and understands.

@@ -8,6 +8,7 @@ use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::Message;
 
 use crate::config::Newsletter;
+use crate::dkim::DkimSigner;
 use crate::render::RenderedDigest;
 use crate::token::TokenKey;
 
@@ -113,6 +114,7 @@ pub struct IssueMessages {
     key: TokenKey,
     list_id: String,
     mailto: String,
+    dkim: Option<DkimSigner>,
 }
 
 impl IssueMessages {
@@ -135,7 +137,19 @@ impl IssueMessages {
             key,
             list_id,
             mailto,
+            dkim: None,
         }
+    }
+
+    /// Signs every built message with `signer` (DKIM off when `None`).
+    pub fn with_dkim(mut self, signer: Option<DkimSigner>) -> Self {
+        self.dkim = signer;
+        self
+    }
+
+    /// True when built messages are DKIM-signed (which costs real CPU per message).
+    pub fn signs(&self) -> bool {
+        self.dkim.is_some()
     }
 
     pub fn subject(&self) -> &str {
@@ -180,7 +194,7 @@ impl IssueMessages {
                     ContentTransferEncoding::QuotedPrintable,
                 ));
         let to = Mailbox::new(r.name.clone(), r.email.clone());
-        Message::builder()
+        let mut message = Message::builder()
             .from(self.newsletter.from.clone())
             .to(to)
             .subject(self.subject.clone())
@@ -202,7 +216,11 @@ impl IssueMessages {
             .map_err(|source| MessageError::Build {
                 recipient: r.email.to_string(),
                 source,
-            })
+            })?;
+        if let Some(signer) = &self.dkim {
+            signer.sign(&mut message);
+        }
+        Ok(message)
     }
 }
 

@@ -105,6 +105,23 @@ pub struct RenderedDigest {
 }
 
 impl RenderedDigest {
+    /// Reassembles a digest stored by the ledger.
+    pub fn from_parts(
+        subject: String,
+        preheader: String,
+        comparison_count: usize,
+        html_parts: Vec<String>,
+        text_parts: Vec<String>,
+    ) -> Self {
+        RenderedDigest {
+            subject,
+            preheader,
+            comparison_count,
+            html_parts,
+            text_parts,
+        }
+    }
+
     /// The HTML for one recipient.
     pub fn html_for(&self, unsubscribe_url: &str) -> String {
         self.html_parts.join(unsubscribe_url)

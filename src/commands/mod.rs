@@ -1,5 +1,10 @@
 //! The commands behind the CLI: each loads what it needs and calls into the library.
 
+mod deliverability;
+mod issues;
+mod run;
+mod send;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +23,7 @@ use crate::token::TokenKey;
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config_path = resolve_config_path(cli.config);
     match cli.command {
-        Command::Preview { at, out } => {
+        Command::Preview { at, out, force } => {
             let config = Config::load(&config_path)?;
             // Without --at, preview the next issue to go out: what an editor wants to see.
             let at = match at {
@@ -29,9 +34,44 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     .next_after(Utc::now())
                     .unwrap_or_else(Utc::now),
             };
-            preview(&config, at, &out)
+            preview(&config, at, &out, force)
         }
         Command::Check => check(&config_path),
+        Command::Send {
+            at,
+            yes,
+            dry_run,
+            out,
+            force,
+        } => {
+            let config = Config::load(&config_path)?;
+            let at = at.unwrap_or_else(Utc::now);
+            if dry_run {
+                send::dry_run(&config, at, &out, force)
+            } else {
+                send::send(&config, at, yes, force)
+            }
+        }
+        Command::Run => {
+            let config = Config::load(&config_path)?;
+            run::run(&config, cli.log_format)
+        }
+        Command::Serve => {
+            let config = Config::load(&config_path)?;
+            run::serve(&config)
+        }
+        Command::Lint { at } => {
+            let config = Config::load(&config_path)?;
+            deliverability::lint(&config, at)
+        }
+        Command::DkimRecord => {
+            let config = Config::load(&config_path)?;
+            deliverability::dkim_record(&config)
+        }
+        Command::Issues { command } => {
+            let config = Config::load(&config_path)?;
+            issues::run(&config, command)
+        }
         Command::Subscribers(cmd) => {
             let config = Config::load(&config_path)?;
             crate::subscribers::run(cmd, &config)
@@ -87,10 +127,15 @@ fn preview_key(config: &Config) -> (TokenKey, bool) {
     }
 }
 
-fn preview(config: &Config, at: DateTime<Utc>, out: &Path) -> anyhow::Result<()> {
-    let comparisons = content::load_dir(&config.content_dir)?;
+/// The issue `preview` and `lint` show for `at`: the slot's own, or when that week is empty
+/// the latest week that has content (saying so).
+pub fn plan_preview<'a>(
+    config: &Config,
+    comparisons: &'a [Comparison],
+    at: DateTime<Utc>,
+) -> anyhow::Result<PlannedIssue<'a>> {
     let sent = HashSet::new();
-    let mut plan = plan_issue(config, &comparisons, at, None, &sent)?;
+    let mut plan = plan_issue(config, comparisons, at, None, &sent)?;
     if plan.comparisons.is_empty() {
         println!(
             "The issue for {} has no new comparisons (window {} to {}).",
@@ -113,12 +158,21 @@ fn preview(config: &Config, at: DateTime<Utc>, out: &Path) -> anyhow::Result<()>
         else {
             return user_error("the schedule has no slot after the latest comparison");
         };
-        plan = plan_issue(config, &comparisons, slot, None, &sent)?;
+        plan = plan_issue(config, comparisons, slot, None, &sent)?;
         println!(
             "Previewing the latest week that has content instead: the issue for {}.",
             describe_slot(config, plan.slot)
         );
     }
+    Ok(plan)
+}
+
+/// Writes the preview files, then runs the deliverability checks: exit 1 when `send` would
+/// refuse the issue (the files are still written, to look at).
+fn preview(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> anyhow::Result<()> {
+    let dkim = crate::dkim::load(config)?;
+    let comparisons = content::load_dir(&config.content_dir)?;
+    let plan = plan_preview(config, &comparisons, at)?;
     let digest = render::render_digest(
         &config.newsletter,
         &plan.comparisons,
@@ -126,7 +180,7 @@ fn preview(config: &Config, at: DateTime<Utc>, out: &Path) -> anyhow::Result<()>
         config.schedule.slots.timezone(),
     )?;
     let (key, real_key) = preview_key(config);
-    let files = write_preview(config, &digest, plan.slot, key, out)?;
+    let files = write_preview(config, &digest, plan.slot, key, dkim.clone(), out)?;
 
     println!("Issue:       {}", describe_slot(config, plan.slot));
     println!("Subject:     {}", digest.subject);
@@ -148,7 +202,7 @@ fn preview(config: &Config, at: DateTime<Utc>, out: &Path) -> anyhow::Result<()>
             config.secret_env
         );
     }
-    Ok(())
+    deliverability::check_preview(config, &digest, dkim.as_ref(), force)
 }
 
 struct PreviewFiles {
@@ -163,6 +217,7 @@ fn write_preview(
     digest: &RenderedDigest,
     slot: DateTime<Utc>,
     key: TokenKey,
+    dkim: Option<crate::dkim::DkimSigner>,
     out: &Path,
 ) -> anyhow::Result<PreviewFiles> {
     let sample = Recipient {
@@ -170,7 +225,7 @@ fn write_preview(
         email: "reader@example.com".parse().expect("valid sample address"),
         name: Some("Sample Reader".into()),
     };
-    let messages = IssueMessages::new(&config.newsletter, 0, slot, digest, key);
+    let messages = IssueMessages::new(&config.newsletter, 0, slot, digest, key).with_dkim(dkim);
     let url = messages.unsubscribe_url(&sample);
     let html = digest.html_for(&url);
     let text = digest.text_for(&url);
@@ -207,7 +262,14 @@ fn human_size(bytes: usize) -> String {
 fn check(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let comparisons = content::load_dir(&config.content_dir)?;
+    let dkim = crate::dkim::load(&config)?;
     println!("Config {} is valid.", config_path.display());
+    if let Some(signer) = dkim {
+        println!(
+            "DKIM key for {} is valid (`verdicts dkim-record` shows its DNS record).",
+            signer.dns_name()
+        );
+    }
     println!(
         "{} comparison file{} in {} are valid.",
         comparisons.len(),
@@ -218,4 +280,22 @@ fn check(config_path: &Path) -> anyhow::Result<()> {
         println!("Next slot: {}", describe_slot(&config, next));
     }
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

@@ -53,6 +53,13 @@ impl TempSite {
         std::fs::write(self.config_path(), config_yaml(smtp_port, smtp_extra)).unwrap();
     }
 
+    /// Rewrites the config file through `edit` (e.g. to change a `newsletter:` field or
+    /// append a `dkim:` section).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(self.config_path()).unwrap();
+        std::fs::write(self.config_path(), edit(text)).unwrap();
+    }
+
     /// The `verdicts` binary, run against this site's config.
     pub fn cmd(&self) -> assert_cmd::Command {
         let mut cmd = assert_cmd::Command::cargo_bin("verdicts").unwrap();

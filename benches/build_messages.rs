@@ -1,0 +1,60 @@
+//! Render + MIME build throughput on one core: renders the bundled digest once (as an issue
+//! does), then builds and serialises complete per-recipient messages in a loop.
+//! Run with `cargo bench --bench build_messages`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use verdicts::config::Config;
+use verdicts::content::load_dir;
+use verdicts::message::{IssueMessages, Recipient};
+use verdicts::render::render_digest;
+use verdicts::token::TokenKey;
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = Config::load(&root.join("config/newsletter.yaml")).expect("bundled config");
+    let comparisons = load_dir(&config.content_dir).expect("bundled content");
+    let refs: Vec<_> = comparisons.iter().collect();
+    let slot = "2026-11-23T09:00:00Z".parse().expect("slot");
+
+    let renders = 200;
+    let t = Instant::now();
+    let mut digest = None;
+    for _ in 0..renders {
+        digest = Some(
+            render_digest(&config.newsletter, &refs, slot, chrono_tz::Europe::London)
+                .expect("render"),
+        );
+    }
+    let per_render = t.elapsed() / renders;
+    let digest = digest.expect("rendered");
+    println!("render of the digest (once per issue): {per_render:.2?}");
+
+    let messages = IssueMessages::new(
+        &config.newsletter,
+        1,
+        slot,
+        &digest,
+        TokenKey::new(b"bench-key-0123456789"),
+    );
+    let n: i64 = 50_000;
+    let mut bytes = 0usize;
+    let t = Instant::now();
+    for id in 0..n {
+        let r = Recipient {
+            subscriber_id: id,
+            email: format!("reader{id}@bench.example.com")
+                .parse()
+                .expect("address"),
+            name: Some(format!("Reader {id}")),
+        };
+        bytes += messages.build(&r).expect("build").formatted().len();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "per-recipient build + serialise: {:.0} msgs/s on one core ({n} messages, {:.1} KB each)",
+        n as f64 / secs,
+        bytes as f64 / n as f64 / 1024.0
+    );
+}

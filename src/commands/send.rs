@@ -1,0 +1,235 @@
+//! `verdicts send`: create or resume the slot's issue and deliver it, or with `--dry-run`
+//! write every recipient's exact message to files.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::{deliverability, describe_slot};
+use crate::config::Config;
+use crate::content;
+use crate::error::{user_error, UserError};
+use crate::issue::{self, EmptyWeek, Prepared};
+use crate::ledger;
+use crate::lock::{IfBusy, SenderLock};
+use crate::message::{IssueMessages, Recipient};
+use crate::render;
+use crate::sender::Finish;
+
+pub fn send(config: &Config, at: DateTime<Utc>, yes: bool, force: bool) -> anyhow::Result<()> {
+    let comparisons = content::load_dir(&config.content_dir)?;
+    let key = issue::token_key(config)?;
+    let password = issue::smtp_password(config)?;
+    let dkim = crate::dkim::load(config)?;
+    let Some(slot) = config.schedule.slots.slot_at_or_before(at) else {
+        return user_error(format!("the schedule has no slot at or before {at}"));
+    };
+    let _lock = SenderLock::acquire(&config.state_dir, IfBusy::Wait)?;
+    let conn = crate::db::open(&config.database_path())?;
+
+    if let Some(digest) = issue::pending_digest(config, &conn, &comparisons, slot)? {
+        deliverability::check_before_sending(config, &digest, dkim.as_ref(), force)?;
+    }
+    if ledger::issue_by_slot(&conn, slot)?.is_none() {
+        let (_, selected) = issue::plan(&conn, &comparisons, slot)?;
+        if !selected.is_empty() && !yes {
+            let active: u64 = conn.query_row(
+                "SELECT count(*) FROM subscribers WHERE status = 'active'",
+                [],
+                |r| r.get(0),
+            )?;
+            confirm(&format!(
+                "Send the issue for {} ({} comparison{}: \"{}\") to {active} active subscriber{}?",
+                describe_slot(config, slot),
+                selected.len(),
+                if selected.len() == 1 { "" } else { "s" },
+                render::subject(&selected),
+                if active == 1 { "" } else { "s" },
+            ))?;
+        }
+    }
+
+    let issue = match issue::prepare(config, &conn, &comparisons, slot, EmptyWeek::Leave)? {
+        Prepared::Complete { issue } => {
+            let c = ledger::delivery_counts(&conn, issue.number)?;
+            println!(
+                "Issue {} for {} was already sent ({} sent, {} failed, {} skipped). Nothing to send.",
+                issue.number,
+                describe_slot(config, issue.slot),
+                c.sent,
+                c.failed,
+                c.skipped
+            );
+            return Ok(());
+        }
+        Prepared::Skipped { issue } => {
+            println!(
+                "The slot {} was recorded as an empty week (issue {}). Nothing to send.",
+                describe_slot(config, issue.slot),
+                issue.number
+            );
+            return Ok(());
+        }
+        Prepared::Empty { window, .. } => {
+            println!(
+                "No new comparisons for {} (published after {} and at or before {}). Nothing to send.",
+                describe_slot(config, slot),
+                window.after.format("%Y-%m-%d %H:%M UTC"),
+                window.cutoff.format("%Y-%m-%d %H:%M UTC"),
+            );
+            return Ok(());
+        }
+        Prepared::Ready { issue, created } => {
+            let c = ledger::delivery_counts(&conn, issue.number)?;
+            if created {
+                println!(
+                    "Created issue {} for {}: \"{}\", {} recipients.",
+                    issue.number,
+                    describe_slot(config, issue.slot),
+                    issue.subject,
+                    c.total()
+                );
+            } else {
+                println!(
+                    "Resuming issue {} for {}: {} of {} already sent, {} to go.",
+                    issue.number,
+                    describe_slot(config, issue.slot),
+                    c.sent,
+                    c.total(),
+                    c.outstanding()
+                );
+            }
+            issue
+        }
+    };
+    drop(conn);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(async {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            super::shutdown_signal().await;
+            tracing::warn!("stopping: finishing the messages in flight");
+            let _ = stop_tx.send(true);
+        });
+        let bar = std::io::stderr().is_terminal();
+        issue::deliver(config, &issue, key, password, bar, stop_rx).await
+    })?;
+    println!("{}", issue::summary_line(issue.number, &report));
+    match report.finish {
+        Finish::Complete => Ok(()),
+        Finish::Paused { reason } => anyhow::bail!(
+            "issue {} paused: {reason}. Nothing is lost: run `verdicts send --at {}` again when the server is back",
+            issue.number,
+            issue.slot.format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+        Finish::Interrupted => anyhow::bail!(
+            "interrupted; issue {} is resumable with `verdicts send --at {}`",
+            issue.number,
+            issue.slot.format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+    }
+}
+
+fn confirm(question: &str) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        return user_error(format!(
+            "{question}\nRefusing to send without confirmation: pass --yes to send non-interactively"
+        ));
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(UserError::new("not sent").into())
+    }
+}
+
+/// Writes each active subscriber's exact message for the slot's issue to `out`.
+pub fn dry_run(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> anyhow::Result<()> {
+    let comparisons = content::load_dir(&config.content_dir)?;
+    let key = issue::token_key(config)?;
+    let dkim = crate::dkim::load(config)?;
+    let Some(slot) = config.schedule.slots.slot_at_or_before(at) else {
+        return user_error(format!("the schedule has no slot at or before {at}"));
+    };
+    let conn = crate::db::open(&config.database_path())?;
+    let (number, digest) = match ledger::issue_by_slot(&conn, slot)? {
+        Some(existing) => (
+            existing.number,
+            ledger::stored_digest(&conn, existing.number)?,
+        ),
+        None => {
+            let (_, selected) = issue::plan(&conn, &comparisons, slot)?;
+            if selected.is_empty() {
+                println!(
+                    "No new comparisons for {}. Nothing would be sent.",
+                    describe_slot(config, slot)
+                );
+                return Ok(());
+            }
+            let next: i64 =
+                conn.query_row("SELECT coalesce(max(number), 0) + 1 FROM issues", [], |r| {
+                    r.get(0)
+                })?;
+            let digest = render::render_digest(
+                &config.newsletter,
+                &selected,
+                slot,
+                config.schedule.slots.timezone(),
+            )?;
+            (next, digest)
+        }
+    };
+    let messages =
+        IssueMessages::new(&config.newsletter, number, slot, &digest, key).with_dkim(dkim.clone());
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output folder {}", out.display()))?;
+    let mut stmt = conn
+        .prepare("SELECT id, email, name FROM subscribers WHERE status = 'active' ORDER BY id")?;
+    let mut rows = stmt.query([])?;
+    let mut n = 0u64;
+    let mut bytes = 0u64;
+    while let Some(row) = rows.next()? {
+        let email: String = row.get(1)?;
+        let recipient = Recipient {
+            subscriber_id: row.get(0)?,
+            email: email
+                .parse()
+                .with_context(|| format!("stored address `{email}` is invalid"))?,
+            name: row.get(2)?,
+        };
+        n += 1;
+        let raw = messages.build(&recipient)?.formatted();
+        bytes += raw.len() as u64;
+        let safe: String = email
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "@.+-_".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = out.join(format!("{n}-{safe}.eml"));
+        std::fs::write(&path, raw).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "Dry run of issue {number} for {}: \"{}\". Wrote {n} messages ({:.1} KB) to {}. Nothing was sent and the ledger is unchanged.",
+        describe_slot(config, slot),
+        digest.subject,
+        bytes as f64 / 1024.0,
+        out.display()
+    );
+    deliverability::check_preview(config, &digest, dkim.as_ref(), force)
+}

@@ -1,0 +1,327 @@
+//! DKIM signing (RFC 6376, Ed25519 per RFC 8463). The operator's private key is read once at
+//! start into a [`DkimSigner`] that signs every recipient's copy, and that also knows the DNS
+//! TXT record receivers will look the public key up in.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+use lettre::message::dkim::{
+    DkimCanonicalization, DkimCanonicalizationType, DkimConfig as LettreDkim, DkimSigningAlgorithm,
+    DkimSigningKey,
+};
+use lettre::message::header::HeaderName;
+use lettre::Message;
+use rsa::pkcs1::{DecodeRsaPrivateKey as _, EncodeRsaPrivateKey as _};
+use rsa::pkcs8::{EncodePublicKey as _, LineEnding};
+use rsa::traits::PublicKeyParts as _;
+
+use crate::config::{Config, DkimAlgorithm, DkimConfig};
+use crate::error::UserError;
+
+/// The headers every signature covers. Gmail and Yahoo honour RFC 8058 one-click unsubscribe
+/// only when the signature covers both List-Unsubscribe headers.
+pub const SIGNED_HEADERS: [&str; 8] = [
+    "From",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "To",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+];
+
+/// RSA keys shorter than this are refused by receivers (RFC 8301).
+const MIN_RSA_BITS: usize = 1024;
+
+/// A DNS TXT string holds at most this many bytes; longer records are split.
+const TXT_STRING_MAX: usize = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DkimError {
+    #[error("cannot read the DKIM key file {path} (dkim.key_file): {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the DKIM key file {path} holds {found}, but dkim.algorithm is {expected}: {fix}")]
+    WrongType {
+        path: PathBuf,
+        found: &'static str,
+        expected: &'static str,
+        fix: String,
+    },
+    #[error("the DKIM key file {path} is not a usable private key for dkim.algorithm {expected}: {reason}. {fix}")]
+    Invalid {
+        path: PathBuf,
+        expected: &'static str,
+        reason: String,
+        fix: String,
+    },
+}
+
+/// A loaded DKIM key with its domain and selector. Cheap to clone: the key is shared.
+#[derive(Clone)]
+pub struct DkimSigner {
+    inner: Arc<LettreDkim>,
+    domain: String,
+    selector: String,
+    algorithm: DkimAlgorithm,
+    public_key: String,
+}
+
+// Written by hand so the private key can never reach a log line.
+impl std::fmt::Debug for DkimSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DkimSigner")
+            .field("domain", &self.domain)
+            .field("selector", &self.selector)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The signer for `config.dkim`, or `None` when DKIM is off. A key problem is a user error
+/// (exit 1) naming the file and how to fix it.
+pub fn load(config: &Config) -> anyhow::Result<Option<DkimSigner>> {
+    match &config.dkim {
+        None => Ok(None),
+        Some(d) => DkimSigner::load(d)
+            .map(Some)
+            .map_err(|e| UserError::new(e.to_string()).into()),
+    }
+}
+
+impl DkimSigner {
+    /// Reads and checks the private key named by the config.
+    pub fn load(config: &DkimConfig) -> Result<DkimSigner, DkimError> {
+        let text = std::fs::read_to_string(&config.key_file).map_err(|source| DkimError::Read {
+            path: config.key_file.clone(),
+            source,
+        })?;
+        let (key, public_key) = parse_key(&config.key_file, &text, config.algorithm)?;
+        let headers = SIGNED_HEADERS
+            .iter()
+            .map(|h| HeaderName::new_from_ascii_str(h))
+            .collect();
+        // relaxed/relaxed survives the header refolding and whitespace changes relays make.
+        let canonicalization = DkimCanonicalization {
+            header: DkimCanonicalizationType::Relaxed,
+            body: DkimCanonicalizationType::Relaxed,
+        };
+        Ok(DkimSigner {
+            inner: Arc::new(LettreDkim::new(
+                config.selector.clone(),
+                config.domain.clone(),
+                key,
+                headers,
+                canonicalization,
+            )),
+            domain: config.domain.clone(),
+            selector: config.selector.clone(),
+            algorithm: config.algorithm,
+            public_key,
+        })
+    }
+
+    /// Adds the DKIM-Signature header to an assembled message.
+    pub fn sign(&self, message: &mut Message) {
+        message.sign(&self.inner);
+    }
+
+    /// The signing domain (`d=`).
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    pub fn selector(&self) -> &str {
+        &self.selector
+    }
+
+    pub fn algorithm(&self) -> DkimAlgorithm {
+        self.algorithm
+    }
+
+    /// Where receivers look the key up: `<selector>._domainkey.<domain>`.
+    pub fn dns_name(&self) -> String {
+        format!("{}._domainkey.{}", self.selector, self.domain)
+    }
+
+    /// The TXT record's value: `v=DKIM1; k=rsa; p=<base64 public key>`.
+    pub fn txt_record(&self) -> String {
+        format!(
+            "v=DKIM1; k={}; p={}",
+            algorithm_name(self.algorithm),
+            self.public_key
+        )
+    }
+
+    /// The record as a zone-file line, split into DNS's 255-byte strings.
+    pub fn zone_file_line(&self) -> String {
+        let value = self.txt_record();
+        let strings: Vec<String> = value
+            .as_bytes()
+            .chunks(TXT_STRING_MAX)
+            .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+            .collect();
+        format!("{}. 3600 IN TXT ( {} )", self.dns_name(), strings.join(" "))
+    }
+}
+
+fn algorithm_name(a: DkimAlgorithm) -> &'static str {
+    match a {
+        DkimAlgorithm::Rsa => "rsa",
+        DkimAlgorithm::Ed25519 => "ed25519",
+    }
+}
+
+fn generate_hint(path: &Path, a: DkimAlgorithm) -> String {
+    match a {
+        DkimAlgorithm::Rsa => format!(
+            "Generate one with `openssl genrsa -out {} 2048`",
+            path.display()
+        ),
+        DkimAlgorithm::Ed25519 => format!(
+            "Generate one with `openssl genpkey -algorithm ed25519 -out {}`",
+            path.display()
+        ),
+    }
+}
+
+/// Parses the key file: PKCS#8 or PKCS#1 PEM for RSA; PKCS#8 PEM or a base64 32-byte seed for
+/// Ed25519. Returns lettre's key and the base64 public key for the TXT record.
+fn parse_key(
+    path: &Path,
+    text: &str,
+    algorithm: DkimAlgorithm,
+) -> Result<(DkimSigningKey, String), DkimError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let expected = algorithm_name(algorithm);
+    let invalid = |reason: String| DkimError::Invalid {
+        path: path.to_owned(),
+        expected,
+        reason,
+        fix: generate_hint(path, algorithm),
+    };
+    if text.contains("PUBLIC KEY-----") {
+        return Err(invalid(
+            "it holds a public key; key_file must name the private key (publish the public one in DNS)".into(),
+        ));
+    }
+    if text.contains("BEGIN ENCRYPTED PRIVATE KEY") {
+        return Err(invalid(format!(
+            "it is encrypted with a passphrase; store it unencrypted with owner-only permissions (`openssl pkey -in {0} -out {0}.plain`)",
+            path.display()
+        )));
+    }
+    let wrong_type = |found: &'static str, other: DkimAlgorithm| DkimError::WrongType {
+        path: path.to_owned(),
+        found,
+        expected,
+        fix: format!(
+            "set dkim.algorithm to {} or point key_file at {} key",
+            algorithm_name(other),
+            match algorithm {
+                DkimAlgorithm::Rsa => "an RSA",
+                DkimAlgorithm::Ed25519 => "an Ed25519",
+            }
+        ),
+    };
+    match algorithm {
+        DkimAlgorithm::Rsa => {
+            let key = if text.contains("BEGIN RSA PRIVATE KEY") {
+                rsa::RsaPrivateKey::from_pkcs1_pem(text).map_err(|e| invalid(e.to_string()))?
+            } else {
+                match rsa::pkcs8::DecodePrivateKey::from_pkcs8_pem(text) {
+                    Ok(key) => key,
+                    Err(e) => {
+                        if ed25519_dalek::SigningKey::from_pkcs8_pem(text).is_ok() {
+                            return Err(wrong_type("an Ed25519 key", DkimAlgorithm::Ed25519));
+                        }
+                        return Err(invalid(e.to_string()));
+                    }
+                }
+            };
+            let bits = key.size() * 8;
+            if bits < MIN_RSA_BITS {
+                return Err(invalid(format!(
+                    "it is {bits} bits; receivers ignore RSA keys under {MIN_RSA_BITS} bits, use 2048"
+                )));
+            }
+            let public = key
+                .to_public_key()
+                .to_public_key_der()
+                .map_err(|e| invalid(e.to_string()))?;
+            let pkcs1 = key
+                .to_pkcs1_pem(LineEnding::LF)
+                .map_err(|e| invalid(e.to_string()))?;
+            let signing = DkimSigningKey::new(&pkcs1, DkimSigningAlgorithm::Rsa)
+                .map_err(|e| invalid(e.to_string()))?;
+            Ok((signing, b64.encode(public.as_bytes())))
+        }
+        DkimAlgorithm::Ed25519 => {
+            let key = if text.contains("-----BEGIN") {
+                match ed25519_dalek::SigningKey::from_pkcs8_pem(text) {
+                    Ok(key) => key,
+                    Err(e) => {
+                        let is_rsa = text.contains("BEGIN RSA PRIVATE KEY")
+                            || <rsa::RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_pem(text)
+                                .is_ok();
+                        if is_rsa {
+                            return Err(wrong_type("an RSA key", DkimAlgorithm::Rsa));
+                        }
+                        return Err(invalid(e.to_string()));
+                    }
+                }
+            } else {
+                let seed: [u8; 32] = b64
+                    .decode(text.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        invalid("it is neither PKCS#8 PEM nor a base64 32-byte seed".into())
+                    })?;
+                ed25519_dalek::SigningKey::from_bytes(&seed)
+            };
+            let signing =
+                DkimSigningKey::new(&b64.encode(key.to_bytes()), DkimSigningAlgorithm::Ed25519)
+                    .map_err(|e| invalid(e.to_string()))?;
+            Ok((signing, b64.encode(key.verifying_key().to_bytes())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_records_are_split_into_dns_strings() {
+        let signer = DkimSigner {
+            inner: Arc::new(LettreDkim::new(
+                "s".into(),
+                "example.com".into(),
+                DkimSigningKey::new(
+                    &base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+                    DkimSigningAlgorithm::Ed25519,
+                )
+                .unwrap(),
+                vec![],
+                DkimCanonicalization::default(),
+            )),
+            domain: "example.com".into(),
+            selector: "s".into(),
+            algorithm: DkimAlgorithm::Rsa,
+            public_key: "A".repeat(400),
+        };
+        let line = signer.zone_file_line();
+        assert!(line.starts_with("s._domainkey.example.com. 3600 IN TXT ( \"v=DKIM1; k=rsa; p=AAA"));
+        let strings: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+        assert_eq!(strings.len(), 2);
+        assert!(strings.iter().all(|s| s.len() <= TXT_STRING_MAX));
+        assert_eq!(strings.concat(), signer.txt_record());
+        assert!(!format!("{signer:?}").contains("AAAA"));
+    }
+}

@@ -1,0 +1,100 @@
+//! Advisory locks in the state folder: `sender.lock` is held while an issue is delivered
+//! (one sender per database) and `daemon.lock` for a daemon's lifetime (one daemon per
+//! database). The OS releases them when the process dies, even by kill -9.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::error::UserError;
+
+/// Held while this process may send; dropping it lets another sender in.
+#[derive(Debug)]
+pub struct SenderLock {
+    _file: File,
+}
+
+/// Held for a daemon's lifetime.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: File,
+}
+
+impl DaemonLock {
+    /// Refuses when another daemon runs on the same state folder.
+    pub fn acquire(state_dir: &Path) -> anyhow::Result<DaemonLock> {
+        let file = lock_file(
+            state_dir,
+            "daemon.lock",
+            "running the daemon",
+            IfBusy::Refuse,
+        )?;
+        Ok(DaemonLock { _file: file })
+    }
+}
+
+/// What to do when another process holds the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfBusy {
+    Wait,
+    Refuse,
+}
+
+impl SenderLock {
+    pub fn acquire(state_dir: &Path, if_busy: IfBusy) -> anyhow::Result<SenderLock> {
+        let file = lock_file(state_dir, "sender.lock", "sending", if_busy)?;
+        Ok(SenderLock { _file: file })
+    }
+}
+
+fn lock_file(state_dir: &Path, name: &str, doing: &str, if_busy: IfBusy) -> anyhow::Result<File> {
+    {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create state folder {}", state_dir.display()))?;
+        let path = state_dir.join(name);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let who = if holder.is_empty() {
+                    "another verdicts process".to_owned()
+                } else {
+                    format!("another verdicts process (pid {holder})")
+                };
+                match if_busy {
+                    IfBusy::Refuse => {
+                        return Err(UserError::new(format!(
+                        "{who} is already {doing} with {}; only one may use a database at a time",
+                        state_dir.display()
+                    ))
+                        .into())
+                    }
+                    IfBusy::Wait => {
+                        eprintln!("{who} is {doing} with this database; waiting for it to finish…");
+                        file.lock()
+                            .with_context(|| format!("cannot lock {}", path.display()))?;
+                    }
+                }
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        file.flush()?;
+        Ok(file)
+    }
+}

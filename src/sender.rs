@@ -1,0 +1,784 @@
+//! The delivery engine: a dispatcher reads due deliveries from the ledger, a fixed set of
+//! workers (one SMTP connection each) sends them, and a single writer thread records every
+//! state change in batched transactions. A delivery is durably `sending` before its message
+//! body is transferred and `sent` after the 250, so a crash can only ever re-send the few
+//! messages that were in flight, with the same Message-ID.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::{SmtpConfig, TlsMode};
+use crate::db;
+use crate::ledger::{self, DeliveryCounts, IssueState, Outcome};
+use crate::message::{IssueMessages, Recipient};
+
+/// Longest wait before a retry, whatever the attempt number.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Deliveries read from the ledger per query.
+const BATCH: usize = 512;
+
+/// What one SMTP attempt came to, before it is written down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// 250 after DATA.
+    Sent(String),
+    /// 4xx from the server.
+    Temporary(String),
+    /// 5xx from the server (or a message the server can never take).
+    Permanent { reply: String, user_unknown: bool },
+    /// No usable conversation: refused, reset, timed out, TLS or login failure.
+    Connection(String),
+    /// The ledger could not record the attempt, so the message was not sent.
+    LedgerGone,
+}
+
+/// Why an SMTP transaction stopped.
+enum TxError {
+    Smtp(lettre::transport::smtp::Error),
+    /// Something this server cannot take for this recipient (e.g. no SMTPUTF8).
+    Unsupported(String),
+    /// The `sending` mark never became durable.
+    Ledger,
+}
+
+impl From<lettre::transport::smtp::Error> for TxError {
+    fn from(e: lettre::transport::smtp::Error) -> Self {
+        TxError::Smtp(e)
+    }
+}
+
+/// One message's SMTP transaction. MAIL, RCPT and DATA overlap with the ledger commit of
+/// the `sending` mark; the body (and with it the delivery) only goes out once that mark is
+/// durable, so the ledger is never behind what the server has accepted.
+async fn transaction(
+    conn: &mut AsyncSmtpConnection,
+    envelope: &lettre::address::Envelope,
+    body: &[u8],
+    durable: &mut Option<oneshot::Receiver<()>>,
+) -> Result<lettre::transport::smtp::response::Response, TxError> {
+    let mut params = Vec::new();
+    let non_ascii = envelope
+        .to()
+        .iter()
+        .chain(envelope.from())
+        .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
+    if non_ascii {
+        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+            return Err(TxError::Unsupported(
+                "the address is not ASCII and the server does not offer SMTPUTF8".into(),
+            ));
+        }
+        params.push(MailParameter::SmtpUtfEight);
+    }
+    if !body.is_ascii() {
+        if !conn.server_info().supports_feature(Extension::EightBitMime) {
+            return Err(TxError::Unsupported(
+                "the message is not 7-bit and the server does not offer 8BITMIME".into(),
+            ));
+        }
+        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    conn.command(Mail::new(envelope.from().cloned(), params))
+        .await?;
+    for to in envelope.to() {
+        conn.command(Rcpt::new(to.clone(), vec![])).await?;
+    }
+    conn.command(Data).await?;
+    if let Some(mark) = durable.take() {
+        mark.await.map_err(|_| TxError::Ledger)?;
+    }
+    Ok(conn.message(body).await?)
+}
+
+/// True for 550/551/553 replies that say the mailbox does not exist (RFC 3463 5.1.x, or
+/// the usual wording), as opposed to policy or spam rejections.
+pub fn is_user_unknown(code: u16, text: &str) -> bool {
+    if !matches!(code, 550 | 551 | 553) {
+        return false;
+    }
+    let t = text.to_ascii_lowercase();
+    t.contains("5.1.1")
+        || t.contains("5.1.0")
+        || t.contains("5.1.2")
+        || t.contains("5.1.6")
+        || [
+            "user unknown",
+            "unknown user",
+            "no such user",
+            "no such mailbox",
+            "mailbox not found",
+            "does not exist",
+            "recipient not found",
+            "address rejected",
+            "invalid recipient",
+        ]
+        .iter()
+        .any(|w| t.contains(w))
+}
+
+/// Sorts a lettre error into retry, give up, or "the server is not reachable".
+fn classify(err: &lettre::transport::smtp::Error) -> Attempt {
+    let reply = err.to_string();
+    if err.is_permanent() {
+        let code = err.status().map(u16::from).unwrap_or(500);
+        Attempt::Permanent {
+            user_unknown: is_user_unknown(code, &reply),
+            reply,
+        }
+    } else if err.is_transient() {
+        Attempt::Temporary(reply)
+    } else if err.is_client() {
+        // Something about this message the server cannot accept (e.g. an international
+        // address without SMTPUTF8): retrying will not help.
+        Attempt::Permanent {
+            reply,
+            user_unknown: false,
+        }
+    } else {
+        Attempt::Connection(reply)
+    }
+}
+
+fn response_text(resp: &lettre::transport::smtp::response::Response) -> String {
+    let mut s = resp.code().to_string();
+    for line in resp.message() {
+        s.push(' ');
+        s.push_str(line);
+    }
+    s
+}
+
+/// Opens an SMTP session as configured: TCP, TLS (implicit or STARTTLS), EHLO and AUTH.
+async fn connect(
+    smtp: &SmtpConfig,
+    hello: &ClientId,
+    password: Option<&str>,
+) -> Result<AsyncSmtpConnection, String> {
+    let where_ = format!("{}:{}", smtp.host, smtp.port);
+    let tls = || TlsParameters::new(smtp.host.clone()).map_err(|e| format!("TLS setup: {e}"));
+    let implicit = match smtp.tls {
+        TlsMode::Tls => Some(tls()?),
+        _ => None,
+    };
+    let mut conn = match implicit {
+        // lettre writes a message body and its terminating dot in separate writes, so with
+        // Nagle's algorithm each message would wait for the server's delayed ACK (~40 ms).
+        // For plain and STARTTLS sessions we open the socket ourselves with TCP_NODELAY.
+        None => {
+            let tcp = tokio::net::TcpStream::connect((smtp.host.as_str(), smtp.port))
+                .await
+                .map_err(|e| format!("cannot connect to {where_}: {e}"))?;
+            tcp.set_nodelay(true)
+                .map_err(|e| format!("cannot configure the socket to {where_}: {e}"))?;
+            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), hello).await
+        }
+        Some(tls) => {
+            AsyncSmtpConnection::connect_tokio1(
+                (smtp.host.as_str(), smtp.port),
+                Some(smtp.timeout),
+                hello,
+                Some(tls),
+                None,
+            )
+            .await
+        }
+    }
+    .map_err(|e| format!("cannot connect to {where_}: {e}"))?;
+    if smtp.tls == TlsMode::Starttls {
+        if !conn.can_starttls() {
+            return Err(format!(
+                "{where_} does not offer STARTTLS (smtp.tls is starttls)"
+            ));
+        }
+        conn.starttls(tls()?, hello)
+            .await
+            .map_err(|e| format!("STARTTLS with {where_} failed: {e}"))?;
+    }
+    if let Some(user) = &smtp.username {
+        let creds = Credentials::new(user.clone(), password.unwrap_or_default().to_owned());
+        conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds)
+            .await
+            .map_err(|e| format!("login to {where_} as {user} failed: {e}"))?;
+    }
+    Ok(conn)
+}
+
+/// Exponential backoff with ±50% jitter: `base * 2^(attempts-1)`, capped.
+pub fn backoff(base: Duration, attempts: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempts.saturating_sub(1).min(16));
+    let capped = exp.min(MAX_BACKOFF);
+    capped.mul_f64(0.5 + fastrand::f64())
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Everything the engine needs to deliver one issue.
+pub struct Delivery {
+    pub db_path: PathBuf,
+    pub issue: i64,
+    pub messages: Arc<IssueMessages>,
+    pub smtp: SmtpConfig,
+    pub password: Option<String>,
+    /// Show a progress bar (on a terminal); otherwise log progress periodically.
+    pub progress_bar: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// No delivery is pending any more.
+    Complete,
+    /// The server could not be reached; the issue waits for the next run.
+    Paused { reason: String },
+    /// Stopped by a signal; in-flight messages were finished.
+    Interrupted,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub finish: Finish,
+    /// Accepted by the server in this run.
+    pub sent: u64,
+    /// Failed permanently in this run (including retries used up).
+    pub failed: u64,
+    /// Skipped because the subscriber left.
+    pub skipped: u64,
+    /// Temporary failures that will be retried.
+    pub retried: u64,
+    pub elapsed: Duration,
+    /// The issue's counts after the run.
+    pub counts: DeliveryCounts,
+}
+
+enum WriteOp {
+    MarkSending { id: i64, ack: oneshot::Sender<()> },
+    Record { id: i64, outcome: Outcome },
+    Flush { ack: oneshot::Sender<()> },
+}
+
+/// The single writer: applies queued state changes in one transaction per batch, then
+/// acknowledges, so a worker starts SMTP only after its `sending` mark is committed.
+fn writer_loop(
+    db_path: PathBuf,
+    issue: i64,
+    max_attempts: u32,
+    mut rx: mpsc::Receiver<WriteOp>,
+) -> anyhow::Result<()> {
+    let conn = db::open(&db_path)?;
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let tx = db::write_transaction(&conn)?;
+        for op in &batch {
+            match op {
+                WriteOp::MarkSending { id, .. } => ledger::mark_sending(&tx, issue, *id)?,
+                WriteOp::Record { id, outcome } => {
+                    ledger::record_outcome(&tx, issue, *id, outcome, max_attempts)?
+                }
+                WriteOp::Flush { .. } => {}
+            }
+        }
+        tx.commit()?;
+        for op in batch {
+            match op {
+                WriteOp::MarkSending { ack, .. } | WriteOp::Flush { ack } => {
+                    let _ = ack.send(());
+                }
+                WriteOp::Record { .. } => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Consecutive connection faults with no successful conversation in between. Enough of
+/// them in a row means the server, not a recipient, is the problem.
+#[derive(Default)]
+struct Breaker {
+    streak: Vec<i64>,
+    tripped: Option<String>,
+}
+
+struct Job {
+    recipient: Recipient,
+    attempts_before: u32,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Shared {
+    messages: Arc<IssueMessages>,
+    smtp: SmtpConfig,
+    password: Option<String>,
+    hello: ClientId,
+    writer: mpsc::Sender<WriteOp>,
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+    breaker: Mutex<Breaker>,
+    trip_after: usize,
+    stop: AtomicBool,
+    sent: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    bar: indicatif::ProgressBar,
+}
+
+impl Shared {
+    fn tripped(&self) -> bool {
+        self.breaker.lock().expect("breaker lock").tripped.is_some()
+    }
+
+    /// One SMTP attempt, reusing the worker's connection when it is healthy. `durable`
+    /// resolves once the delivery's `sending` mark is committed.
+    async fn attempt(
+        &self,
+        conn: &mut Option<AsyncSmtpConnection>,
+        r: &Recipient,
+        durable: oneshot::Receiver<()>,
+    ) -> Attempt {
+        let mut durable = Some(durable);
+        let built = if self.messages.signs() {
+            // An RSA signature takes milliseconds: keep it off the async workers.
+            let (messages, r) = (self.messages.clone(), r.clone());
+            match tokio::task::spawn_blocking(move || messages.build(&r)).await {
+                Ok(built) => built,
+                Err(e) => {
+                    return Attempt::Permanent {
+                        reply: format!("building the message failed: {e}"),
+                        user_unknown: false,
+                    }
+                }
+            }
+        } else {
+            self.messages.build(r)
+        };
+        let message = match built {
+            Ok(m) => m,
+            Err(e) => {
+                return Attempt::Permanent {
+                    reply: e.to_string(),
+                    user_unknown: false,
+                }
+            }
+        };
+        let bytes = message.formatted();
+        let envelope = message.envelope();
+        // A reused connection may have been closed by the server while idle; that is not
+        // the recipient's fault, so it gets one fresh connection before anything counts.
+        for fresh_try in [false, true] {
+            let reused = conn.is_some();
+            if conn.as_ref().is_some_and(|c| c.has_broken()) {
+                *conn = None;
+            }
+            if conn.is_none() {
+                match tokio::time::timeout(
+                    self.smtp.timeout,
+                    connect(&self.smtp, &self.hello, self.password.as_deref()),
+                )
+                .await
+                {
+                    Ok(Ok(c)) => *conn = Some(c),
+                    Ok(Err(reason)) => return Attempt::Connection(reason),
+                    Err(_) => {
+                        return Attempt::Connection(format!(
+                            "no answer from {}:{} within {:?} while connecting",
+                            self.smtp.host, self.smtp.port, self.smtp.timeout
+                        ))
+                    }
+                }
+            }
+            let c = conn.as_mut().expect("connected above");
+            let result = tokio::time::timeout(
+                self.smtp.timeout,
+                transaction(c, envelope, &bytes, &mut durable),
+            )
+            .await;
+            match result {
+                Ok(Ok(resp)) => return Attempt::Sent(response_text(&resp)),
+                Ok(Err(TxError::Ledger)) => return Attempt::LedgerGone,
+                Ok(Err(TxError::Unsupported(reason))) => {
+                    return Attempt::Permanent {
+                        reply: reason,
+                        user_unknown: false,
+                    }
+                }
+                Ok(Err(TxError::Smtp(e))) => {
+                    *conn = None;
+                    let attempt = classify(&e);
+                    if matches!(attempt, Attempt::Connection(_)) && reused && !fresh_try {
+                        debug!(error = %e, "reused connection failed; retrying on a new one");
+                        continue;
+                    }
+                    return attempt;
+                }
+                Err(_) => {
+                    *conn = None;
+                    return Attempt::Connection(format!(
+                        "{}:{} stopped answering mid-transaction (no reply within {:?})",
+                        self.smtp.host, self.smtp.port, self.smtp.timeout
+                    ));
+                }
+            }
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    fn outcome(&self, id: i64, attempts: u32, attempt: Attempt) -> Outcome {
+        let mut breaker = self.breaker.lock().expect("breaker lock");
+        match attempt {
+            Attempt::Sent(reply) => {
+                breaker.streak.clear();
+                self.sent.fetch_add(1, Ordering::Relaxed);
+                self.bar.inc(1);
+                Outcome::Sent { reply }
+            }
+            Attempt::Permanent {
+                reply,
+                user_unknown,
+            } => {
+                breaker.streak.clear();
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.bar.inc(1);
+                Outcome::Permanent {
+                    reply,
+                    bounce: user_unknown,
+                }
+            }
+            Attempt::Temporary(reply) => {
+                breaker.streak.clear();
+                self.retried.fetch_add(1, Ordering::Relaxed);
+                let retry_at_ms =
+                    now_ms() + backoff(self.smtp.retry_base, attempts).as_millis() as i64;
+                Outcome::Retry { reply, retry_at_ms }
+            }
+            Attempt::Connection(reply) => {
+                breaker.streak.push(id);
+                if breaker.streak.len() >= self.trip_after && breaker.tripped.is_none() {
+                    warn!(reason = %reply, "SMTP server unreachable; pausing the issue");
+                    breaker.tripped = Some(reply.clone());
+                }
+                let retry_at_ms =
+                    now_ms() + backoff(self.smtp.retry_base, attempts).as_millis() as i64;
+                Outcome::Retry { reply, retry_at_ms }
+            }
+            Attempt::LedgerGone => unreachable!("the worker stops before recording"),
+        }
+    }
+}
+
+async fn worker(shared: Arc<Shared>, jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+    let mut conn: Option<AsyncSmtpConnection> = None;
+    loop {
+        let job = jobs.lock().await.recv().await;
+        let Some(job) = job else { break };
+        if shared.stop.load(Ordering::SeqCst) || shared.tripped() {
+            continue; // left pending for the next run
+        }
+        let id = job.recipient.subscriber_id;
+        let (ack, acked) = oneshot::channel();
+        if shared
+            .writer
+            .send(WriteOp::MarkSending { id, ack })
+            .await
+            .is_err()
+        {
+            break; // the ledger is gone: never send unrecorded
+        }
+        if let Some(limiter) = &shared.limiter {
+            limiter.until_ready().await;
+        }
+        let span = tracing::debug_span!("delivery", subscriber = id);
+        let attempt = shared
+            .attempt(&mut conn, &job.recipient, acked)
+            .instrument(span)
+            .await;
+        if attempt == Attempt::LedgerGone {
+            break;
+        }
+        debug!(subscriber = id, ?attempt, "attempt finished");
+        let outcome = shared.outcome(id, job.attempts_before + 1, attempt);
+        if shared
+            .writer
+            .send(WriteOp::Record { id, outcome })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    if let Some(mut c) = conn {
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.quit()).await;
+    }
+}
+
+/// Resolves when `rx` says stop; never, if its sender is gone.
+async fn stop_requested(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Delivers every pending delivery of the issue, retrying temporary failures as they come
+/// due, until none is left, the server is unreachable, or `stop` turns true.
+#[tracing::instrument(skip_all, fields(issue = job.issue))]
+pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let read = db::open(&job.db_path)?;
+    let requeued = ledger::requeue_interrupted(&read, job.issue)?;
+    if requeued > 0 {
+        warn!(
+            count = requeued,
+            "re-sending deliveries interrupted mid-transaction by an earlier run (same Message-IDs)"
+        );
+    }
+    ledger::set_issue_state(&read, job.issue, IssueState::Sending)?;
+    let before = ledger::delivery_counts(&read, job.issue)?;
+
+    let concurrency = job.smtp.concurrency;
+    let (writer_tx, writer_rx) = mpsc::channel(concurrency * 4 + 64);
+    let writer = {
+        let path = job.db_path.clone();
+        let issue = job.issue;
+        let max = job.smtp.max_attempts;
+        std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || writer_loop(path, issue, max, writer_rx))?
+    };
+
+    let bar = if job.progress_bar {
+        let bar = indicatif::ProgressBar::new(before.outstanding());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} sent  {per_sec}  ETA {eta}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let limiter = NonZeroU32::new(job.smtp.rate_per_second)
+        .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
+    let shared = Arc::new(Shared {
+        messages: job.messages.clone(),
+        hello: ClientId::default(),
+        trip_after: concurrency.max(3),
+        smtp: job.smtp.clone(),
+        password: job.password.clone(),
+        writer: writer_tx.clone(),
+        limiter,
+        breaker: Mutex::new(Breaker::default()),
+        stop: AtomicBool::new(false),
+        sent: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        retried: AtomicU64::new(0),
+        bar: bar.clone(),
+    });
+
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let (job_tx, job_rx) = mpsc::channel::<Job>(concurrency);
+    let job_rx = Arc::new(tokio::sync::Mutex::new(job_rx));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| tokio::spawn(worker(shared.clone(), job_rx.clone())))
+        .collect();
+
+    let ticker = if job.progress_bar {
+        None
+    } else {
+        let shared = shared.clone();
+        let total = before.outstanding();
+        Some(tokio::spawn(async move {
+            let start = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let sent = shared.sent.load(Ordering::Relaxed);
+                info!(
+                    sent,
+                    failed = shared.failed.load(Ordering::Relaxed),
+                    outstanding = total,
+                    rate = format!("{:.0}/s", sent as f64 / start.elapsed().as_secs_f64()),
+                    "sending"
+                );
+            }
+        }))
+    };
+
+    let mut skipped = 0u64;
+    let mut cursor = 0i64;
+    let finish = 'run: loop {
+        if *stop.borrow() {
+            break Finish::Interrupted;
+        }
+        if let Some(reason) = shared.breaker.lock().expect("breaker lock").tripped.clone() {
+            break Finish::Paused { reason };
+        }
+        let batch = ledger::due_deliveries(&read, job.issue, cursor, now_ms(), BATCH)?;
+        if batch.is_empty() {
+            // End of a pass: let in-flight messages finish and their outcomes land.
+            drop(permits.acquire_many(concurrency as u32).await?);
+            let (ack, acked) = oneshot::channel();
+            writer_tx.send(WriteOp::Flush { ack }).await?;
+            acked.await?;
+            if let Some(reason) = shared.breaker.lock().expect("breaker lock").tripped.clone() {
+                break Finish::Paused { reason };
+            }
+            match ledger::next_due_ms(&read, job.issue)? {
+                None => break Finish::Complete,
+                Some(due) => {
+                    cursor = 0;
+                    let wait = Duration::from_millis((due - now_ms()).max(0) as u64);
+                    if !wait.is_zero() {
+                        debug!(?wait, "waiting for retries to come due");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait.min(Duration::from_secs(60))) => {}
+                            _ = stop_requested(&mut stop) => break Finish::Interrupted,
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        for d in batch {
+            cursor = d.subscriber_id;
+            if !d.active {
+                skipped += 1;
+                writer_tx
+                    .send(WriteOp::Record {
+                        id: d.subscriber_id,
+                        outcome: Outcome::Skipped,
+                    })
+                    .await?;
+                continue;
+            }
+            let email = match d.email.parse::<lettre::Address>() {
+                Ok(a) => a,
+                Err(e) => {
+                    writer_tx
+                        .send(WriteOp::Record {
+                            id: d.subscriber_id,
+                            outcome: Outcome::Permanent {
+                                reply: format!("`{}` is not a valid address: {e}", d.email),
+                                bounce: false,
+                            },
+                        })
+                        .await?;
+                    continue;
+                }
+            };
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p?,
+                _ = stop_requested(&mut stop) => break 'run Finish::Interrupted,
+            };
+            if shared.tripped() {
+                continue 'run;
+            }
+            job_tx
+                .send(Job {
+                    recipient: Recipient {
+                        subscriber_id: d.subscriber_id,
+                        email,
+                        name: d.name,
+                    },
+                    attempts_before: d.attempts,
+                    _permit: permit,
+                })
+                .await?;
+        }
+    };
+
+    // Stop handing out work; let what is in flight finish (each exchange is time-limited).
+    shared.stop.store(true, Ordering::SeqCst);
+    drop(job_tx);
+    for w in workers {
+        let _ = w.await;
+    }
+    if let Some(t) = ticker {
+        t.abort();
+        let _ = t.await;
+    }
+    let streak = std::mem::take(&mut shared.breaker.lock().expect("breaker lock").streak);
+    drop(writer_tx);
+    let shared = match Arc::try_unwrap(shared) {
+        Ok(s) => s,
+        Err(_) => anyhow::bail!("delivery workers still running after shutdown"),
+    };
+    drop(shared.writer);
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the ledger writer panicked"))??;
+    bar.finish_and_clear();
+
+    match &finish {
+        Finish::Complete => ledger::set_issue_state(&read, job.issue, IssueState::Complete)?,
+        Finish::Paused { .. } => {
+            ledger::refund_attempts(&read, job.issue, &streak)?;
+            ledger::set_issue_state(&read, job.issue, IssueState::Paused)?;
+        }
+        Finish::Interrupted => {}
+    }
+    let counts = ledger::delivery_counts(&read, job.issue)?;
+    Ok(Report {
+        finish,
+        sent: shared.sent.load(Ordering::Relaxed),
+        failed: shared.failed.load(Ordering::Relaxed),
+        skipped,
+        retried: shared.retried.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        counts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_unknown_is_told_from_policy_rejections() {
+        assert!(is_user_unknown(
+            550,
+            "5.1.1 <a@b.c>: Recipient address rejected: User unknown"
+        ));
+        assert!(is_user_unknown(553, "sorry, no such user here"));
+        assert!(!is_user_unknown(550, "5.7.1 Message rejected as spam"));
+        assert!(!is_user_unknown(554, "5.1.1 user unknown"));
+        assert!(!is_user_unknown(552, "mailbox full"));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_secs(2);
+        for attempts in 1..=20 {
+            let d = backoff(base, attempts);
+            let nominal = base
+                .saturating_mul(1 << (attempts - 1).min(16))
+                .min(MAX_BACKOFF);
+            assert!(
+                d >= nominal.mul_f64(0.5) && d <= nominal.mul_f64(1.5),
+                "{attempts}: {d:?}"
+            );
+        }
+    }
+}
