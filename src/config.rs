@@ -242,7 +242,7 @@ impl Config {
             if p.is_absolute() {
                 p.to_owned()
             } else {
-                base.join(p)
+                normalize(&base.join(p))
             }
         };
 
@@ -367,6 +367,29 @@ impl Config {
     }
 }
 
+/// Folds `dir/../x` into `x` without touching the file system, so messages show
+/// `content/comparisons`, not `config/../content/comparisons`.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("`{s}` is not a duration like 30s, 6h or 2days: {e}"))
@@ -376,4 +399,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn resolve_config_path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os("VERDICTS_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_fold_parent_components() {
+        assert_eq!(
+            normalize(Path::new("config/../content")),
+            PathBuf::from("content")
+        );
+        assert_eq!(
+            normalize(Path::new("/srv/v/config/../state")),
+            PathBuf::from("/srv/v/state")
+        );
+        assert_eq!(normalize(Path::new("../x")), PathBuf::from("../x"));
+        assert_eq!(normalize(Path::new("a/./b")), PathBuf::from("a/b"));
+        assert_eq!(normalize(Path::new("config/..")), PathBuf::from("."));
+    }
 }
