@@ -269,44 +269,71 @@ enum WriteOp {
     Flush { ack: oneshot::Sender<()> },
 }
 
-/// The single writer: applies queued state changes in one transaction per batch, then
-/// acknowledges, so a worker starts SMTP only after its `sending` mark is committed.
+/// The longest a batch of outcomes waits uncommitted for a `sending` mark to share its
+/// transaction. It also bounds how long the writer holds the database's write lock.
+const GROUP_COMMIT: Duration = Duration::from_millis(20);
+
+/// The single writer: applies queued state changes in group commits. A commit happens as
+/// soon as an operation needs an acknowledgement (a `sending` mark, which must be durable
+/// before its message goes out, or a flush), so outcomes ride along with the next mark
+/// instead of costing a commit each; outcomes alone are committed within `GROUP_COMMIT`.
+/// Each worker therefore has at most one delivered-but-unrecorded message at any time.
 fn writer_loop(
     db_path: PathBuf,
     issue: i64,
     max_attempts: u32,
-    mut rx: mpsc::Receiver<WriteOp>,
+    rx: std::sync::mpsc::Receiver<WriteOp>,
 ) -> anyhow::Result<()> {
+    use std::sync::mpsc::RecvTimeoutError;
     let conn = db::open(&db_path)?;
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+    let apply = |op: &WriteOp| -> rusqlite::Result<()> {
+        match op {
+            WriteOp::MarkSending { id, .. } => ledger::mark_sending(&conn, issue, *id),
+            WriteOp::Record { id, outcome } => {
+                ledger::record_outcome(&conn, issue, *id, outcome, max_attempts)
+            }
+            WriteOp::Flush { .. } => Ok(()),
+        }
+    };
+    let mut open_since: Option<Instant> = None;
+    let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        let next = match open_since {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(since) => rx.recv_timeout(GROUP_COMMIT.saturating_sub(since.elapsed())),
+        };
+        let disconnected = matches!(next, Err(RecvTimeoutError::Disconnected));
+        if let Ok(first) = next {
+            if open_since.is_none() {
+                conn.execute_batch("BEGIN IMMEDIATE")?;
+                open_since = Some(Instant::now());
+            }
+            let mut op = Some(first);
+            let mut applied = 0;
+            while let Some(current) = op.take() {
+                apply(&current)?;
+                applied += 1;
+                match current {
+                    WriteOp::MarkSending { ack, .. } | WriteOp::Flush { ack } => acks.push(ack),
+                    WriteOp::Record { .. } => {}
+                }
+                if applied < 4096 {
+                    op = rx.try_recv().ok();
+                }
             }
         }
-        let tx = db::write_transaction(&conn)?;
-        for op in &batch {
-            match op {
-                WriteOp::MarkSending { id, .. } => ledger::mark_sending(&tx, issue, *id)?,
-                WriteOp::Record { id, outcome } => {
-                    ledger::record_outcome(&tx, issue, *id, outcome, max_attempts)?
-                }
-                WriteOp::Flush { .. } => {}
+        let due = open_since.is_some_and(|since| since.elapsed() >= GROUP_COMMIT);
+        if open_since.is_some() && (!acks.is_empty() || due || disconnected) {
+            conn.execute_batch("COMMIT")?;
+            open_since = None;
+            for ack in acks.drain(..) {
+                let _ = ack.send(());
             }
         }
-        tx.commit()?;
-        for op in batch {
-            match op {
-                WriteOp::MarkSending { ack, .. } | WriteOp::Flush { ack } => {
-                    let _ = ack.send(());
-                }
-                WriteOp::Record { .. } => {}
-            }
+        if disconnected {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 /// Consecutive connection faults with no successful conversation in between. Enough of
@@ -328,7 +355,7 @@ struct Shared {
     smtp: SmtpConfig,
     password: Option<String>,
     hello: ClientId,
-    writer: mpsc::Sender<WriteOp>,
+    writer: std::sync::mpsc::Sender<WriteOp>,
     limiter: Option<governor::DefaultDirectRateLimiter>,
     breaker: Mutex<Breaker>,
     trip_after: usize,
@@ -495,7 +522,6 @@ async fn worker(shared: Arc<Shared>, jobs: Arc<tokio::sync::Mutex<mpsc::Receiver
         if shared
             .writer
             .send(WriteOp::MarkSending { id, ack })
-            .await
             .is_err()
         {
             break; // the ledger is gone: never send unrecorded
@@ -513,12 +539,7 @@ async fn worker(shared: Arc<Shared>, jobs: Arc<tokio::sync::Mutex<mpsc::Receiver
         }
         debug!(subscriber = id, ?attempt, "attempt finished");
         let outcome = shared.outcome(id, job.attempts_before + 1, attempt);
-        if shared
-            .writer
-            .send(WriteOp::Record { id, outcome })
-            .await
-            .is_err()
-        {
+        if shared.writer.send(WriteOp::Record { id, outcome }).is_err() {
             break;
         }
     }
@@ -556,7 +577,7 @@ pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::
     let before = ledger::delivery_counts(&read, job.issue)?;
 
     let concurrency = job.smtp.concurrency;
-    let (writer_tx, writer_rx) = mpsc::channel(concurrency * 4 + 64);
+    let (writer_tx, writer_rx) = std::sync::mpsc::channel();
     let writer = {
         let path = job.db_path.clone();
         let issue = job.issue;
@@ -640,7 +661,9 @@ pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::
             // End of a pass: let in-flight messages finish and their outcomes land.
             drop(permits.acquire_many(concurrency as u32).await?);
             let (ack, acked) = oneshot::channel();
-            writer_tx.send(WriteOp::Flush { ack }).await?;
+            writer_tx
+                .send(WriteOp::Flush { ack })
+                .map_err(|_| anyhow::anyhow!("the ledger writer stopped"))?;
             acked.await?;
             if let Some(reason) = shared.breaker.lock().expect("breaker lock").tripped.clone() {
                 break Finish::Paused { reason };
@@ -670,7 +693,7 @@ pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::
                         id: d.subscriber_id,
                         outcome: Outcome::Skipped,
                     })
-                    .await?;
+                    .map_err(|_| anyhow::anyhow!("the ledger writer stopped"))?;
                 continue;
             }
             let email = match d.email.parse::<lettre::Address>() {
@@ -684,7 +707,7 @@ pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::
                                 bounce: false,
                             },
                         })
-                        .await?;
+                        .map_err(|_| anyhow::anyhow!("the ledger writer stopped"))?;
                     continue;
                 }
             };

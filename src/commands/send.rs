@@ -107,7 +107,11 @@ pub fn send(config: &Config, at: DateTime<Utc>, yes: bool, force: bool) -> anyho
     };
     drop(conn);
 
+    // One async worker thread is enough to keep the SMTP sessions busy and measurably
+    // faster than two on a small machine (fewer cross-thread wake-ups, more CPU left to the
+    // mail server); CPU-heavy DKIM signing goes to blocking threads anyway.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
