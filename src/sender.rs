@@ -604,7 +604,12 @@ pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::
     let shared = Arc::new(Shared {
         messages: job.messages.clone(),
         hello: ClientId::default(),
-        trip_after: concurrency.max(3),
+        // As many faults in a row as there are connections (at least 3), but never more than
+        // there are deliveries left, so a small list also pauses rather than failing.
+        trip_after: concurrency
+            .max(3)
+            .min(usize::try_from(before.outstanding()).unwrap_or(usize::MAX))
+            .max(1),
         smtp: job.smtp.clone(),
         password: job.password.clone(),
         writer: writer_tx.clone(),

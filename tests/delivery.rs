@@ -462,6 +462,14 @@ fn a_comparison_is_never_in_two_issues() {
     let server = TestSmtp::start();
     let site = site_with_subscribers(2, server.port(), "");
     send(&site).success();
+    // The preview knows the week has gone out.
+    site.cmd()
+        .args(["preview", "--at", "2026-11-30T09:00:00Z", "--out", "o"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "has no new comparisons (window 2026-11-23 09:00 UTC to 2026-11-30 09:00 UTC)",
+        ));
     // An editor re-dates an already-sent comparison into the next week.
     let file = site
         .comparisons()
@@ -477,5 +485,21 @@ fn a_comparison_is_never_in_two_issues() {
         .assert()
         .success()
         .stdout(predicate::str::contains("No new comparisons"));
+    site.cmd()
+        .args(["preview", "--at", "2026-11-30T09:00:00Z", "--out", "o"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("has no new comparisons"));
     assert_eq!(server.received().len(), 2);
+}
+
+#[test]
+fn a_list_smaller_than_the_connection_count_also_pauses_when_the_server_is_down() {
+    let site = site_with_subscribers(2, closed_port(), "  concurrency: 8\n  retry_base: 50ms");
+    send(&site)
+        .code(3)
+        .stderr(predicate::str::contains("issue 1 paused"));
+    assert!(deliveries(&site)
+        .values()
+        .all(|(s, a)| s == "pending" && *a == 0));
 }

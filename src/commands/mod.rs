@@ -134,8 +134,20 @@ pub fn plan_preview<'a>(
     comparisons: &'a [Comparison],
     at: DateTime<Utc>,
 ) -> anyhow::Result<PlannedIssue<'a>> {
-    let sent = HashSet::new();
-    let mut plan = plan_issue(config, comparisons, at, None, &sent)?;
+    // With a ledger, the window starts at the previous issue's cutoff and skips what was
+    // already sent, exactly as `send` would; without one, this is the first issue.
+    let (previous, sent) = if config.database_path().exists() {
+        let conn = crate::db::open(&config.database_path())?;
+        let slot = config.schedule.slots.slot_at_or_before(at);
+        let previous = match slot {
+            Some(slot) => crate::ledger::previous_cutoff(&conn, slot)?,
+            None => None,
+        };
+        (previous, crate::ledger::sent_slugs(&conn)?)
+    } else {
+        (None, HashSet::new())
+    };
+    let mut plan = plan_issue(config, comparisons, at, previous, &sent)?;
     if plan.comparisons.is_empty() {
         println!(
             "The issue for {} has no new comparisons (window {} to {}).",
@@ -158,7 +170,8 @@ pub fn plan_preview<'a>(
         else {
             return user_error("the schedule has no slot after the latest comparison");
         };
-        plan = plan_issue(config, comparisons, slot, None, &sent)?;
+        // That week as it was published, whether or not it has gone out since.
+        plan = plan_issue(config, comparisons, slot, None, &HashSet::new())?;
         println!(
             "Previewing the latest week that has content instead: the issue for {}.",
             describe_slot(config, plan.slot)
