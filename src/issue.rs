@@ -71,12 +71,7 @@ pub fn prepare(
     if selected.is_empty() && on_empty != EmptyWeek::Send {
         let mut recorded = false;
         if on_empty == EmptyWeek::Record {
-            let digest = render::render_digest(
-                &config.newsletter,
-                &[],
-                slot,
-                config.schedule.slots.timezone(),
-            )?;
+            let digest = render::render_issue(config, &[], slot)?;
             ledger::create_issue(
                 conn,
                 &NewIssue {
@@ -92,12 +87,7 @@ pub fn prepare(
         }
         return Ok(Prepared::Empty { window, recorded });
     }
-    let digest = render::render_digest(
-        &config.newsletter,
-        &selected,
-        slot,
-        config.schedule.slots.timezone(),
-    )?;
+    let digest = render::render_issue(config, &selected, slot)?;
     let created = ledger::create_issue(
         conn,
         &NewIssue {
@@ -213,12 +203,7 @@ pub fn pending_digest(
     if selected.is_empty() {
         return Ok(None);
     }
-    Ok(Some(render::render_digest(
-        &config.newsletter,
-        &selected,
-        slot,
-        config.schedule.slots.timezone(),
-    )?))
+    Ok(Some(render::render_issue(config, &selected, slot)?))
 }
 
 /// A one-line account of a run.

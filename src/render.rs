@@ -300,6 +300,20 @@ fn intro(n: usize) -> String {
     }
 }
 
+/// Renders the issue of `slot` as the config describes the newsletter and its time zone.
+pub fn render_issue(
+    config: &crate::config::Config,
+    comparisons: &[&Comparison],
+    slot: DateTime<Utc>,
+) -> Result<RenderedDigest, RenderError> {
+    render_digest(
+        &config.newsletter,
+        comparisons,
+        slot,
+        config.schedule.slots.timezone(),
+    )
+}
+
 /// Renders the digest of `comparisons` for the issue whose slot is `slot`.
 pub fn render_digest(
     newsletter: &Newsletter,

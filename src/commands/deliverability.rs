@@ -18,12 +18,7 @@ pub fn lint(config: &Config, at: Option<DateTime<Utc>>) -> anyhow::Result<()> {
     let comparisons = content::load_dir(&config.content_dir)?;
     let at = at.unwrap_or_else(|| next_slot(config));
     let plan = super::plan_preview(config, &comparisons, at)?;
-    let digest = render::render_digest(
-        &config.newsletter,
-        &plan.comparisons,
-        plan.slot,
-        config.schedule.slots.timezone(),
-    )?;
+    let digest = render::render_issue(config, &plan.comparisons, plan.slot)?;
     println!(
         "Checking the issue for {}: \"{}\" ({} comparison{}).",
         describe_slot(config, plan.slot),

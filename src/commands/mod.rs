@@ -186,12 +186,7 @@ fn preview(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> anyho
     let dkim = crate::dkim::load(config)?;
     let comparisons = content::load_dir(&config.content_dir)?;
     let plan = plan_preview(config, &comparisons, at)?;
-    let digest = render::render_digest(
-        &config.newsletter,
-        &plan.comparisons,
-        plan.slot,
-        config.schedule.slots.timezone(),
-    )?;
+    let digest = render::render_issue(config, &plan.comparisons, plan.slot)?;
     let (key, real_key) = preview_key(config);
     let files = write_preview(config, &digest, plan.slot, key, dkim.clone(), out)?;
 

@@ -185,12 +185,7 @@ pub fn dry_run(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> a
                 conn.query_row("SELECT coalesce(max(number), 0) + 1 FROM issues", [], |r| {
                     r.get(0)
                 })?;
-            let digest = render::render_digest(
-                &config.newsletter,
-                &selected,
-                slot,
-                config.schedule.slots.timezone(),
-            )?;
+            let digest = render::render_issue(config, &selected, slot)?;
             (next, digest)
         }
     };
