@@ -14,13 +14,15 @@ use crate::config::{Config, OnEmpty};
 use crate::content;
 use crate::issue::{self, EmptyWeek, Prepared};
 use crate::ledger::{self, Issue};
-use crate::lock::{IfBusy, SenderLock};
+use crate::lock::SenderLock;
 use crate::schedule::SlotSchedule;
 use crate::sender::Finish;
 use crate::token::TokenKey;
 
 /// The longest single sleep, so wall-clock jumps (suspend, NTP) are noticed within a minute.
 const MAX_NAP: Duration = Duration::from_secs(60);
+/// The shortest sleep, so a stuck condition can never spin the loop.
+const MIN_NAP: Duration = Duration::from_millis(200);
 /// First wait before retrying a paused issue; doubles up to `MAX_PAUSE_RETRY`.
 const FIRST_PAUSE_RETRY: Duration = Duration::from_secs(30);
 const MAX_PAUSE_RETRY: Duration = Duration::from_secs(15 * 60);
@@ -90,12 +92,32 @@ impl Daemon<'_> {
         *self.stop.borrow()
     }
 
+    /// An unexpected failure (say the database was unavailable): log it and try again
+    /// later rather than let the daemon die.
+    fn failed(&mut self, doing: &str, e: anyhow::Error) {
+        let wait = self.pause_retry;
+        error!(error = %format!("{e:#}"), retry_in = ?wait, "{doing} failed");
+        self.retry_after = Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default());
+        self.pause_retry = (self.pause_retry * 2).min(MAX_PAUSE_RETRY);
+    }
+
     /// Delivers an issue under the sender lock (waiting for a hand-run `send` to finish).
     async fn deliver(&mut self, issue: &Issue) -> anyhow::Result<RunEnd> {
-        let state_dir = self.config.state_dir.clone();
-        let _lock =
-            tokio::task::spawn_blocking(move || SenderLock::acquire(&state_dir, IfBusy::Wait))
-                .await??;
+        // A hand-run `send` may hold the sender lock: wait for it, but stay stoppable.
+        let _lock = loop {
+            if let Some(lock) = SenderLock::try_acquire(&self.config.state_dir)? {
+                break lock;
+            }
+            info!("another process is sending from this database; waiting for it to finish");
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.changed() => {}
+            }
+            if self.stopped() {
+                return Ok(RunEnd::Stopped);
+            }
+        };
         // The issue may have been finished by someone else while we waited.
         let conn = crate::db::open(&self.config.database_path())?;
         let Some(current) = ledger::issue(&conn, issue.number)? else {
@@ -143,6 +165,8 @@ impl Daemon<'_> {
         if self.retry_after.is_some_and(|t| Utc::now() < t) {
             return Ok(RunEnd::Paused);
         }
+        // The wait is over; a run that pauses again sets a new one.
+        self.retry_after = None;
         let conn = crate::db::open(&self.config.database_path())?;
         let unfinished = ledger::unfinished_issues(&conn)?;
         drop(conn);
@@ -235,8 +259,10 @@ pub async fn run(
         if daemon.stopped() {
             break;
         }
-        if let RunEnd::Stopped = daemon.resume_unfinished().await? {
-            break;
+        match daemon.resume_unfinished().await {
+            Ok(RunEnd::Stopped) => break,
+            Ok(_) => {}
+            Err(e) => daemon.failed("resuming an unfinished issue", e),
         }
         let now = Utc::now();
         let conn = crate::db::open(&config.database_path())?;
@@ -245,11 +271,11 @@ pub async fn run(
         });
         drop(conn);
         match decision {
-            SlotDecision::Send(slot) => {
-                if let RunEnd::Stopped = daemon.send_slot(slot).await? {
-                    break;
-                }
-            }
+            SlotDecision::Send(slot) => match daemon.send_slot(slot).await {
+                Ok(RunEnd::Stopped) => break,
+                Ok(_) => {}
+                Err(e) => daemon.failed("sending the slot's issue", e),
+            },
             SlotDecision::Stale(slot) => {
                 if warned.insert(slot) {
                     warn!(
@@ -274,7 +300,10 @@ pub async fn run(
         if let Some(retry) = daemon.retry_after {
             wake = wake.min(retry);
         }
-        let nap = (wake - now).to_std().unwrap_or_default().min(MAX_NAP);
+        let nap = (wake - now)
+            .to_std()
+            .unwrap_or_default()
+            .clamp(MIN_NAP, MAX_NAP);
         tokio::select! {
             _ = tokio::time::sleep(nap) => {}
             _ = stop.changed() => {}

@@ -312,6 +312,18 @@ pub fn create_issue(conn: &Connection, new: &NewIssue<'_>) -> rusqlite::Result<C
     })
 }
 
+/// Marks the issue complete unless a delivery is still pending or sending (for instance one
+/// re-queued by `issues retry` a moment ago). Returns whether it did.
+pub fn complete_issue(conn: &Connection, number: i64) -> rusqlite::Result<bool> {
+    let changed = conn.execute(
+        "UPDATE issues SET state = 'complete', completed_at = ?1
+         WHERE number = ?2 AND NOT EXISTS (
+             SELECT 1 FROM deliveries WHERE issue = ?2 AND state IN ('pending', 'sending'))",
+        params![ts(Utc::now()), number],
+    )?;
+    Ok(changed == 1)
+}
+
 pub fn set_issue_state(conn: &Connection, number: i64, state: IssueState) -> rusqlite::Result<()> {
     let completed = (state == IssueState::Complete).then(|| ts(Utc::now()));
     conn.execute(
@@ -468,15 +480,19 @@ pub enum Outcome {
     Skipped,
 }
 
-/// Marks deliveries as under way, counting the attempt. Must be durable before the SMTP
-/// transaction starts.
-pub fn mark_sending(conn: &Connection, number: i64, subscriber_id: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "UPDATE deliveries SET state = 'sending', attempts = attempts + 1
-         WHERE issue = ? AND subscriber_id = ?",
-    )?
-    .execute(params![number, subscriber_id])?;
-    Ok(())
+/// Marks a delivery as under way, counting the attempt, if it is still pending and its
+/// subscriber still active (checked here, at the last moment, not when the batch was read).
+/// Returns false when the message must not go out. Must be durable before the message body
+/// is transferred.
+pub fn mark_sending(conn: &Connection, number: i64, subscriber_id: i64) -> rusqlite::Result<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE deliveries SET state = 'sending', attempts = attempts + 1
+             WHERE issue = ?1 AND subscriber_id = ?2 AND state = 'pending'
+               AND EXISTS (SELECT 1 FROM subscribers WHERE id = ?2 AND status = 'active')",
+        )?
+        .execute(params![number, subscriber_id])?;
+    Ok(changed == 1)
 }
 
 /// Records the outcome of an attempt.

@@ -47,6 +47,15 @@ impl SenderLock {
         let file = lock_file(state_dir, "sender.lock", "sending", if_busy)?;
         Ok(SenderLock { _file: file })
     }
+
+    /// The lock if it is free now, `None` if another process holds it.
+    pub fn try_acquire(state_dir: &Path) -> anyhow::Result<Option<SenderLock>> {
+        match Self::acquire(state_dir, IfBusy::Refuse) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(e) if e.is::<UserError>() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn lock_file(state_dir: &Path, name: &str, doing: &str, if_busy: IfBusy) -> anyhow::Result<File> {

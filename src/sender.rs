@@ -40,32 +40,55 @@ pub enum Attempt {
     Connection(String),
     /// The ledger could not record the attempt, so the message was not sent.
     LedgerGone,
+    /// The subscriber left just before their turn; nothing was sent.
+    NotDue,
+}
+
+/// Where in the SMTP transaction a reply came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// MAIL FROM: a refusal here is about the sender, i.e. our configuration.
+    Sender,
+    /// RCPT TO: the only place a reply says something about the recipient's mailbox.
+    Recipient,
+    /// DATA and the message itself.
+    Message,
 }
 
 /// Why an SMTP transaction stopped.
 enum TxError {
-    Smtp(lettre::transport::smtp::Error),
+    Smtp(Stage, lettre::transport::smtp::Error),
     /// Something this server cannot take for this recipient (e.g. no SMTPUTF8).
     Unsupported(String),
     /// The `sending` mark never became durable.
     Ledger,
+    /// The subscriber left (or the delivery was removed) just before sending.
+    NotDue,
+    /// No reply within the timeout.
+    Timeout,
 }
 
-impl From<lettre::transport::smtp::Error> for TxError {
-    fn from(e: lettre::transport::smtp::Error) -> Self {
-        TxError::Smtp(e)
-    }
-}
-
-/// One message's SMTP transaction. MAIL, RCPT and DATA overlap with the ledger commit of
-/// the `sending` mark; the body (and with it the delivery) only goes out once that mark is
-/// durable, so the ledger is never behind what the server has accepted.
+/// One message's SMTP transaction, each exchange under `timeout`. MAIL, RCPT and DATA
+/// overlap with the ledger commit of the `sending` mark; the body (and with it the delivery)
+/// only goes out once that mark is durable, so the ledger is never behind what the server
+/// has accepted. The wait for the ledger is not charged to the server's timeout.
 async fn transaction(
     conn: &mut AsyncSmtpConnection,
     envelope: &lettre::address::Envelope,
     body: &[u8],
-    durable: &mut Option<oneshot::Receiver<()>>,
+    durable: &mut Option<oneshot::Receiver<bool>>,
+    timeout: Duration,
 ) -> Result<lettre::transport::smtp::response::Response, TxError> {
+    async fn step<T>(
+        stage: Stage,
+        timeout: Duration,
+        f: impl std::future::Future<Output = Result<T, lettre::transport::smtp::Error>>,
+    ) -> Result<T, TxError> {
+        match tokio::time::timeout(timeout, f).await {
+            Ok(r) => r.map_err(|e| TxError::Smtp(stage, e)),
+            Err(_) => Err(TxError::Timeout),
+        }
+    }
     let mut params = Vec::new();
     let non_ascii = envelope
         .to()
@@ -88,16 +111,29 @@ async fn transaction(
         }
         params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
-    conn.command(Mail::new(envelope.from().cloned(), params))
-        .await?;
+    step(
+        Stage::Sender,
+        timeout,
+        conn.command(Mail::new(envelope.from().cloned(), params)),
+    )
+    .await?;
     for to in envelope.to() {
-        conn.command(Rcpt::new(to.clone(), vec![])).await?;
+        step(
+            Stage::Recipient,
+            timeout,
+            conn.command(Rcpt::new(to.clone(), vec![])),
+        )
+        .await?;
     }
-    conn.command(Data).await?;
+    step(Stage::Message, timeout, conn.command(Data)).await?;
     if let Some(mark) = durable.take() {
-        mark.await.map_err(|_| TxError::Ledger)?;
+        match mark.await {
+            Ok(true) => {}
+            Ok(false) => return Err(TxError::NotDue),
+            Err(_) => return Err(TxError::Ledger),
+        }
     }
-    Ok(conn.message(body).await?)
+    step(Stage::Message, timeout, conn.message(body)).await
 }
 
 /// True for 550/551/553 replies that say the mailbox does not exist (RFC 3463 5.1.x, or
@@ -119,20 +155,24 @@ pub fn is_user_unknown(code: u16, text: &str) -> bool {
             "mailbox not found",
             "does not exist",
             "recipient not found",
-            "address rejected",
             "invalid recipient",
         ]
         .iter()
         .any(|w| t.contains(w))
 }
 
-/// Sorts a lettre error into retry, give up, or "the server is not reachable".
-fn classify(err: &lettre::transport::smtp::Error) -> Attempt {
+/// Sorts a lettre error into retry, give up, or "the server is not reachable". Only a
+/// refusal at RCPT can mean the mailbox does not exist; a permanent refusal of our sender
+/// at MAIL FROM is a configuration problem that would hit every recipient, so it pauses
+/// the issue like an outage instead of failing (and bouncing) the list.
+fn classify(stage: Stage, err: &lettre::transport::smtp::Error) -> Attempt {
     let reply = err.to_string();
-    if err.is_permanent() {
+    if err.is_permanent() && stage == Stage::Sender {
+        Attempt::Connection(format!("the server refuses our sender address: {reply}"))
+    } else if err.is_permanent() {
         let code = err.status().map(u16::from).unwrap_or(500);
         Attempt::Permanent {
-            user_unknown: is_user_unknown(code, &reply),
+            user_unknown: stage == Stage::Recipient && is_user_unknown(code, &reply),
             reply,
         }
     } else if err.is_transient() {
@@ -264,7 +304,7 @@ pub struct Report {
 }
 
 enum WriteOp {
-    MarkSending { id: i64, ack: oneshot::Sender<()> },
+    MarkSending { id: i64, ack: oneshot::Sender<bool> },
     Record { id: i64, outcome: Outcome },
     Flush { ack: oneshot::Sender<()> },
 }
@@ -286,17 +326,12 @@ fn writer_loop(
 ) -> anyhow::Result<()> {
     use std::sync::mpsc::RecvTimeoutError;
     let conn = db::open(&db_path)?;
-    let apply = |op: &WriteOp| -> rusqlite::Result<()> {
-        match op {
-            WriteOp::MarkSending { id, .. } => ledger::mark_sending(&conn, issue, *id),
-            WriteOp::Record { id, outcome } => {
-                ledger::record_outcome(&conn, issue, *id, outcome, max_attempts)
-            }
-            WriteOp::Flush { .. } => Ok(()),
-        }
-    };
+    enum Ack {
+        Mark(oneshot::Sender<bool>, bool),
+        Flush(oneshot::Sender<()>),
+    }
     let mut open_since: Option<Instant> = None;
-    let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut acks: Vec<Ack> = Vec::new();
     loop {
         let next = match open_since {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -311,12 +346,17 @@ fn writer_loop(
             let mut op = Some(first);
             let mut applied = 0;
             while let Some(current) = op.take() {
-                apply(&current)?;
-                applied += 1;
                 match current {
-                    WriteOp::MarkSending { ack, .. } | WriteOp::Flush { ack } => acks.push(ack),
-                    WriteOp::Record { .. } => {}
+                    WriteOp::MarkSending { id, ack } => {
+                        let go = ledger::mark_sending(&conn, issue, id)?;
+                        acks.push(Ack::Mark(ack, go));
+                    }
+                    WriteOp::Record { id, outcome } => {
+                        ledger::record_outcome(&conn, issue, id, &outcome, max_attempts)?
+                    }
+                    WriteOp::Flush { ack } => acks.push(Ack::Flush(ack)),
                 }
+                applied += 1;
                 if applied < 4096 {
                     op = rx.try_recv().ok();
                 }
@@ -327,7 +367,14 @@ fn writer_loop(
             conn.execute_batch("COMMIT")?;
             open_since = None;
             for ack in acks.drain(..) {
-                let _ = ack.send(());
+                match ack {
+                    Ack::Mark(tx, go) => {
+                        let _ = tx.send(go);
+                    }
+                    Ack::Flush(tx) => {
+                        let _ = tx.send(());
+                    }
+                }
             }
         }
         if disconnected {
@@ -342,6 +389,22 @@ fn writer_loop(
 struct Breaker {
     streak: Vec<i64>,
     tripped: Option<String>,
+    /// Server replies (of any kind) and connection faults in the current pass.
+    pass_replies: u64,
+    pass_faults: u64,
+    /// What the last fault said, to tell the operator why the issue paused.
+    last_fault: Option<String>,
+}
+
+impl Breaker {
+    /// Any reply proves the server is there: the fault streak starts over (unless the
+    /// breaker already tripped, whose streak is the list of attempts to give back).
+    fn reply(&mut self) {
+        self.pass_replies += 1;
+        if self.tripped.is_none() {
+            self.streak.clear();
+        }
+    }
 }
 
 struct Job {
@@ -363,6 +426,7 @@ struct Shared {
     sent: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
+    skipped: AtomicU64,
     bar: indicatif::ProgressBar,
 }
 
@@ -377,7 +441,7 @@ impl Shared {
         &self,
         conn: &mut Option<AsyncSmtpConnection>,
         r: &Recipient,
-        durable: oneshot::Receiver<()>,
+        durable: oneshot::Receiver<bool>,
     ) -> Attempt {
         let mut durable = Some(durable);
         let built = if self.messages.signs() {
@@ -431,30 +495,31 @@ impl Shared {
                 }
             }
             let c = conn.as_mut().expect("connected above");
-            let result = tokio::time::timeout(
-                self.smtp.timeout,
-                transaction(c, envelope, &bytes, &mut durable),
-            )
-            .await;
+            let result = transaction(c, envelope, &bytes, &mut durable, self.smtp.timeout).await;
             match result {
-                Ok(Ok(resp)) => return Attempt::Sent(response_text(&resp)),
-                Ok(Err(TxError::Ledger)) => return Attempt::LedgerGone,
-                Ok(Err(TxError::Unsupported(reason))) => {
+                Ok(resp) => return Attempt::Sent(response_text(&resp)),
+                Err(TxError::Ledger) => return Attempt::LedgerGone,
+                Err(TxError::NotDue) => {
+                    // DATA is open: drop the session rather than send anything.
+                    *conn = None;
+                    return Attempt::NotDue;
+                }
+                Err(TxError::Unsupported(reason)) => {
                     return Attempt::Permanent {
                         reply: reason,
                         user_unknown: false,
                     }
                 }
-                Ok(Err(TxError::Smtp(e))) => {
+                Err(TxError::Smtp(stage, e)) => {
                     *conn = None;
-                    let attempt = classify(&e);
+                    let attempt = classify(stage, &e);
                     if matches!(attempt, Attempt::Connection(_)) && reused && !fresh_try {
                         debug!(error = %e, "reused connection failed; retrying on a new one");
                         continue;
                     }
                     return attempt;
                 }
-                Err(_) => {
+                Err(TxError::Timeout) => {
                     *conn = None;
                     return Attempt::Connection(format!(
                         "{}:{} stopped answering mid-transaction (no reply within {:?})",
@@ -470,7 +535,7 @@ impl Shared {
         let mut breaker = self.breaker.lock().expect("breaker lock");
         match attempt {
             Attempt::Sent(reply) => {
-                breaker.streak.clear();
+                breaker.reply();
                 self.sent.fetch_add(1, Ordering::Relaxed);
                 self.bar.inc(1);
                 Outcome::Sent { reply }
@@ -479,7 +544,7 @@ impl Shared {
                 reply,
                 user_unknown,
             } => {
-                breaker.streak.clear();
+                breaker.reply();
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 self.bar.inc(1);
                 Outcome::Permanent {
@@ -488,13 +553,15 @@ impl Shared {
                 }
             }
             Attempt::Temporary(reply) => {
-                breaker.streak.clear();
+                breaker.reply();
                 self.retried.fetch_add(1, Ordering::Relaxed);
                 let retry_at_ms =
                     now_ms() + backoff(self.smtp.retry_base, attempts).as_millis() as i64;
                 Outcome::Retry { reply, retry_at_ms }
             }
             Attempt::Connection(reply) => {
+                breaker.pass_faults += 1;
+                breaker.last_fault = Some(reply.clone());
                 breaker.streak.push(id);
                 if breaker.streak.len() >= self.trip_after && breaker.tripped.is_none() {
                     warn!(reason = %reply, "SMTP server unreachable; pausing the issue");
@@ -503,6 +570,10 @@ impl Shared {
                 let retry_at_ms =
                     now_ms() + backoff(self.smtp.retry_base, attempts).as_millis() as i64;
                 Outcome::Retry { reply, retry_at_ms }
+            }
+            Attempt::NotDue => {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                Outcome::Skipped
             }
             Attempt::LedgerGone => unreachable!("the worker stops before recording"),
         }
@@ -517,6 +588,11 @@ async fn worker(shared: Arc<Shared>, jobs: Arc<tokio::sync::Mutex<mpsc::Receiver
         if shared.stop.load(Ordering::SeqCst) || shared.tripped() {
             continue; // left pending for the next run
         }
+        // Wait for the rate limit first, so the subscriber is checked (and marked) as close
+        // to their message as possible.
+        if let Some(limiter) = &shared.limiter {
+            limiter.until_ready().await;
+        }
         let id = job.recipient.subscriber_id;
         let (ack, acked) = oneshot::channel();
         if shared
@@ -525,9 +601,6 @@ async fn worker(shared: Arc<Shared>, jobs: Arc<tokio::sync::Mutex<mpsc::Receiver
             .is_err()
         {
             break; // the ledger is gone: never send unrecorded
-        }
-        if let Some(limiter) = &shared.limiter {
-            limiter.until_ready().await;
         }
         let span = tracing::debug_span!("delivery", subscriber = id);
         let attempt = shared
@@ -604,12 +677,10 @@ pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::
     let shared = Arc::new(Shared {
         messages: job.messages.clone(),
         hello: ClientId::default(),
-        // As many faults in a row as there are connections (at least 3), but never more than
-        // there are deliveries left, so a small list also pauses rather than failing.
-        trip_after: concurrency
-            .max(3)
-            .min(usize::try_from(before.outstanding()).unwrap_or(usize::MAX))
-            .max(1),
+        // As many faults in a row as there are connections (at least 3); a pass with
+        // nothing but faults also trips it (see the end of a pass below), so a small list
+        // pauses too.
+        trip_after: concurrency.max(3),
         smtp: job.smtp.clone(),
         password: job.password.clone(),
         writer: writer_tx.clone(),
@@ -619,6 +690,7 @@ pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::
         sent: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         retried: AtomicU64::new(0),
+        skipped: AtomicU64::new(0),
         bar: bar.clone(),
     });
 
@@ -670,8 +742,22 @@ pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::
                 .send(WriteOp::Flush { ack })
                 .map_err(|_| anyhow::anyhow!("the ledger writer stopped"))?;
             acked.await?;
-            if let Some(reason) = shared.breaker.lock().expect("breaker lock").tripped.clone() {
-                break Finish::Paused { reason };
+            {
+                let mut breaker = shared.breaker.lock().expect("breaker lock");
+                if breaker.pass_faults > 0 && breaker.pass_replies == 0 && breaker.tripped.is_none()
+                {
+                    // Every attempt of the pass failed to reach the server.
+                    let reason = breaker.last_fault.clone().unwrap_or_else(|| {
+                        format!("{}:{} could not be reached", job.smtp.host, job.smtp.port)
+                    });
+                    warn!(%reason, "pausing the issue");
+                    breaker.tripped = Some(reason);
+                }
+                breaker.pass_faults = 0;
+                breaker.pass_replies = 0;
+                if let Some(reason) = breaker.tripped.clone() {
+                    break Finish::Paused { reason };
+                }
             }
             match ledger::next_due_ms(&read, job.issue)? {
                 None => break Finish::Complete,
@@ -759,8 +845,16 @@ pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::
         .map_err(|_| anyhow::anyhow!("the ledger writer panicked"))??;
     bar.finish_and_clear();
 
+    let finish = match finish {
+        Finish::Complete if !ledger::complete_issue(&read, job.issue)? => {
+            // Something was re-queued meanwhile (e.g. `issues retry`): leave it resumable.
+            warn!("deliveries were re-queued during the run; the issue stays open");
+            Finish::Interrupted
+        }
+        other => other,
+    };
     match &finish {
-        Finish::Complete => ledger::set_issue_state(&read, job.issue, IssueState::Complete)?,
+        Finish::Complete => {}
         Finish::Paused { .. } => {
             ledger::refund_attempts(&read, job.issue, &streak)?;
             ledger::set_issue_state(&read, job.issue, IssueState::Paused)?;
@@ -772,7 +866,7 @@ pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::
         finish,
         sent: shared.sent.load(Ordering::Relaxed),
         failed: shared.failed.load(Ordering::Relaxed),
-        skipped,
+        skipped: skipped + shared.skipped.load(Ordering::Relaxed),
         retried: shared.retried.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         counts,

@@ -503,3 +503,49 @@ fn a_list_smaller_than_the_connection_count_also_pauses_when_the_server_is_down(
         .values()
         .all(|(s, a)| s == "pending" && *a == 0));
 }
+
+#[test]
+fn a_relay_refusing_our_sender_pauses_instead_of_bouncing_everyone() {
+    let server = TestSmtp::start_with(Behaviour::default().refuse_sender());
+    let site = site_with_subscribers(5, server.port(), fast_retries());
+    send(&site)
+        .code(3)
+        .stderr(predicate::str::contains("issue 1 paused"))
+        .stderr(predicate::str::contains("refuses our sender address"));
+    assert!(server.received().is_empty());
+    assert!(deliveries(&site)
+        .values()
+        .all(|(s, a)| s == "pending" && *a == 0));
+    site.cmd()
+        .args(["subscribers", "count"])
+        .assert()
+        .stdout(predicate::str::is_match(r"bounced\s+0").unwrap());
+}
+
+#[test]
+fn a_subscriber_who_leaves_mid_send_is_not_mailed() {
+    let server = TestSmtp::start();
+    // One connection at two messages a second: reader3's turn comes about 1.5 s in.
+    let site = site_with_subscribers(4, server.port(), "  concurrency: 1\n  rate_per_second: 2");
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
+        .args(["send", "--at", AT, "--yes"])
+        .current_dir(site.path())
+        .env("VERDICTS_CONFIG", site.config_path())
+        .env("VERDICTS_SECRET", TEST_SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(server.wait_for(1, Duration::from_secs(30)), 1);
+    site.cmd()
+        .args(["subscribers", "unsubscribe", "reader3@example.com"])
+        .assert()
+        .success();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent 3, failed 0, skipped 1"));
+    let counts = server.count_by_recipient();
+    assert_eq!(counts.len(), 3);
+    assert!(!counts.contains_key("reader3@example.com"));
+    assert_eq!(deliveries(&site)["reader3@example.com"].0, "skipped");
+}

@@ -6,6 +6,7 @@ use crate::cli::IssuesCommand;
 use crate::config::Config;
 use crate::error::user_error;
 use crate::ledger::{self, IssueState};
+use crate::lock::{IfBusy, SenderLock};
 
 pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()> {
     let conn = crate::db::open(&config.database_path())?;
@@ -92,6 +93,9 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
                     "issue {number} is an empty week; it has no deliveries"
                 ));
             }
+            // Not while a sender is finishing this issue: it could mark it complete just
+            // after these deliveries went back in the queue.
+            let _lock = SenderLock::acquire(&config.state_dir, IfBusy::Wait)?;
             let n = ledger::requeue_failed(&conn, number)?;
             if n == 0 {
                 println!(

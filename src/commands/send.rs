@@ -27,7 +27,6 @@ pub fn send(config: &Config, at: DateTime<Utc>, yes: bool, force: bool) -> anyho
     let Some(slot) = config.schedule.slots.slot_at_or_before(at) else {
         return user_error(format!("the schedule has no slot at or before {at}"));
     };
-    let _lock = SenderLock::acquire(&config.state_dir, IfBusy::Wait)?;
     let conn = crate::db::open(&config.database_path())?;
 
     if let Some(digest) = issue::pending_digest(config, &conn, &comparisons, slot)? {
@@ -51,6 +50,9 @@ pub fn send(config: &Config, at: DateTime<Utc>, yes: bool, force: bool) -> anyho
             ))?;
         }
     }
+    // Taken after the question, so an unanswered prompt never holds up the daemon; from
+    // here on, finding or creating the slot's issue and delivering it is one sender's job.
+    let _lock = SenderLock::acquire(&config.state_dir, IfBusy::Wait)?;
 
     let issue = match issue::prepare(config, &conn, &comparisons, slot, EmptyWeek::Leave)? {
         Prepared::Complete { issue } => {

@@ -63,6 +63,9 @@ pub struct Behaviour {
     pub reject_data: HashSet<String>,
     /// Delay before answering the end of DATA (whatever the answer).
     pub data_delay: Duration,
+    /// Answer every MAIL FROM with `553 5.7.1 Sender address rejected: not owned by user`
+    /// (a relay that will not send for our From address).
+    pub reject_sender: bool,
 }
 
 impl Behaviour {
@@ -84,6 +87,12 @@ impl Behaviour {
         self
     }
 
+    /// Refuse every sender at MAIL FROM.
+    pub fn refuse_sender(mut self) -> Self {
+        self.reject_sender = true;
+        self
+    }
+
     /// Wait `delay` before answering the end of DATA.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.data_delay = delay;
@@ -100,6 +109,7 @@ impl Behaviour {
             user_unknown: self.user_unknown.iter().map(|a| a.to_lowercase()).collect(),
             reject_data: self.reject_data.iter().map(|a| a.to_lowercase()).collect(),
             data_delay: self.data_delay,
+            reject_sender: self.reject_sender,
         }
     }
 }
@@ -433,6 +443,12 @@ impl<'a> Session<'a> {
         }
         if self.mail_from.is_some() {
             return reply(out, "503 5.5.1 Error: nested MAIL command");
+        }
+        if self.shared.behaviour.reject_sender {
+            return reply(
+                out,
+                "553 5.7.1 <sender>: Sender address rejected: not owned by user",
+            );
         }
         match path_arg(arg, "FROM:") {
             Some(from) => {
