@@ -10,24 +10,7 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use predicates::str::contains;
 
-const CONFIG: &str = r#"newsletter:
-  name: Weekly AI Tool Verdicts
-  from: "Weekly AI Tool Verdicts <verdicts@example.com>"
-  base_url: https://verdicts.example.com
-  postal_address: "1 Example Street, London"
-content_dir: content
-state_dir: state
-schedule:
-  cron: "0 0 9 * * Mon"
-  timezone: Europe/London
-smtp:
-  host: 127.0.0.1
-  port: 2525
-  tls: none
-web:
-  listen: 127.0.0.1:8080
-secret_env: VERDICTS_SECRET
-"#;
+mod common;
 
 /// A newsletter installation in a temporary folder.
 struct Newsletter {
@@ -38,7 +21,11 @@ impl Newsletter {
     fn new() -> Newsletter {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("content/comparisons")).expect("content dir");
-        std::fs::write(dir.path().join("newsletter.yaml"), CONFIG).expect("config");
+        std::fs::write(
+            dir.path().join("newsletter.yaml"),
+            common::config_yaml(2525, ""),
+        )
+        .expect("config");
         Newsletter { dir }
     }
 
