@@ -395,12 +395,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{s}` is not a duration like 30s, 6h or 2days: {e}"))
 }
 
-/// The config path chosen by the operator: `--config`, then `VERDICTS_CONFIG`, then the default.
-pub fn resolve_config_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("VERDICTS_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,8 +49,22 @@ pub fn plan<'a>(
     comparisons: &'a [Comparison],
     slot: DateTime<Utc>,
 ) -> anyhow::Result<(Window, Vec<&'a Comparison>)> {
-    let previous = ledger::previous_cutoff(conn, slot)?;
-    let sent = ledger::sent_slugs(conn)?;
+    plan_with(Some(conn), comparisons, slot)
+}
+
+/// [`plan`], or without a ledger (`None`) the first issue: a seven-day window, nothing sent.
+pub fn plan_with<'a>(
+    conn: Option<&Connection>,
+    comparisons: &'a [Comparison],
+    slot: DateTime<Utc>,
+) -> anyhow::Result<(Window, Vec<&'a Comparison>)> {
+    let (previous, sent) = match conn {
+        Some(conn) => (
+            ledger::previous_cutoff(conn, slot)?,
+            ledger::sent_slugs(conn)?,
+        ),
+        None => (None, Default::default()),
+    };
     let window = Window::new(previous, slot);
     Ok((window, digest::select(comparisons, &window, &sent)))
 }

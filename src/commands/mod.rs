@@ -5,23 +5,25 @@ mod issues;
 mod run;
 mod send;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use crate::cli::{Cli, Command};
-use crate::config::{resolve_config_path, Config};
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::content::{self, Comparison};
-use crate::digest::{self, Window};
+use crate::digest::Window;
 use crate::error::user_error;
 use crate::message::{IssueMessages, Recipient};
 use crate::render::{self, RenderedDigest, GMAIL_CLIP_BYTES};
 use crate::token::TokenKey;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let config_path = resolve_config_path(cli.config);
+    // clap has already applied VERDICTS_CONFIG to `--config`.
+    let config_path = cli
+        .config
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     match cli.command {
         Command::Preview { at, out, force } => {
             let config = Config::load(&config_path)?;
@@ -86,13 +88,12 @@ pub struct PlannedIssue<'a> {
     pub comparisons: Vec<&'a Comparison>,
 }
 
-/// Plans the issue for the slot at or before `at`.
-pub fn plan_issue<'a>(
+/// Plans the issue for the slot at or before `at`, against the ledger when there is one.
+fn plan_issue<'a>(
     config: &Config,
+    conn: Option<&rusqlite::Connection>,
     comparisons: &'a [Comparison],
     at: DateTime<Utc>,
-    previous_cutoff: Option<DateTime<Utc>>,
-    already_sent: &HashSet<String>,
 ) -> anyhow::Result<PlannedIssue<'a>> {
     let Some(slot) = config.schedule.slots.slot_at_or_before(at) else {
         return user_error(format!(
@@ -100,8 +101,7 @@ pub fn plan_issue<'a>(
             config.schedule.slots.expression()
         ));
     };
-    let window = Window::new(previous_cutoff, slot);
-    let comparisons = digest::select(comparisons, &window, already_sent);
+    let (window, comparisons) = crate::issue::plan_with(conn, comparisons, slot)?;
     Ok(PlannedIssue {
         slot,
         window,
@@ -136,18 +136,12 @@ pub fn plan_preview<'a>(
 ) -> anyhow::Result<PlannedIssue<'a>> {
     // With a ledger, the window starts at the previous issue's cutoff and skips what was
     // already sent, exactly as `send` would; without one, this is the first issue.
-    let (previous, sent) = if config.database_path().exists() {
-        let conn = crate::db::open(&config.database_path())?;
-        let slot = config.schedule.slots.slot_at_or_before(at);
-        let previous = match slot {
-            Some(slot) => crate::ledger::previous_cutoff(&conn, slot)?,
-            None => None,
-        };
-        (previous, crate::ledger::sent_slugs(&conn)?)
+    let conn = if config.database_path().exists() {
+        Some(crate::db::open(&config.database_path())?)
     } else {
-        (None, HashSet::new())
+        None
     };
-    let mut plan = plan_issue(config, comparisons, at, previous, &sent)?;
+    let mut plan = plan_issue(config, conn.as_ref(), comparisons, at)?;
     if plan.comparisons.is_empty() {
         println!(
             "The issue for {} has no new comparisons (window {} to {}).",
@@ -171,7 +165,7 @@ pub fn plan_preview<'a>(
             return user_error("the schedule has no slot after the latest comparison");
         };
         // That week as it was published, whether or not it has gone out since.
-        plan = plan_issue(config, comparisons, slot, None, &HashSet::new())?;
+        plan = plan_issue(config, None, comparisons, slot)?;
         println!(
             "Previewing the latest week that has content instead: the issue for {}.",
             describe_slot(config, plan.slot)
