@@ -11,7 +11,7 @@
 //!   config and content (with its own `state/`), and each must exit 0. `run` and `serve`
 //!   are daemons and are only parsed (tests/daemon.rs runs them).
 //! - Each `console` block is a transcript. Its `$ verdicts …` commands run in order and what
-//!   each prints (stdout, then stderr) must equal the lines shown under it. In a shown line,
+//!   each prints (stdout and stderr, in the order they come) must equal the lines shown under it. In a shown line,
 //!   `…` stands for any text: that is how a page marks what changes between runs (a time, a
 //!   rate). A command whose shown output has no `error:` line must exit 0, one with such a
 //!   line must fail; `$ echo $?` shows the exact status of the command before it.
@@ -26,9 +26,10 @@ mod common;
 mod smtp;
 
 use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::time::Duration;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::{fixture, REPO, TEST_SECRET};
@@ -315,8 +316,10 @@ impl Sandbox {
         assert!(out.status.success(), "{}", show(&out));
     }
 
-    fn command(&self, words: &[impl AsRef<std::ffi::OsStr>]) -> assert_cmd::Command {
-        let mut cmd = assert_cmd::Command::cargo_bin("verdicts").unwrap();
+    /// The binary, run here as an operator would: the default `--config`, and no
+    /// variables from the test's own environment but those the setup or page exported.
+    fn command(&self, words: &[impl AsRef<std::ffi::OsStr>]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("verdicts"));
         cmd.current_dir(self.path())
             .args(words)
             .env_remove("VERDICTS_CONFIG")
@@ -324,12 +327,40 @@ impl Sandbox {
             .env_remove("VERDICTS_SMTP_PASSWORD")
             .env_remove("RUST_LOG")
             .envs(&self.env)
-            .timeout(Duration::from_secs(120));
+            .stdin(Stdio::null());
         cmd
     }
 
     fn run(&self, words: &[impl AsRef<std::ffi::OsStr>]) -> Output {
-        self.command(words).output().unwrap()
+        assert_cmd::Command::from_std(self.command(words))
+            .timeout(Duration::from_secs(120))
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the binary with stdout and stderr going to one file, so the lines come in the
+    /// order a terminal shows them. Returns the exit code and the text.
+    fn run_as_on_a_terminal(&self, words: &[String]) -> (Option<i32>, String) {
+        let mut file = tempfile::tempfile().unwrap();
+        let mut cmd = self.command(words);
+        cmd.stdout(file.try_clone().unwrap())
+            .stderr(file.try_clone().unwrap());
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("`verdicts {}` still running after 120 s", words.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        file.seek(SeekFrom::Start(0)).unwrap();
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        (status.code(), text)
     }
 }
 
@@ -361,6 +392,8 @@ enum Setup {
     Failures,
     /// Bundled, with an SMTP server that accepts everything (the README's tour).
     Tour,
+    /// Bundled, with `subscribers.csv`: five rows, the third of which is not an address.
+    Import,
 }
 
 impl Setup {
@@ -374,6 +407,7 @@ impl Setup {
             "send" => Setup::Send20,
             "failures" => Setup::Failures,
             "tour" => Setup::Tour,
+            "import" => Setup::Import,
             _ => return None,
         })
     }
@@ -423,6 +457,16 @@ impl Setup {
                 assert!(out.status.success(), "{}", show(&out));
             }
             Setup::Tour => s.serve_smtp(Behaviour::default()),
+            Setup::Import => std::fs::write(
+                s.path().join("subscribers.csv"),
+                "email,name,status\n\
+                 ada@example.com,\"Lovelace, Ada\",active\n\
+                 grace@example.com,,unsubscribed\n\
+                 not-an-address,,\n\
+                 alan@example.com,Alan Turing,\n\
+                 katherine@example.com,Katherine Johnson,active\n",
+            )
+            .unwrap(),
         }
         s
     }
@@ -525,18 +569,9 @@ fn replay(block: &Block, sandbox: &mut Sandbox) -> Vec<String> {
                 continue;
             }
         }
-        let out = sandbox.run(&words[1..]);
-        last_status = out.status.code();
-        let mut printed: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        printed.extend(
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .map(str::to_string),
-        );
-        let printed = without_trailing_blanks(printed);
+        let (code, text) = sandbox.run_as_on_a_terminal(&words[1..]);
+        last_status = code;
+        let printed = without_trailing_blanks(text.lines().map(str::to_string).collect());
         let shown = without_trailing_blanks(step.expected.clone());
         let same = printed.len() == shown.len()
             && shown.iter().zip(&printed).all(|(s, p)| line_matches(s, p));
@@ -555,12 +590,12 @@ fn replay(block: &Block, sandbox: &mut Sandbox) -> Vec<String> {
             ));
         }
         let shows_error = shown.iter().any(|l| l.starts_with("error:"));
-        if shows_error == out.status.success() {
+        if shows_error == (code == Some(0)) {
             failures.push(format!(
-                "{at}: `{}` exited {:?}, but the page {} an error",
+                "{at}: `{}` exited {:?}, but the page shows {}",
                 step.command,
-                out.status.code(),
-                if shows_error { "shows" } else { "shows no" }
+                code,
+                if shows_error { "an error" } else { "no error" }
             ));
         }
     }
