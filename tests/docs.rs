@@ -11,10 +11,11 @@
 //!   config and content (with its own `state/`), and each must exit 0. `run` and `serve`
 //!   are daemons and are only parsed (tests/daemon.rs runs them).
 //! - Each `console` block is a transcript. Its `$ verdicts …` commands run in order and what
-//!   each prints (stdout and stderr, in the order they come) must equal the lines shown under it. In a shown line,
-//!   `…` stands for any text: that is how a page marks what changes between runs (a time, a
-//!   rate). A command whose shown output has no `error:` line must exit 0, one with such a
-//!   line must fail; `$ echo $?` shows the exact status of the command before it.
+//!   each prints (stdout and stderr, in the order they come) must equal the lines shown
+//!   under it. In a shown line, `…` stands for any text: that is how a page marks what
+//!   changes between runs (a time, a rate). A command whose shown output has no `error:`
+//!   line must exit 0, one with such a line must fail; `$ echo $?` shows the exact status
+//!   of the command before it.
 //!   `$ export NAME=VALUE` sets a variable for the commands after it (a `$(…)` value becomes a
 //!   fixed test value). Other shell commands are not run.
 //! - `<!-- docs-test: NAME -->` on the line above a `console` block names the setup it needs
