@@ -10,6 +10,7 @@ mod content;
 mod daemon;
 mod deliverability;
 mod delivery;
+mod docs;
 mod render;
 mod smtp_harness;
 mod subscribers;

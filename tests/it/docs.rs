@@ -9,7 +9,7 @@
 //!   exempt.
 //! - The `verdicts` lines of each `sh` block run in order in a fresh copy of the bundled
 //!   config and content (with its own `state/`), and each must exit 0. `run` and `serve`
-//!   are daemons and are only parsed (tests/daemon.rs runs them).
+//!   are daemons and are only parsed (tests/it/daemon.rs runs them).
 //! - Each `console` block is a transcript. Its `$ verdicts …` commands run in order and what
 //!   each prints (stdout and stderr, in the order they come) must equal the lines shown
 //!   under it. In a shown line, `…` stands for any text: that is how a page marks what
@@ -23,18 +23,15 @@
 //!   page order; a block without a name gets a fresh copy of the bundled files.
 //! - Relative links between pages, and their `#anchors` (GitHub's heading ids), resolve.
 
-mod common;
-mod smtp;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{fixture, REPO, TEST_SECRET};
+use crate::smtp::{Behaviour, TestSmtp};
 use clap::Parser;
-use common::{fixture, REPO, TEST_SECRET};
-use smtp::{Behaviour, TestSmtp};
 
 /// The slot of the bundled content, used by the setups that send before a transcript.
 const AT: &str = "2026-11-23T09:00:00Z";
@@ -860,7 +857,7 @@ fn every_console_transcript_prints_what_the_page_shows() {
             Some(name) => {
                 let Some(setup) = Setup::named(name) else {
                     failures.push(format!(
-                        "{}: unknown setup `{name}` (see `Setup` in tests/docs.rs)",
+                        "{}: unknown setup `{name}` (see `Setup` in tests/it/docs.rs)",
                         block.at(block.line)
                     ));
                     continue;
