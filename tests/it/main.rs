@@ -6,6 +6,7 @@ mod common;
 mod smtp;
 
 mod cli;
+mod cli_output;
 mod content;
 mod daemon;
 mod deliverability;
