@@ -147,6 +147,19 @@ pub fn gate(findings: &[Finding], force: bool) -> Result<(), Refused> {
     }
 }
 
+/// The gate every send goes through: the findings on the digest, and the refusal when they
+/// stop it (errors always, warnings unless `force`).
+pub fn review(
+    config: &Config,
+    digest: &RenderedDigest,
+    dkim: Option<&DkimSigner>,
+    force: bool,
+) -> (Vec<Finding>, Option<Refused>) {
+    let findings = check_issue(config, digest, dkim);
+    let refused = gate(&findings, force).err();
+    (findings, refused)
+}
+
 /// Checks the issue whose digest is `digest`, as it would be sent with this config. Pass the
 /// signer loaded from `config.dkim` (see [`crate::mail::dkim::load`]); when DKIM is configured and
 /// `dkim` is `None`, the unsigned sample is reported as an error.
