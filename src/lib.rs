@@ -15,10 +15,15 @@ pub mod db;
 pub mod digest;
 pub mod dkim;
 pub mod error;
+pub mod inbound;
 pub mod issue;
 pub mod ledger;
 pub mod lint;
 pub mod lock;
+/// Mail building blocks; the restructure moves message, DKIM, tokens and addresses here.
+pub mod mail {
+    pub mod verp;
+}
 pub mod message;
 pub mod render;
 pub mod schedule;
