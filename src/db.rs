@@ -31,6 +31,8 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX subscribers_by_status ON subscribers (status);",
     // 2: issues and their deliveries (see the ledger module).
     crate::ledger::MIGRATION,
+    // 3: subscriber events and handled inbound mail.
+    crate::store::events::MIGRATION,
 ];
 
 /// The schema version this binary creates and understands.

@@ -28,6 +28,10 @@ pub mod message;
 pub mod render;
 pub mod schedule;
 pub mod sender;
+/// The state database; the restructure moves db, ledger and subscribers here.
+pub mod store {
+    pub mod events;
+}
 pub mod subscribers;
 pub mod token;
 pub mod web;

@@ -7,7 +7,9 @@
 //! `Ignored` with its reason, because a mail pipe must never bounce a bounce.
 
 mod hints;
+pub mod mailbox;
 mod plain;
+pub mod process;
 mod report;
 
 pub use hints::{Attribution, Hints, OurMessageId};
