@@ -7,6 +7,7 @@
 //! `Ignored` with its reason, because a mail pipe must never bounce a bounce.
 
 mod hints;
+pub mod config;
 pub mod mailbox;
 mod plain;
 pub mod process;
