@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::address::SubscriberEmail;
+use crate::mail::address::SubscriberEmail;
 use crate::store::events::Hygiene;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -46,7 +46,8 @@ impl RawInbound {
         let address = match self.address {
             None => None,
             Some(a) => {
-                let email = SubscriberEmail::parse(&a).map_err(|e| ("inbound.address", e.to_string()))?;
+                let email =
+                    SubscriberEmail::parse(&a).map_err(|e| ("inbound.address", e.to_string()))?;
                 let a = email.as_str().to_string();
                 if !a.contains('@') {
                     return Err(("inbound.address", format!("`{a}` has no domain")));

@@ -10,12 +10,13 @@ use regex::Regex;
 
 use super::Context;
 use crate::mail::verp::Tag;
+use crate::store::{IssueNumber, SubscriberId};
 
 /// One of our Message-IDs: `<verdicts.<slot>.<issue>.<subscriber>@<domain>>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OurMessageId {
-    pub issue: i64,
-    pub subscriber: i64,
+    pub issue: IssueNumber,
+    pub subscriber: SubscriberId,
     pub domain: String,
 }
 
@@ -34,8 +35,8 @@ impl OurMessageId {
     pub fn find(text: &str) -> Option<Self> {
         let c = OUR_MESSAGE_ID.captures(text)?;
         Some(OurMessageId {
-            issue: c[1].parse().ok()?,
-            subscriber: c[2].parse().ok()?,
+            issue: IssueNumber(c[1].parse().ok()?),
+            subscriber: SubscriberId(c[2].parse().ok()?),
             domain: c[3].to_ascii_lowercase(),
         })
     }
@@ -60,8 +61,8 @@ pub struct Hints {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attribution {
     Delivery {
-        issue: i64,
-        subscriber: i64,
+        issue: IssueNumber,
+        subscriber: SubscriberId,
         by: &'static str,
     },
     /// Only addresses: the store matches them to subscribers (the issue is unknown).
@@ -215,7 +216,7 @@ mod tests {
         let m =
             OurMessageId::find("Message-ID: <VERDICTS.20260105T0700Z.12.3456@News.Example.com>")
                 .unwrap();
-        assert_eq!((m.issue, m.subscriber), (12, 3456));
+        assert_eq!((m.issue.get(), m.subscriber.get()), (12, 3456));
         assert_eq!(m.domain, "news.example.com");
         assert_eq!(OurMessageId::find("<CAF=abc@mail.gmail.com>"), None);
         assert_eq!(OurMessageId::find("<verdicts.20260105T0700Z.0.1@x>"), None);

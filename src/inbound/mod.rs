@@ -6,8 +6,8 @@
 //! Classification never fails and never panics: malformed, oversized or non-UTF-8 input is
 //! `Ignored` with its reason, because a mail pipe must never bounce a bounce.
 
-mod hints;
 pub mod config;
+mod hints;
 pub mod mailbox;
 mod plain;
 pub mod process;

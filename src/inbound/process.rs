@@ -6,11 +6,10 @@ use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 use super::{classify, Attribution, Context, Ignored, Inbound, Kind, Severity};
-use crate::address::SubscriberEmail;
-use crate::db;
+use crate::mail::address::SubscriberEmail;
 use crate::mail::verp::{Purpose, VerpKey};
 use crate::store::events::{self, Channel, Effect, EventKind, Hygiene, NewEvent, Source};
-use crate::subscribers;
+use crate::store::{self as db, subscribers, IssueNumber, SubscriberId};
 
 /// What the processor needs beyond the message.
 #[derive(Debug, Clone, Copy)]
@@ -24,8 +23,8 @@ pub struct Settings<'a> {
 /// One recorded event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    pub subscriber_id: i64,
-    pub issue: Option<i64>,
+    pub subscriber_id: SubscriberId,
+    pub issue: Option<IssueNumber>,
     pub kind: EventKind,
     pub effect: Effect,
 }
@@ -109,8 +108,8 @@ pub fn dedupe_key(inbound: &Inbound, raw: &[u8]) -> String {
 }
 
 struct Target {
-    subscriber_id: i64,
-    issue: Option<i64>,
+    subscriber_id: SubscriberId,
+    issue: Option<IssueNumber>,
     kind: EventKind,
     status: Option<String>,
     diagnostic: Option<String>,

@@ -10,6 +10,8 @@ use data_encoding::BASE32_NOPAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::store::{IssueNumber, SubscriberId};
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Bytes of MAC kept in a tag: 80 bits, 16 base32 characters.
@@ -44,8 +46,8 @@ impl Purpose {
 /// What a verified tag says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tag {
-    pub issue: i64,
-    pub subscriber: i64,
+    pub issue: IssueNumber,
+    pub subscriber: SubscriberId,
     pub purpose: Purpose,
 }
 
@@ -67,11 +69,11 @@ impl VerpKey {
         VerpKey(mac.finalize().into_bytes().into())
     }
 
-    fn mac(&self, purpose: Purpose, issue: i64, subscriber: i64) -> HmacSha256 {
+    fn mac(&self, purpose: Purpose, issue: IssueNumber, subscriber: SubscriberId) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(&[purpose.letter() as u8]);
-        mac.update(&issue.to_be_bytes());
-        mac.update(&subscriber.to_be_bytes());
+        mac.update(&issue.get().to_be_bytes());
+        mac.update(&subscriber.get().to_be_bytes());
         mac
     }
 
@@ -107,8 +109,8 @@ impl VerpKey {
         let tag = tag.trim().to_ascii_lowercase();
         let mut fields = tag.split('-');
         let purpose = Purpose::from_letter(fields.next()?)?;
-        let issue = parse_id(fields.next()?)?;
-        let subscriber = parse_id(fields.next()?)?;
+        let issue = IssueNumber(parse_id(fields.next()?)?);
+        let subscriber = SubscriberId(parse_id(fields.next()?)?);
         let mac = fields.next()?;
         if fields.next().is_some() {
             return None;
@@ -156,8 +158,8 @@ mod tests {
 
     fn bounce(issue: i64, subscriber: i64) -> Tag {
         Tag {
-            issue,
-            subscriber,
+            issue: IssueNumber(issue),
+            subscriber: SubscriberId(subscriber),
             purpose: Purpose::Bounce,
         }
     }

@@ -5,31 +5,8 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::db;
-
-/// The events and processed-inbound tables.
-pub const MIGRATION: &str = "
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        subscriber_id INTEGER NOT NULL REFERENCES subscribers (id) ON DELETE CASCADE,
-        issue INTEGER REFERENCES issues (number),
-        kind TEXT NOT NULL CHECK (kind IN ('hard_bounce', 'soft_bounce', 'complaint', 'unsubscribe')),
-        channel TEXT CHECK (channel IN ('one-click', 'page', 'mailto')),
-        -- Where the event was seen: the SMTP reply during the send, inbound mail, the web.
-        source TEXT NOT NULL CHECK (source IN ('smtp', 'inbound', 'web')),
-        status TEXT,
-        diagnostic TEXT,
-        at TEXT NOT NULL
-    );
-    CREATE INDEX events_by_issue ON events (issue, kind);
-    CREATE INDEX events_by_subscriber ON events (subscriber_id, kind);
-    -- Inbound messages already handled, by Message-ID or by SHA-256 of the bytes.
-    CREATE TABLE inbound_processed (
-        key TEXT PRIMARY KEY,
-        outcome TEXT NOT NULL,
-        processed_at TEXT NOT NULL
-    ) WITHOUT ROWID;
-";
+use super::{IssueNumber, SubscriberId};
+use crate::store as db;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -92,9 +69,9 @@ impl Source {
 /// One event to record.
 #[derive(Debug, Clone)]
 pub struct NewEvent<'a> {
-    pub subscriber_id: i64,
+    pub subscriber_id: SubscriberId,
     /// The issue whose delivery it concerns, when known.
-    pub issue: Option<i64>,
+    pub issue: Option<IssueNumber>,
     pub kind: EventKind,
     pub source: Source,
     pub status: Option<&'a str>,
@@ -198,7 +175,7 @@ pub fn record(
     })
 }
 
-fn hard_bounces(conn: &Connection, subscriber_id: i64) -> rusqlite::Result<u64> {
+fn hard_bounces(conn: &Connection, subscriber_id: SubscriberId) -> rusqlite::Result<u64> {
     conn.prepare_cached(
         "SELECT count(*) FROM events WHERE subscriber_id = ? AND kind = 'hard_bounce'",
     )?
@@ -210,8 +187,8 @@ fn hard_bounces(conn: &Connection, subscriber_id: i64) -> rusqlite::Result<u64> 
 /// `issue`) has a bounce recorded. Issues the subscriber was not sent do not break the run.
 fn bounced_on_consecutive_issues(
     conn: &Connection,
-    subscriber_id: i64,
-    issue: i64,
+    subscriber_id: SubscriberId,
+    issue: IssueNumber,
     n: u32,
 ) -> rusqlite::Result<bool> {
     let mut stmt = conn.prepare_cached(
@@ -230,7 +207,10 @@ fn bounced_on_consecutive_issues(
 
 /// The issue most recently sent to a subscriber: where an event that names only the
 /// address (or a web unsubscribe) is attributed.
-pub fn latest_sent_issue(conn: &Connection, subscriber_id: i64) -> rusqlite::Result<Option<i64>> {
+pub fn latest_sent_issue(
+    conn: &Connection,
+    subscriber_id: SubscriberId,
+) -> rusqlite::Result<Option<IssueNumber>> {
     conn.prepare_cached(
         "SELECT max(issue) FROM deliveries WHERE subscriber_id = ? AND state IN ('sent', 'failed')",
     )?
@@ -238,9 +218,13 @@ pub fn latest_sent_issue(conn: &Connection, subscriber_id: i64) -> rusqlite::Res
 }
 
 /// True when the issue was delivered (or attempted) to the subscriber.
-pub fn has_delivery(conn: &Connection, issue: i64, subscriber_id: i64) -> rusqlite::Result<bool> {
+pub fn has_delivery(
+    conn: &Connection,
+    issue: IssueNumber,
+    subscriber_id: SubscriberId,
+) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT 1 FROM deliveries WHERE issue = ? AND subscriber_id = ?")?
-        .query_row([issue, subscriber_id], |_| Ok(()))
+        .query_row(params![issue, subscriber_id], |_| Ok(()))
         .optional()
         .map(|r| r.is_some())
 }
@@ -289,7 +273,7 @@ impl IssueEvents {
 }
 
 /// Counts subscribers, not events: a reader who bounced twice on one issue counts once.
-pub fn issue_events(conn: &Connection, issue: i64) -> rusqlite::Result<IssueEvents> {
+pub fn issue_events(conn: &Connection, issue: IssueNumber) -> rusqlite::Result<IssueEvents> {
     let (delivered, attempted) = conn
         .prepare_cached(
             "SELECT count(*) FILTER (WHERE state = 'sent'),
@@ -339,7 +323,7 @@ pub struct BounceReason {
 
 pub fn last_bounce(
     conn: &Connection,
-    subscriber_id: i64,
+    subscriber_id: SubscriberId,
 ) -> rusqlite::Result<Option<BounceReason>> {
     conn.prepare_cached(
         "SELECT kind, status, diagnostic, at FROM events
