@@ -49,6 +49,8 @@ struct RawConfig {
     secret_env: String,
     #[serde(default)]
     dkim: Option<RawDkim>,
+    #[serde(default)]
+    inbound: Option<crate::inbound::config::RawInbound>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +172,8 @@ pub struct Config {
     pub web_listen: std::net::SocketAddr,
     pub secret_env: String,
     pub dkim: Option<DkimConfig>,
+    /// Where bounces and mailto unsubscribes come back, and the list-hygiene rules.
+    pub inbound: crate::inbound::config::InboundConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -322,6 +326,12 @@ impl Config {
             ));
         }
 
+        let inbound = raw
+            .inbound
+            .unwrap_or_default()
+            .validate()
+            .map_err(|(field, reason)| invalid(field, reason))?;
+
         let dkim = raw.dkim.map(|d| DkimConfig {
             domain: d.domain,
             selector: d.selector,
@@ -360,6 +370,7 @@ impl Config {
             web_listen,
             secret_env: raw.secret_env,
             dkim,
+            inbound,
         })
     }
 

@@ -14,6 +14,7 @@ pub mod process;
 mod report;
 
 pub use hints::{Attribution, Hints, OurMessageId};
+pub use report::enhanced_status;
 
 use crate::mail::verp::{Purpose, VerpKey};
 

@@ -186,7 +186,7 @@ pub(super) fn severity_of(status: &str) -> Severity {
 
 /// The first enhanced status code (`4.x.x` or `5.x.x`) in `text`, not part of a longer
 /// dotted number such as an IP address.
-pub(super) fn enhanced_status(text: &str) -> Option<String> {
+pub fn enhanced_status(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut from = 0;
     while let Some(m) = STATUS.find_at(text, from) {

@@ -205,6 +205,30 @@ fn bounced_on_consecutive_issues(
     Ok(runs.len() == n as usize && runs.iter().all(|b| *b))
 }
 
+/// Records an unsubscribe made on the web (the status change itself is the caller's),
+/// attributed to the issue most recently sent to the subscriber: the one whose link they
+/// followed, as far as anyone can tell.
+pub fn record_web_unsubscribe(
+    conn: &Connection,
+    subscriber_id: SubscriberId,
+    channel: Channel,
+) -> rusqlite::Result<()> {
+    let issue = latest_sent_issue(conn, subscriber_id)?;
+    record(
+        conn,
+        &NewEvent {
+            subscriber_id,
+            issue,
+            kind: EventKind::Unsubscribe(channel),
+            source: Source::Web,
+            status: None,
+            diagnostic: None,
+        },
+        Hygiene::default(),
+    )
+    .map(|_| ())
+}
+
 /// The issue most recently sent to a subscriber: where an event that names only the
 /// address (or a web unsubscribe) is attributed.
 pub fn latest_sent_issue(
