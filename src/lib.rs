@@ -17,6 +17,7 @@ pub mod deliverability;
 pub mod delivery;
 pub mod digest;
 pub mod error;
+pub mod inbound;
 pub mod issue;
 pub mod mail;
 pub mod store;

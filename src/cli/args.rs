@@ -93,6 +93,21 @@ pub enum Command {
     /// Manage the subscriber list
     #[command(subcommand)]
     Subscribers(super::subscribers::SubscribersCommand),
+    /// Read bounces, complaints and mailto unsubscribes: one message on standard input (for a
+    /// mail server's pipe), or a whole mailbox. Exit 0 when handled or ignored, 75 when the
+    /// database is busy or unavailable (the mail server retries)
+    Inbound {
+        /// Every message of this mbox file
+        #[arg(long, value_name = "FILE", conflicts_with = "maildir")]
+        mbox: Option<PathBuf>,
+        /// Every message of this Maildir (its new/ and cur/ folders)
+        #[arg(long, value_name = "DIR")]
+        maildir: Option<PathBuf>,
+        /// The address the message was delivered to, when the mail server passes it
+        /// (Postfix's local delivery sets ORIGINAL_RECIPIENT); else read from Delivered-To
+        #[arg(long, env = "ORIGINAL_RECIPIENT", value_name = "ADDRESS")]
+        recipient: Option<String>,
+    },
 }
 
 fn parse_issue_number(s: &str) -> Result<IssueNumber, String> {

@@ -113,6 +113,12 @@ pub(super) fn print_findings(config: &Config, dkim: Option<&DkimSigner>, finding
             config.newsletter.sender_domain()
         ),
     }
+    if config.inbound.address.is_none() {
+        println!(
+            "Inbound: off. Bounces and mailto unsubscribes go to {} and are never read: set inbound.address (docs/inbound.md).",
+            config.newsletter.from.email
+        );
+    }
     for f in findings {
         println!();
         println!("{f}");

@@ -2,6 +2,7 @@
 
 mod args;
 mod deliverability;
+mod inbound;
 mod issues;
 mod run;
 mod runtime;
@@ -81,6 +82,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscribers(cmd) => {
             let config = Config::load(&config_path)?;
             subscribers::run(cmd, &config)
+        }
+        Command::Inbound {
+            mbox,
+            maildir,
+            recipient,
+        } => {
+            let source = match (mbox, maildir) {
+                (Some(file), _) => inbound::Source::Mbox(file),
+                (None, Some(dir)) => inbound::Source::Maildir(dir),
+                (None, None) => inbound::Source::Stdin { recipient },
+            };
+            inbound::run(&config_path, source)
         }
     }
 }
@@ -227,8 +240,9 @@ fn write_preview(
     out: &Path,
 ) -> anyhow::Result<PreviewFiles> {
     let sample = Recipient::sample();
-    let messages =
-        IssueMessages::new(&config.newsletter, IssueNumber(0), slot, digest, key).with_dkim(dkim);
+    let messages = IssueMessages::new(&config.newsletter, IssueNumber(0), slot, digest, key)
+        .with_dkim(dkim)
+        .with_inbound(config.inbound.address.as_deref());
     let url = messages.unsubscribe_url(&sample);
     let html = digest.html_for(&url);
     let text = digest.text_for(&url);

@@ -49,6 +49,8 @@ struct RawConfig {
     secret_env: String,
     #[serde(default)]
     dkim: Option<RawDkim>,
+    #[serde(default)]
+    inbound: Option<crate::inbound::config::RawInbound>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +172,8 @@ pub struct Config {
     pub web_listen: std::net::SocketAddr,
     pub secret_env: String,
     pub dkim: Option<DkimConfig>,
+    /// Where bounces and mailto unsubscribes come back, and the list-hygiene rules.
+    pub inbound: crate::inbound::config::InboundConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +243,11 @@ impl Config {
         if raw.secret_env.trim().is_empty() {
             return Err(check.invalid("secret_env", "must name an environment variable".into()));
         }
+        let inbound = raw
+            .inbound
+            .unwrap_or_default()
+            .validate()
+            .map_err(|(field, reason)| check.invalid(field, reason))?;
         Ok(Config {
             path: path.to_owned(),
             newsletter: check.newsletter(raw.newsletter)?,
@@ -254,6 +263,7 @@ impl Config {
                 key_file: check.resolve(&d.key_file),
                 algorithm: d.algorithm,
             }),
+            inbound,
         })
     }
 

@@ -176,7 +176,8 @@ pub fn check_issue(
         digest,
         TokenKey::new(b"lint-only-key-never-used-for-sending"),
     )
-    .with_dkim(dkim.cloned());
+    .with_dkim(dkim.cloned())
+    .with_inbound(config.inbound.address.as_deref());
     let sample = Recipient::sample();
     let url = messages.unsubscribe_url(&sample);
     let raw = match messages.build(&sample) {

@@ -52,6 +52,8 @@ pub struct Delivery {
     pub messages: Arc<IssueMessages>,
     pub smtp: SmtpConfig,
     pub password: Option<String>,
+    /// How refusals (5xx user unknown) count against the subscriber.
+    pub hygiene: crate::store::events::Hygiene,
     /// Show a progress bar (on a terminal); otherwise log progress periodically.
     pub progress_bar: bool,
 }
@@ -332,9 +334,10 @@ pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::
         let path = job.db_path.clone();
         let issue = job.issue;
         let max = job.smtp.max_attempts;
+        let hygiene = job.hygiene;
         std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || writer_loop(path, issue, max, writer_rx))?
+            .spawn(move || writer_loop(path, issue, max, hygiene, writer_rx))?
     };
 
     let bar = if job.progress_bar {

@@ -35,6 +35,7 @@ pub(super) fn writer_loop(
     db_path: PathBuf,
     issue: IssueNumber,
     max_attempts: u32,
+    hygiene: crate::store::events::Hygiene,
     rx: std::sync::mpsc::Receiver<WriteOp>,
 ) -> anyhow::Result<()> {
     use std::sync::mpsc::RecvTimeoutError;
@@ -65,7 +66,7 @@ pub(super) fn writer_loop(
                         acks.push(Ack::Mark(ack, go));
                     }
                     WriteOp::Record { id, outcome } => {
-                        ledger::record_outcome(&conn, issue, id, &outcome, max_attempts)?
+                        ledger::record_outcome(&conn, issue, id, &outcome, max_attempts, hygiene)?
                     }
                     WriteOp::Flush { ack } => acks.push(Ack::Flush(ack)),
                 }

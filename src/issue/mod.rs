@@ -365,7 +365,8 @@ impl<'a> Dispatcher<'a> {
             digest,
             self.key.clone(),
         )
-        .with_dkim(self.dkim.clone());
+        .with_dkim(self.dkim.clone())
+        .with_inbound(self.config.inbound.address.as_deref());
         delivery::deliver(
             Delivery {
                 db_path: self.config.database_path(),
@@ -374,6 +375,7 @@ impl<'a> Dispatcher<'a> {
                 smtp: self.config.smtp.clone(),
                 password: self.password.clone(),
                 progress_bar,
+                hygiene: self.config.inbound.hygiene,
             },
             stop,
         )
@@ -395,6 +397,7 @@ impl<'a> Dispatcher<'a> {
             self.key.clone(),
         )
         .with_dkim(self.dkim.clone())
+        .with_inbound(self.config.inbound.address.as_deref())
     }
 }
 

@@ -3,6 +3,7 @@
 //! link and headers, so building a message is a few copies rather than a re-encode.
 
 use chrono::{DateTime, Utc};
+use lettre::address::Envelope;
 use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
 use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::Message;
@@ -12,6 +13,7 @@ use crate::digest::render::RenderedDigest;
 use crate::mail::address::SubscriberEmail;
 use crate::mail::dkim::DkimSigner;
 use crate::mail::token::TokenKey;
+use crate::mail::verp::{Purpose, Tag, VerpKey};
 use crate::store::{IssueNumber, SubscriberId};
 
 /// The soft line break of quoted-printable: lets encoded pieces be joined anywhere.
@@ -125,6 +127,8 @@ pub struct IssueMessages {
     key: TokenKey,
     list_id: String,
     mailto: String,
+    /// `inbound.address` and the key that tags it, when bounces are read back.
+    verp: Option<(String, VerpKey)>,
     dkim: Option<DkimSigner>,
 }
 
@@ -148,8 +152,33 @@ impl IssueMessages {
             key,
             list_id,
             mailto,
+            verp: None,
             dkim: None,
         }
+    }
+
+    /// With an inbound address, each copy's envelope sender and mailto unsubscribe become
+    /// signed `+` tags on it (VERP), so what comes back names the issue and the subscriber.
+    pub fn with_inbound(mut self, address: Option<&str>) -> Self {
+        self.verp = address.map(|a| (a.to_string(), self.key.verp_key()));
+        self
+    }
+
+    /// The envelope sender (MAIL FROM) of the recipient's copy, when it is tagged.
+    pub fn envelope_sender(&self, subscriber_id: SubscriberId) -> Option<String> {
+        self.tagged(subscriber_id, Purpose::Bounce)
+    }
+
+    fn tagged(&self, subscriber: SubscriberId, purpose: Purpose) -> Option<String> {
+        let (base, key) = self.verp.as_ref()?;
+        Some(key.address(
+            base,
+            Tag {
+                issue: self.issue_number,
+                subscriber,
+                purpose,
+            },
+        ))
     }
 
     /// Signs every built message with `signer` (DKIM off when `None`).
@@ -205,7 +234,22 @@ impl IssueMessages {
                     ContentTransferEncoding::QuotedPrintable,
                 ));
         let to = Mailbox::new(r.name.clone(), r.email.address().clone());
-        let mut message = Message::builder()
+        let mailto = match self.tagged(r.subscriber_id, Purpose::Unsubscribe) {
+            Some(address) => format!("mailto:{address}?subject=unsubscribe"),
+            None => self.mailto.clone(),
+        };
+        let mut builder = Message::builder();
+        if let Some(sender) = self.envelope_sender(r.subscriber_id) {
+            let envelope = sender
+                .parse()
+                .map_err(|_| MessageError::Address(sender.clone()))
+                .and_then(|from| {
+                    Envelope::new(Some(from), vec![r.email.address().clone()])
+                        .map_err(|_| MessageError::Address(r.email.to_string()))
+                })?;
+            builder = builder.envelope(envelope);
+        }
+        let mut message = builder
             .from(self.newsletter.from.clone())
             .to(to)
             .subject(self.subject.clone())
@@ -217,7 +261,7 @@ impl IssueMessages {
             ))
             .raw_header(HeaderValue::new(
                 HeaderName::new_from_ascii_str("List-Unsubscribe"),
-                format!("<{url}>, <{}>", self.mailto),
+                format!("<{url}>, <{mailto}>"),
             ))
             .raw_header(HeaderValue::new(
                 HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),

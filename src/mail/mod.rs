@@ -5,3 +5,4 @@ pub mod address;
 pub mod dkim;
 pub mod message;
 pub mod token;
+pub mod verp;

@@ -59,6 +59,11 @@ impl TokenKey {
         mac
     }
 
+    /// The key for VERP tags, derived from the same secret under its own label.
+    pub fn verp_key(&self) -> crate::mail::verp::VerpKey {
+        crate::mail::verp::VerpKey::derive(&self.0)
+    }
+
     /// The token for a subscriber (by id and normalised address).
     pub fn issue(&self, subscriber_id: SubscriberId, email_norm: &str) -> String {
         let tag = self.mac(subscriber_id, email_norm).finalize().into_bytes();

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::mail::address::SubscriberEmail;
+use crate::store::events;
 use crate::store::{self, IssueNumber, SubscriberId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,6 +507,7 @@ pub fn record_outcome(
     subscriber_id: SubscriberId,
     outcome: &Outcome,
     max_attempts: u32,
+    hygiene: events::Hygiene,
 ) -> rusqlite::Result<()> {
     match outcome {
         Outcome::Sent { reply } => conn
@@ -530,17 +532,30 @@ pub fn record_outcome(
                 subscriber_id
             ])?,
         Outcome::Permanent { reply, bounce } => {
-            if *bounce {
-                conn.prepare_cached(
-                    "UPDATE subscribers SET status = 'bounced', updated_at = ? WHERE id = ? AND status = 'active'",
+            let n = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET state = 'failed', failure = 'permanent', last_reply = ?
+                     WHERE issue = ? AND subscriber_id = ?",
                 )?
-                .execute(params![ts(Utc::now()), subscriber_id])?;
+                .execute(params![reply, number, subscriber_id])?;
+            if *bounce {
+                // The refusal is a hard bounce seen early: recorded and counted like one
+                // that arrives by mail later.
+                let status = crate::inbound::enhanced_status(reply);
+                events::record(
+                    conn,
+                    &events::NewEvent {
+                        subscriber_id,
+                        issue: Some(number),
+                        kind: events::EventKind::HardBounce,
+                        source: events::Source::Smtp,
+                        status: status.as_deref(),
+                        diagnostic: Some(reply),
+                    },
+                    hygiene,
+                )?;
             }
-            conn.prepare_cached(
-                "UPDATE deliveries SET state = 'failed', failure = 'permanent', last_reply = ?
-                 WHERE issue = ? AND subscriber_id = ?",
-            )?
-            .execute(params![reply, number, subscriber_id])?
+            n
         }
         Outcome::Skipped => conn
             .prepare_cached(

@@ -5,6 +5,7 @@
 //! deliveries) and [`lock`] (one daemon, one sender).
 
 pub mod csv;
+pub mod events;
 pub mod ids;
 pub mod ledger;
 pub mod lock;
@@ -28,6 +29,7 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_subscribers.sql"),
     include_str!("migrations/002_ledger.sql"),
+    include_str!("migrations/003_events.sql"),
 ];
 
 /// The schema version this binary creates and understands.

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::config::schedule::SlotSchedule;
 use crate::mail::token::{claimed_subscriber, TokenKey};
+use crate::store::events::{self, Channel};
 use crate::store::subscribers::{self, StatusChange, Subscriber, SubscriberStatus};
 
 /// What the handlers share.
@@ -47,6 +48,8 @@ impl WebState {
 #[derive(Deserialize)]
 struct TokenQuery {
     token: Option<String>,
+    /// `page` when the confirmation page's button posted, absent for a one-click POST.
+    via: Option<String>,
 }
 
 pub fn router(state: Arc<WebState>) -> Router {
@@ -146,7 +149,7 @@ async fn confirm_page(State(state): State<Arc<WebState>>, Query(q): Query<TokenQ
                 &format!("Unsubscribe from {name}?"),
                 &format!(
                     "<p>{email} will stop receiving {name}.</p>\
-                     <form method=\"post\" action=\"/unsubscribe?token={}\">\
+                     <form method=\"post\" action=\"/unsubscribe?token={}&amp;via=page\">\
                      <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
                      <button type=\"submit\">Unsubscribe</button></form>",
                     escape(&token)
@@ -173,6 +176,10 @@ async fn unsubscribe(State(state): State<Arc<WebState>>, Query(q): Query<TokenQu
     let Some(token) = q.token else {
         return invalid_link();
     };
+    let channel = match q.via.as_deref() {
+        Some("page") => Channel::Page,
+        _ => Channel::OneClick,
+    };
     let result = tokio::task::spawn_blocking({
         let state = state.clone();
         move || -> anyhow::Result<Option<(Subscriber, bool)>> {
@@ -183,11 +190,16 @@ async fn unsubscribe(State(state): State<Arc<WebState>>, Query(q): Query<TokenQu
                 .db
                 .lock()
                 .map_err(|_| anyhow::anyhow!("database lock poisoned"))?;
-            let changed =
-                match subscribers::set_status_by_id(&db, sub.id, SubscriberStatus::Unsubscribed)? {
-                    StatusChange::Changed { .. } => true,
-                    StatusChange::Unchanged(_) | StatusChange::NotFound => false,
-                };
+            let changed = crate::store::in_write_transaction(&db, |tx| -> anyhow::Result<bool> {
+                let changed = matches!(
+                    subscribers::set_status_by_id(tx, sub.id, SubscriberStatus::Unsubscribed)?,
+                    StatusChange::Changed { .. }
+                );
+                if changed {
+                    events::record_web_unsubscribe(tx, sub.id, channel)?;
+                }
+                Ok(changed)
+            })?;
             Ok(Some((sub, changed)))
         }
     })

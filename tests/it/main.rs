@@ -12,6 +12,7 @@ mod daemon;
 mod deliverability;
 mod delivery;
 mod docs;
+mod inbound;
 mod render;
 mod smtp_harness;
 mod subscribers;
