@@ -3,6 +3,7 @@
 //! link and headers, so building a message is a few copies rather than a re-encode.
 
 use chrono::{DateTime, Utc};
+use lettre::address::Envelope;
 use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
 use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::Message;
@@ -26,6 +27,8 @@ pub enum MessageError {
     },
     #[error("`{0}` is not a deliverable address")]
     Address(String),
+    #[error(transparent)]
+    NeedsSmtpUtf8(#[from] crate::address::AsciiFormError),
 }
 
 /// One text part, pre-encoded around the places the unsubscribe URL goes.
@@ -177,8 +180,31 @@ impl IssueMessages {
         )
     }
 
-    /// The complete message for one recipient.
+    /// The complete message for one recipient, for a server that offers SMTPUTF8.
     pub fn build(&self, r: &Recipient) -> Result<Message, MessageError> {
+        self.build_for(r, true)
+    }
+
+    /// The complete message for one recipient. Without `smtputf8` the envelope and the
+    /// address headers carry international domains as punycode, and an address whose local
+    /// part is not ASCII is an error (no spelling of it reaches that mailbox).
+    pub fn build_for(&self, r: &Recipient, smtputf8: bool) -> Result<Message, MessageError> {
+        let (to_addr, from) = if smtputf8 {
+            (r.email.clone(), self.newsletter.from.clone())
+        } else {
+            let mut from = self.newsletter.from.clone();
+            from.email = crate::address::ascii_form(&from.email)?;
+            (crate::address::ascii_form(&r.email)?, from)
+        };
+        // The envelope is given, not derived: lettre re-parses the To header for it, which
+        // fails on a quoted local part ("first last"@example.com).
+        let envelope =
+            Envelope::new(Some(from.email.clone()), vec![to_addr.clone()]).map_err(|source| {
+                MessageError::Build {
+                    recipient: r.email.to_string(),
+                    source,
+                }
+            })?;
         let url = self.unsubscribe_url(r);
         let text = SinglePart::builder().header(ContentType::TEXT_PLAIN).body(
             Body::dangerous_pre_encoded(
@@ -193,10 +219,11 @@ impl IssueMessages {
                     self.html.with_url(&url),
                     ContentTransferEncoding::QuotedPrintable,
                 ));
-        let to = Mailbox::new(r.name.clone(), r.email.clone());
+        let to = Mailbox::new(r.name.clone(), to_addr);
         let mut message = Message::builder()
-            .from(self.newsletter.from.clone())
+            .from(from)
             .to(to)
+            .envelope(envelope)
             .subject(self.subject.clone())
             .date_now()
             .message_id(Some(self.message_id(r.subscriber_id)))

@@ -435,6 +435,22 @@ impl Shared {
         self.breaker.lock().expect("breaker lock").tripped.is_some()
     }
 
+    /// The recipient's message in the form `smtputf8` allows, or why there is none.
+    async fn build(&self, r: &Recipient, smtputf8: bool) -> Result<lettre::Message, String> {
+        if self.messages.signs() {
+            // An RSA signature takes milliseconds: keep it off the async workers.
+            let (messages, r) = (self.messages.clone(), r.clone());
+            match tokio::task::spawn_blocking(move || messages.build_for(&r, smtputf8)).await {
+                Ok(built) => built.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("building the message failed: {e}")),
+            }
+        } else {
+            self.messages
+                .build_for(r, smtputf8)
+                .map_err(|e| e.to_string())
+        }
+    }
+
     /// One SMTP attempt, reusing the worker's connection when it is healthy. `durable`
     /// resolves once the delivery's `sending` mark is committed.
     async fn attempt(
@@ -444,32 +460,9 @@ impl Shared {
         durable: oneshot::Receiver<bool>,
     ) -> Attempt {
         let mut durable = Some(durable);
-        let built = if self.messages.signs() {
-            // An RSA signature takes milliseconds: keep it off the async workers.
-            let (messages, r) = (self.messages.clone(), r.clone());
-            match tokio::task::spawn_blocking(move || messages.build(&r)).await {
-                Ok(built) => built,
-                Err(e) => {
-                    return Attempt::Permanent {
-                        reply: format!("building the message failed: {e}"),
-                        user_unknown: false,
-                    }
-                }
-            }
-        } else {
-            self.messages.build(r)
-        };
-        let message = match built {
-            Ok(m) => m,
-            Err(e) => {
-                return Attempt::Permanent {
-                    reply: e.to_string(),
-                    user_unknown: false,
-                }
-            }
-        };
-        let bytes = message.formatted();
-        let envelope = message.envelope();
+        // Built once the server is known: whether it offers SMTPUTF8 decides how an
+        // international address is spelled (UTF-8, or its domain in punycode).
+        let mut built: Option<(bool, Vec<u8>, lettre::address::Envelope)> = None;
         // A reused connection may have been closed by the server while idle; that is not
         // the recipient's fault, so it gets one fresh connection before anything counts.
         for fresh_try in [false, true] {
@@ -495,7 +488,22 @@ impl Shared {
                 }
             }
             let c = conn.as_mut().expect("connected above");
-            let result = transaction(c, envelope, &bytes, &mut durable, self.smtp.timeout).await;
+            let smtputf8 = c.server_info().supports_feature(Extension::SmtpUtfEight);
+            if built.as_ref().is_none_or(|(utf8, _, _)| *utf8 != smtputf8) {
+                match self.build(r, smtputf8).await {
+                    Ok(message) => {
+                        built = Some((smtputf8, message.formatted(), message.envelope().clone()))
+                    }
+                    Err(reason) => {
+                        return Attempt::Permanent {
+                            reply: reason,
+                            user_unknown: false,
+                        }
+                    }
+                }
+            }
+            let (_, bytes, envelope) = built.as_ref().expect("built above");
+            let result = transaction(c, envelope, bytes, &mut durable, self.smtp.timeout).await;
             match result {
                 Ok(resp) => return Attempt::Sent(response_text(&resp)),
                 Err(TxError::Ledger) => return Attempt::LedgerGone,

@@ -200,17 +200,35 @@ pub fn dry_run(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> a
     let mut rows = stmt.query([])?;
     let mut n = 0u64;
     let mut bytes = 0u64;
+    // One recipient whose message cannot be built must not cost the others theirs: each
+    // failure is listed at the end instead.
+    let mut unbuilt: Vec<(String, String)> = Vec::new();
+    let mut needs_utf8 = 0u64;
     while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
         let email: String = row.get(1)?;
-        let recipient = Recipient {
-            subscriber_id: row.get(0)?,
-            email: email
-                .parse()
-                .with_context(|| format!("stored address `{email}` is invalid"))?,
-            name: row.get(2)?,
+        let built = email
+            .parse::<lettre::Address>()
+            .map_err(|e| format!("the stored address is invalid: {e}"))
+            .and_then(|address| {
+                let recipient = Recipient {
+                    subscriber_id: id,
+                    email: address,
+                    name: row.get(2).ok().flatten(),
+                };
+                if !recipient.email.user().is_ascii() {
+                    needs_utf8 += 1;
+                }
+                messages.build(&recipient).map_err(|e| e.to_string())
+            });
+        let raw = match built {
+            Ok(message) => message.formatted(),
+            Err(reason) => {
+                unbuilt.push((email, reason));
+                continue;
+            }
         };
         n += 1;
-        let raw = messages.build(&recipient)?.formatted();
         bytes += raw.len() as u64;
         let safe: String = email
             .chars()
@@ -232,5 +250,31 @@ pub fn dry_run(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> a
         bytes as f64 / 1024.0,
         out.display()
     );
-    deliverability::check_preview(config, &digest, dkim.as_ref(), force)
+    if needs_utf8 > 0 {
+        println!(
+            "{needs_utf8} of them {} a non-ASCII local part: only a server offering SMTPUTF8 can deliver {}; another server fails {} permanently.",
+            if needs_utf8 == 1 { "has" } else { "have" },
+            if needs_utf8 == 1 { "it" } else { "them" },
+            if needs_utf8 == 1 { "it" } else { "them" },
+        );
+    }
+    if !unbuilt.is_empty() {
+        eprintln!(
+            "Could not build {} message{}:",
+            unbuilt.len(),
+            if unbuilt.len() == 1 { "" } else { "s" }
+        );
+        for (email, reason) in &unbuilt {
+            eprintln!("  {email}: {reason}");
+        }
+    }
+    deliverability::check_preview(config, &digest, dkim.as_ref(), force)?;
+    if !unbuilt.is_empty() {
+        return user_error(format!(
+            "{} of {} messages could not be built (listed above); the other {n} were written",
+            unbuilt.len(),
+            unbuilt.len() as u64 + n
+        ));
+    }
+    Ok(())
 }
