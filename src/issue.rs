@@ -19,6 +19,8 @@ use crate::render::{self, RenderedDigest};
 use crate::sender::{self, Delivery, Report};
 use crate::token::TokenKey;
 
+pub mod test_send;
+
 /// Where a slot's issue stands after `prepare`.
 #[derive(Debug)]
 pub enum Prepared {
@@ -167,6 +169,19 @@ pub fn token_key(config: &Config) -> anyhow::Result<TokenKey> {
     TokenKey::from_env(&config.secret_env).map_err(|e| UserError::new(e.to_string()).into())
 }
 
+/// Every copy of an issue, for subscribers or for a test send, is built from this: the
+/// configured newsletter, signed with the configured DKIM key.
+fn issue_messages(
+    config: &Config,
+    number: i64,
+    slot: DateTime<Utc>,
+    digest: &RenderedDigest,
+    key: TokenKey,
+) -> anyhow::Result<IssueMessages> {
+    let dkim = crate::dkim::load(config)?;
+    Ok(IssueMessages::new(&config.newsletter, number, slot, digest, key).with_dkim(dkim))
+}
+
 /// Delivers the issue's pending deliveries (see [`sender::deliver`]).
 pub async fn deliver(
     config: &Config,
@@ -176,12 +191,10 @@ pub async fn deliver(
     progress_bar: bool,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Report> {
-    let dkim = crate::dkim::load(config)?;
     let conn = crate::db::open(&config.database_path())?;
     let digest = ledger::stored_digest(&conn, issue.number)?;
     drop(conn);
-    let messages = IssueMessages::new(&config.newsletter, issue.number, issue.slot, &digest, key)
-        .with_dkim(dkim);
+    let messages = issue_messages(config, issue.number, issue.slot, &digest, key)?;
     sender::deliver(
         Delivery {
             db_path: config.database_path(),

@@ -186,6 +186,13 @@ pub fn issues(conn: &Connection) -> rusqlite::Result<Vec<Issue>> {
     rows.collect()
 }
 
+/// The number the next created issue will get.
+pub fn next_issue_number(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT coalesce(max(number), 0) + 1 FROM issues", [], |r| {
+        r.get(0)
+    })
+}
+
 /// Issues that were started but not finished (sending or paused), oldest first.
 pub fn unfinished_issues(conn: &Connection) -> rusqlite::Result<Vec<Issue>> {
     let mut stmt = conn.prepare(&format!(

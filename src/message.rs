@@ -11,7 +11,7 @@ use lettre::Message;
 use crate::config::Newsletter;
 use crate::dkim::DkimSigner;
 use crate::render::RenderedDigest;
-use crate::token::TokenKey;
+use crate::token::{TokenKey, SAMPLE_EMAIL, SAMPLE_SUBSCRIBER_ID};
 
 /// The soft line break of quoted-printable: lets encoded pieces be joined anywhere.
 const SOFT_BREAK: &str = "=\r\n";
@@ -118,6 +118,18 @@ pub struct IssueMessages {
     list_id: String,
     mailto: String,
     dkim: Option<DkimSigner>,
+    test: Option<TestCopy>,
+}
+
+/// How a test copy differs from a subscriber's: its links are the sample subscriber's
+/// (they work and change nothing), its Message-IDs are new on every run (a mailbox would
+/// hide a second copy with an ID it has seen), and unless `exact` its Subject says TEST.
+#[derive(Debug, Clone)]
+pub struct TestCopy {
+    /// Unique per test run, e.g. the time it started.
+    pub run: String,
+    /// Keep the Subject exactly as subscribers get it.
+    pub exact: bool,
 }
 
 impl IssueMessages {
@@ -141,7 +153,18 @@ impl IssueMessages {
             list_id,
             mailto,
             dkim: None,
+            test: None,
         }
+    }
+
+    /// Builds test copies instead (see [`TestCopy`]); a recipient's `subscriber_id` is then
+    /// only its place in the run, used in the Message-ID.
+    pub fn as_test_copy(mut self, copy: TestCopy) -> Self {
+        if !copy.exact {
+            self.subject = format!("[TEST] {}", self.subject);
+        }
+        self.test = Some(copy);
+        self
     }
 
     /// Signs every built message with `signer` (DKIM off when `None`).
@@ -161,16 +184,24 @@ impl IssueMessages {
 
     /// The recipient's one-click unsubscribe URL.
     pub fn unsubscribe_url(&self, r: &Recipient) -> String {
-        format!(
-            "{}/unsubscribe?token={}",
-            self.newsletter.base_url,
-            self.key.issue(r.subscriber_id, &r.email_norm())
-        )
+        let token = match self.test {
+            Some(_) => self.key.issue(SAMPLE_SUBSCRIBER_ID, SAMPLE_EMAIL),
+            None => self.key.issue(r.subscriber_id, &r.email_norm()),
+        };
+        format!("{}/unsubscribe?token={token}", self.newsletter.base_url)
     }
 
     /// The same for every send of this issue to this subscriber, so a copy re-sent after a
     /// crash is recognisably the same message.
     pub fn message_id(&self, subscriber_id: i64) -> String {
+        if let Some(test) = &self.test {
+            return format!(
+                "<verdicts.test.{}.{}.{subscriber_id}@{}>",
+                test.run,
+                self.issue_number,
+                self.newsletter.sender_domain()
+            );
+        }
         format!(
             "<verdicts.{}.{}.{}@{}>",
             self.slot.format("%Y%m%dT%H%MZ"),

@@ -253,6 +253,81 @@ async fn connect(
     Ok(conn)
 }
 
+/// Sends each recipient's copy over one SMTP session, outside any ledger (test copies):
+/// the same connection setup, address spelling and SMTP exchange as a delivery, with
+/// nothing recorded and nothing retried. One attempt per recipient, in order.
+pub async fn send_unrecorded(
+    smtp: &SmtpConfig,
+    password: Option<&str>,
+    messages: &IssueMessages,
+    recipients: &[Recipient],
+) -> Vec<Attempt> {
+    let hello = ClientId::default();
+    let mut conn: Option<AsyncSmtpConnection> = None;
+    let mut attempts = Vec::with_capacity(recipients.len());
+    for r in recipients {
+        if conn.as_ref().is_some_and(|c| c.has_broken()) {
+            conn = None;
+        }
+        if conn.is_none() {
+            match tokio::time::timeout(smtp.timeout, connect(smtp, &hello, password)).await {
+                Ok(Ok(c)) => conn = Some(c),
+                Ok(Err(reason)) => {
+                    attempts.push(Attempt::Connection(reason));
+                    continue;
+                }
+                Err(_) => {
+                    attempts.push(Attempt::Connection(format!(
+                        "no answer from {}:{} within {:?} while connecting",
+                        smtp.host, smtp.port, smtp.timeout
+                    )));
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let smtputf8 = c.server_info().supports_feature(Extension::SmtpUtfEight);
+        let message = match messages.build_for(r, smtputf8) {
+            Ok(m) => m,
+            Err(e) => {
+                attempts.push(Attempt::Permanent {
+                    reply: e.to_string(),
+                    user_unknown: false,
+                });
+                continue;
+            }
+        };
+        let bytes = message.formatted();
+        let attempt =
+            match transaction(c, message.envelope(), &bytes, &mut None, smtp.timeout).await {
+                Ok(resp) => Attempt::Sent(response_text(&resp)),
+                Err(TxError::Unsupported(reason)) => Attempt::Permanent {
+                    reply: reason,
+                    user_unknown: false,
+                },
+                Err(TxError::Smtp(stage, e)) => {
+                    conn = None;
+                    classify(stage, &e)
+                }
+                Err(TxError::Timeout) => {
+                    conn = None;
+                    Attempt::Connection(format!(
+                        "{}:{} stopped answering mid-transaction (no reply within {:?})",
+                        smtp.host, smtp.port, smtp.timeout
+                    ))
+                }
+                Err(TxError::Ledger | TxError::NotDue) => {
+                    unreachable!("an unrecorded send waits for no ledger mark")
+                }
+            };
+        attempts.push(attempt);
+    }
+    if let Some(mut c) = conn {
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.quit()).await;
+    }
+    attempts
+}
+
 /// Exponential backoff with ±50% jitter: `base * 2^(attempts-1)`, capped.
 pub fn backoff(base: Duration, attempts: u32) -> Duration {
     let exp = base.saturating_mul(1u32 << attempts.saturating_sub(1).min(16));

@@ -45,8 +45,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
             out,
             force,
+            test,
+            exact,
         } => {
             let config = Config::load(&config_path)?;
+            if !test.is_empty() {
+                return send::test(&config, at, &test, exact);
+            }
             let at = at.unwrap_or_else(Utc::now);
             if dry_run {
                 send::dry_run(&config, at, &out, force)
@@ -89,7 +94,7 @@ pub struct PlannedIssue<'a> {
 }
 
 /// Plans the issue for the slot at or before `at`, against the ledger when there is one.
-fn plan_issue<'a>(
+pub(crate) fn plan_issue<'a>(
     config: &Config,
     conn: Option<&rusqlite::Connection>,
     comparisons: &'a [Comparison],
@@ -223,8 +228,10 @@ fn write_preview(
     out: &Path,
 ) -> anyhow::Result<PreviewFiles> {
     let sample = Recipient {
-        subscriber_id: 0,
-        email: "reader@example.com".parse().expect("valid sample address"),
+        subscriber_id: crate::token::SAMPLE_SUBSCRIBER_ID,
+        email: crate::token::SAMPLE_EMAIL
+            .parse()
+            .expect("valid sample address"),
         name: Some("Sample Reader".into()),
     };
     let messages = IssueMessages::new(&config.newsletter, 0, slot, digest, key).with_dkim(dkim);

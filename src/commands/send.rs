@@ -9,10 +9,11 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::{deliverability, describe_slot};
+use crate::address::SubscriberEmail;
 use crate::config::Config;
 use crate::content;
 use crate::error::{user_error, UserError};
-use crate::issue::{self, EmptyWeek, Prepared};
+use crate::issue::{self, test_send, EmptyWeek, Prepared};
 use crate::ledger;
 use crate::lock::{IfBusy, SenderLock};
 use crate::message::{IssueMessages, Recipient};
@@ -183,10 +184,7 @@ pub fn dry_run(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> a
                 );
                 return Ok(());
             }
-            let next: i64 =
-                conn.query_row("SELECT coalesce(max(number), 0) + 1 FROM issues", [], |r| {
-                    r.get(0)
-                })?;
+            let next = ledger::next_issue_number(&conn)?;
             let digest = render::render_issue(config, &selected, slot)?;
             (next, digest)
         }
@@ -274,6 +272,92 @@ pub fn dry_run(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> a
             "{} of {} messages could not be built (listed above); the other {n} were written",
             unbuilt.len(),
             unbuilt.len() as u64 + n
+        ));
+    }
+    Ok(())
+}
+
+/// `send --test ADDR…`: the issue of the slot at or before `at` (without `at`, the one
+/// `preview` shows) to the given addresses only; nothing is recorded.
+pub fn test(
+    config: &Config,
+    at: Option<DateTime<Utc>>,
+    addresses: &[String],
+    exact: bool,
+) -> anyhow::Result<()> {
+    let mut to = Vec::new();
+    let mut bad = Vec::new();
+    for a in addresses {
+        match SubscriberEmail::parse(a) {
+            Ok(email) => to.push(email),
+            Err(e) => bad.push(format!("--test {e}")),
+        }
+    }
+    if !bad.is_empty() {
+        return user_error(bad.join("\n"));
+    }
+    let key = issue::token_key(config)?;
+    let password = issue::smtp_password(config)?;
+    let comparisons = content::load_dir(&config.content_dir)?;
+    // Read the ledger when there is one, never create it.
+    let conn = if config.database_path().exists() {
+        Some(crate::db::open(&config.database_path())?)
+    } else {
+        None
+    };
+    let plan = match at {
+        Some(at) => super::plan_issue(config, conn.as_ref(), &comparisons, at)?,
+        None => {
+            let next = config
+                .schedule
+                .slots
+                .next_after(Utc::now())
+                .unwrap_or_else(Utc::now);
+            super::plan_preview(config, &comparisons, next)?
+        }
+    };
+    let Some(copy) = test_send::issue_for(config, conn.as_ref(), plan.slot, &plan.comparisons)?
+    else {
+        return user_error(format!(
+            "the issue for {} has nothing to send; pass --at for a week with new comparisons",
+            describe_slot(config, plan.slot)
+        ));
+    };
+    drop(conn);
+    println!(
+        "Test copy of issue {}{} for {}: \"{}{}\", to {} address{}.",
+        copy.number,
+        if copy.stored {
+            ""
+        } else {
+            " (not created yet)"
+        },
+        describe_slot(config, copy.slot),
+        if exact { "" } else { "[TEST] " },
+        copy.digest.subject,
+        to.len(),
+        if to.len() == 1 { "" } else { "es" },
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let results = runtime.block_on(test_send::send(config, &copy, &to, exact, key, password))?;
+    let mut failed = 0;
+    for r in &results {
+        match &r.outcome {
+            Ok(reply) => println!("  {}: accepted ({reply})", r.address),
+            Err(reason) => {
+                failed += 1;
+                println!("  {}: NOT sent: {reason}", r.address);
+            }
+        }
+    }
+    println!("Nothing was recorded: the ledger and the subscriber list are unchanged.");
+    if failed > 0 {
+        return user_error(format!(
+            "{failed} of {} test copies were not accepted (listed above)",
+            results.len()
         ));
     }
     Ok(())
