@@ -8,16 +8,11 @@ use verdicts::cli::{Cli, LogFormat};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    match verdicts::commands::run(cli) {
+    match verdicts::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            if verdicts::error::is_user_error(&err) {
-                eprintln!("error: {err:#}");
-                ExitCode::from(1)
-            } else {
-                eprintln!("error: {err:#}");
-                ExitCode::from(3)
-            }
+            eprintln!("error: {err:#}");
+            ExitCode::from(verdicts::error::exit_code(&err))
         }
     }
 }
