@@ -90,7 +90,7 @@ fn wait_exit(mut child: Child, limit: Duration) -> (Option<i32>, String) {
     }
 }
 
-fn http() -> ureq::Agent {
+pub(crate) fn http() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -98,7 +98,7 @@ fn http() -> ureq::Agent {
         .into()
 }
 
-fn wait_for_http(port: u16) {
+pub(crate) fn wait_for_http(port: u16) {
     let started = Instant::now();
     while http()
         .get(&format!("http://127.0.0.1:{port}/healthz"))

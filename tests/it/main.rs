@@ -16,3 +16,4 @@ mod docs;
 mod render;
 mod smtp_harness;
 mod subscribers;
+mod test_send;
