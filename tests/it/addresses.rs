@@ -3,9 +3,9 @@
 //! that server can take them, and `send --dry-run` writes every message it can build.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use crate::common::TempSite;
+use crate::delivery::send;
 use crate::smtp::{self, Behaviour, Received, TestSmtp};
 use mailparse::MailHeaderMap;
 use predicates::prelude::*;
@@ -34,13 +34,6 @@ fn site(port: u16) -> TempSite {
             .success();
     }
     site
-}
-
-fn send(site: &TempSite) -> assert_cmd::assert::Assert {
-    site.cmd()
-        .args(["send", "--at", AT, "--yes"])
-        .timeout(Duration::from_secs(120))
-        .assert()
 }
 
 /// (state, last reply) of every delivery of issue 1, by email as stored.

@@ -98,7 +98,7 @@ pub(crate) fn http() -> ureq::Agent {
         .into()
 }
 
-pub(crate) fn wait_for_http(port: u16) {
+fn wait_for_http(port: u16) {
     let started = Instant::now();
     while http()
         .get(&format!("http://127.0.0.1:{port}/healthz"))
@@ -111,6 +111,21 @@ pub(crate) fn wait_for_http(port: u16) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `verdicts serve` for `site`, once its endpoint on `port` answers.
+pub(crate) fn serve(site: &TempSite, port: u16) -> Child {
+    let child = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
+        .arg("serve")
+        .current_dir(site.path())
+        .env("VERDICTS_CONFIG", site.config_path())
+        .env("VERDICTS_SECRET", TEST_SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_http(port);
+    child
 }
 
 fn db(site: &TempSite) -> rusqlite::Connection {
@@ -369,16 +384,7 @@ fn one_click_unsubscribe_from_a_sent_message() {
         })
         .collect();
 
-    let mut serve = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
-        .arg("serve")
-        .current_dir(site.path())
-        .env("VERDICTS_CONFIG", site.config_path())
-        .env("VERDICTS_SECRET", TEST_SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_http(web);
+    let mut serve = serve(&site, web);
     let agent = http();
 
     // GET shows a confirmation page with a button, and changes nothing.

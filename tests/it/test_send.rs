@@ -2,28 +2,19 @@
 //! subscriber's copy would be (signed, same body), their links work against the real
 //! endpoint and change nothing, and the ledger and the list are left as they were.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mailparse::MailHeaderMap;
 use predicates::prelude::*;
 use verdicts::mail::token::{claimed_subscriber, TokenKey, SAMPLE_SUBSCRIBER_ID};
 
 use crate::common::{TempSite, TEST_SECRET};
-use crate::daemon::{http, wait_for_http};
+use crate::daemon::{http, serve};
 use crate::deliverability::{dkim_fixture, dkimpy_verify, site_with_dkim};
+use crate::delivery::header;
 use crate::smtp::{closed_port, Behaviour, Received, TestSmtp};
 
 const AT: &str = "2026-11-23T09:00:00Z";
 const SUBJECT: &str = "Gemini 2.5 Flash Lite vs Meta Llama 4 Scout Fine-Tuning Toolkit + 4 more";
-
-fn header(m: &Received, name: &str) -> String {
-    mailparse::parse_mail(&m.raw)
-        .unwrap()
-        .headers
-        .get_first_value(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-}
 
 /// The https unsubscribe link of a message.
 fn unsubscribe_link(m: &Received) -> String {
@@ -119,16 +110,7 @@ fn test_copies_arrive_signed_with_links_that_work_and_record_nothing() {
     );
 
     // The links work against the real endpoint and unsubscribe nobody.
-    let mut serve = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
-        .arg("serve")
-        .current_dir(site.path())
-        .env("VERDICTS_CONFIG", site.config_path())
-        .env("VERDICTS_SECRET", TEST_SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_http(web);
+    let mut serve = serve(&site, web);
     let local = unsubscribe_link(&copies[0]).replace(
         "https://verdicts.example.com",
         &format!("http://127.0.0.1:{web}"),
