@@ -242,6 +242,17 @@ pub fn test(
         ));
     };
     drop(conn);
+    // Shown, not enforced: looking at a flawed issue in real clients is what a test is for.
+    let (findings, _) = dispatcher.gate(&copy.digest, true);
+    if !findings.is_empty() {
+        print_event(
+            config,
+            Event::Findings {
+                findings: &findings,
+                dkim: dispatcher.dkim(),
+            },
+        );
+    }
     println!(
         "Test copy of issue {}{} for {}: \"{}{}\", to {} address{}.",
         copy.number,
