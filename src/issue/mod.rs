@@ -205,9 +205,7 @@ impl<'a> Dispatcher<'a> {
 
     /// The deliverability findings on a digest, and whether they stop the send.
     pub fn gate(&self, digest: &RenderedDigest, force: bool) -> (Vec<Finding>, Option<Refused>) {
-        let findings = lint::check_issue(self.config, digest, self.dkim.as_ref());
-        let refused = lint::gate(&findings, force).err();
-        (findings, refused)
+        lint::review(self.config, digest, self.dkim.as_ref(), force)
     }
 
     /// Plans the slot, runs the deliverability gate on what would go out, and asks

@@ -283,33 +283,9 @@ fn import_rows<R: Read>(
     on_reject: &mut impl FnMut(u64, &str),
 ) -> Result<ImportSummary, ImportError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // Which subscriber rows this import has already touched, and from which line: the
-    // duplicate check lives in SQLite so a million-row file needs no in-memory set.
-    tx.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS import_seen (
-             subscriber_id INTEGER PRIMARY KEY,
-             line INTEGER NOT NULL
-         );
-         DELETE FROM temp.import_seen;",
-    )?;
     let mut summary = ImportSummary::default();
     {
-        let mut find =
-            tx.prepare_cached("SELECT id, name, status FROM subscribers WHERE email_norm = ?1")?;
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO subscribers (email, email_norm, name, status, source, created_at,
-                                      updated_at, unsubscribed_at)
-             VALUES (?1, ?2, ?3, ?4, 'import', ?5, ?5, ?6)
-             ON CONFLICT (email_norm) DO NOTHING",
-        )?;
-        let mut update = tx.prepare_cached(UPDATE_SUBSCRIBER)?;
-        let mut seen_line =
-            tx.prepare_cached("SELECT line FROM temp.import_seen WHERE subscriber_id = ?1")?;
-        let mut mark_seen = tx
-            .prepare_cached("INSERT INTO temp.import_seen (subscriber_id, line) VALUES (?1, ?2)")?;
-
-        // One timestamp for the whole import: it is one transaction, it happens at once.
-        let stamp = store::timestamp(now());
+        let mut rows = RowWriter::prepare(&tx, options.resubscribe)?;
         let mut record = csv::ByteRecord::new();
         while reader.read_byte_record(&mut record)? {
             let line = record.position().map_or(0, |p| p.line());
@@ -324,62 +300,26 @@ fn import_rows<R: Read>(
                     continue;
                 }
             };
-            let norm = row.email.normalized();
-            let name = row.name.as_ref().map(SubscriberName::as_str);
-            // Inserting first costs one index lookup for a new address (the bulk of a
-            // first import); only a conflict needs the existing row read.
-            let status = row.status.unwrap_or(SubscriberStatus::Active);
-            let unsubscribed_at =
-                (status == SubscriberStatus::Unsubscribed).then_some(stamp.as_str());
-            let inserted = insert.execute(params![
-                row.email.as_str(),
-                norm,
-                name,
-                status,
-                stamp,
-                unsubscribed_at
-            ])?;
-            if inserted == 1 {
-                mark_seen.execute(params![tx.last_insert_rowid(), line])?;
-                summary.added += 1;
-                continue;
-            }
-            let (id, old_name, old_status) = find.query_row([&norm], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, SubscriberStatus>(2)?,
-                ))
-            })?;
-            if let Some(first) = seen_line
-                .query_row([id], |r| r.get::<_, i64>(0))
-                .optional()?
-            {
-                summary.rejected += 1;
-                on_reject(
-                    line,
-                    &format!("`{}` is a duplicate of line {first}", row.email),
-                );
-                continue;
-            }
-            mark_seen.execute(params![id, line])?;
-
-            let new_name = name.or(old_name.as_deref());
-            let new_status = match row.status {
-                None => old_status,
-                Some(SubscriberStatus::Active)
-                    if old_status != SubscriberStatus::Active && !options.resubscribe =>
-                {
-                    summary.kept_inactive += 1;
-                    old_status
+            match rows.apply(&row, line)? {
+                Applied::Added => summary.added += 1,
+                Applied::Existing {
+                    changed,
+                    kept_inactive,
+                } => {
+                    summary.kept_inactive += u64::from(kept_inactive);
+                    if changed {
+                        summary.updated += 1;
+                    } else {
+                        summary.unchanged += 1;
+                    }
                 }
-                Some(status) => status,
-            };
-            if new_name == old_name.as_deref() && new_status == old_status {
-                summary.unchanged += 1;
-            } else {
-                update.execute(params![id, new_name, new_status, stamp])?;
-                summary.updated += 1;
+                Applied::Duplicate { first } => {
+                    summary.rejected += 1;
+                    on_reject(
+                        line,
+                        &format!("`{}` is a duplicate of line {first}", row.email),
+                    );
+                }
             }
         }
         tx.execute_batch("DELETE FROM temp.import_seen")?;
@@ -391,6 +331,138 @@ fn import_rows<R: Read>(
         tx.rollback()?;
     }
     Ok(summary)
+}
+
+/// What one valid row did.
+enum Applied {
+    Added,
+    /// The address was listed: its row was `changed` or left alone; `kept_inactive` when the
+    /// row asked for `active` but the subscriber stays unsubscribed or bounced.
+    Existing {
+        changed: bool,
+        kept_inactive: bool,
+    },
+    /// The address already appeared on line `first` of this file.
+    Duplicate {
+        first: i64,
+    },
+}
+
+/// The statements an import runs for each row, prepared once inside its transaction.
+struct RowWriter<'tx> {
+    find: rusqlite::CachedStatement<'tx>,
+    insert: rusqlite::CachedStatement<'tx>,
+    update: rusqlite::CachedStatement<'tx>,
+    seen_line: rusqlite::CachedStatement<'tx>,
+    mark_seen: rusqlite::CachedStatement<'tx>,
+    last_id: Box<dyn Fn() -> i64 + 'tx>,
+    /// One timestamp for the whole import: it is one transaction, it happens at once.
+    stamp: String,
+    resubscribe: bool,
+}
+
+impl<'tx> RowWriter<'tx> {
+    fn prepare(tx: &'tx rusqlite::Transaction<'_>, resubscribe: bool) -> rusqlite::Result<Self> {
+        // Which subscriber rows this import has already touched, and from which line: the
+        // duplicate check lives in SQLite so a million-row file needs no in-memory set.
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS import_seen (
+                 subscriber_id INTEGER PRIMARY KEY,
+                 line INTEGER NOT NULL
+             );
+             DELETE FROM temp.import_seen;",
+        )?;
+        Ok(RowWriter {
+            find: tx
+                .prepare_cached("SELECT id, name, status FROM subscribers WHERE email_norm = ?1")?,
+            insert: tx.prepare_cached(
+                "INSERT INTO subscribers (email, email_norm, name, status, source, created_at,
+                                          updated_at, unsubscribed_at)
+                 VALUES (?1, ?2, ?3, ?4, 'import', ?5, ?5, ?6)
+                 ON CONFLICT (email_norm) DO NOTHING",
+            )?,
+            update: tx.prepare_cached(UPDATE_SUBSCRIBER)?,
+            seen_line: tx
+                .prepare_cached("SELECT line FROM temp.import_seen WHERE subscriber_id = ?1")?,
+            mark_seen: tx.prepare_cached(
+                "INSERT INTO temp.import_seen (subscriber_id, line) VALUES (?1, ?2)",
+            )?,
+            last_id: Box::new(move || tx.last_insert_rowid()),
+            stamp: store::timestamp(now()),
+            resubscribe,
+        })
+    }
+
+    fn apply(&mut self, row: &ImportRow, line: u64) -> rusqlite::Result<Applied> {
+        let norm = row.email.normalized();
+        let name = row.name.as_ref().map(SubscriberName::as_str);
+        // Inserting first costs one index lookup for a new address (the bulk of a first
+        // import); only a conflict needs the existing row read.
+        let status = row.status.unwrap_or(SubscriberStatus::Active);
+        let unsubscribed_at =
+            (status == SubscriberStatus::Unsubscribed).then_some(self.stamp.as_str());
+        let inserted = self.insert.execute(params![
+            row.email.as_str(),
+            norm,
+            name,
+            status,
+            self.stamp,
+            unsubscribed_at
+        ])?;
+        if inserted == 1 {
+            self.mark_seen.execute(params![(self.last_id)(), line])?;
+            return Ok(Applied::Added);
+        }
+        let (id, old_name, old_status) = self.find.query_row([&norm], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, SubscriberStatus>(2)?,
+            ))
+        })?;
+        if let Some(first) = self
+            .seen_line
+            .query_row([id], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            return Ok(Applied::Duplicate { first });
+        }
+        self.mark_seen.execute(params![id, line])?;
+        self.merge(id, name, old_name.as_deref(), row.status, old_status)
+    }
+
+    /// A listed address: the row's name (when given) and status, except that only
+    /// `--resubscribe` lets a row reactivate an unsubscribed or bounced subscriber.
+    fn merge(
+        &mut self,
+        id: i64,
+        name: Option<&str>,
+        old_name: Option<&str>,
+        status: Option<SubscriberStatus>,
+        old_status: SubscriberStatus,
+    ) -> rusqlite::Result<Applied> {
+        let new_name = name.or(old_name);
+        let mut kept_inactive = false;
+        let new_status = match status {
+            None => old_status,
+            Some(SubscriberStatus::Active)
+                if old_status != SubscriberStatus::Active && !self.resubscribe =>
+            {
+                kept_inactive = true;
+                old_status
+            }
+            Some(status) => status,
+        };
+        let changed = new_name != old_name || new_status != old_status;
+        if changed {
+            self.update
+                .execute(params![id, new_name, new_status, self.stamp])?;
+        }
+        Ok(Applied::Existing {
+            changed,
+            kept_inactive,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -65,7 +65,9 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (web.listen): {e}"))?;
-    info!(%addr, "unsubscribe endpoint listening");
+    // The bound address, so `web.listen: 127.0.0.1:0` (any free port) says which one.
+    let bound = listener.local_addr().unwrap_or(addr);
+    info!(addr = %bound, "web endpoint listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(stop)
         .await?;

@@ -7,6 +7,7 @@ mod smtp;
 
 mod addresses;
 mod cli;
+mod cli_output;
 mod content;
 mod daemon;
 mod deliverability;

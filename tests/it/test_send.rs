@@ -7,11 +7,11 @@ use std::time::Duration;
 use predicates::prelude::*;
 use verdicts::mail::token::{claimed_subscriber, TokenKey, SAMPLE_SUBSCRIBER_ID};
 
-use crate::common::{TempSite, TEST_SECRET};
-use crate::daemon::{http, serve};
+use crate::common::{Process, TempSite, TEST_SECRET};
+use crate::daemon::http;
 use crate::deliverability::{dkim_fixture, dkimpy_verify, site_with_dkim};
 use crate::delivery::header;
-use crate::smtp::{closed_port, Behaviour, Received, TestSmtp};
+use crate::smtp::{Behaviour, Received, TestSmtp};
 
 const AT: &str = "2026-11-23T09:00:00Z";
 const SUBJECT: &str = "Gemini 2.5 Flash Lite vs Meta Llama 4 Scout Fine-Tuning Toolkit + 4 more";
@@ -59,12 +59,8 @@ fn state(site: &TempSite) -> (String, i64, i64) {
 #[test]
 fn test_copies_arrive_signed_with_links_that_work_and_record_nothing() {
     let server = TestSmtp::start();
-    let web = closed_port();
     let site = site_with_dkim("ed25519.pem", "  algorithm: ed25519\n");
-    site.edit_config(|c| {
-        c.replace("port: 2525", &format!("port: {}", server.port()))
-            .replace("127.0.0.1:8080", &format!("127.0.0.1:{web}"))
-    });
+    site.edit_config(|c| c.replace("port: 2525", &format!("port: {}", server.port())));
     for who in ["ada@example.com", "bob@example.com"] {
         site.cmd()
             .args(["subscribers", "add", who])
@@ -110,7 +106,8 @@ fn test_copies_arrive_signed_with_links_that_work_and_record_nothing() {
     );
 
     // The links work against the real endpoint and unsubscribe nobody.
-    let mut serve = serve(&site, web);
+    let mut serve = Process::start(&site, &["serve"]);
+    let web = serve.web_port();
     let local = unsubscribe_link(&copies[0]).replace(
         "https://verdicts.example.com",
         &format!("http://127.0.0.1:{web}"),
@@ -135,8 +132,7 @@ fn test_copies_arrive_signed_with_links_that_work_and_record_nothing() {
         .read_to_string()
         .unwrap()
         .contains("You are unsubscribed"));
-    serve.kill().unwrap();
-    serve.wait().unwrap();
+    serve.kill();
     assert_eq!(state(&site), before, "using the links changed nothing");
 
     // The real send still goes to everyone, and a subscriber's copy has the same body.
