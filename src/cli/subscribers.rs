@@ -248,12 +248,7 @@ fn list_table(
     status: Option<SubscriberStatus>,
 ) -> anyhow::Result<()> {
     // Column widths come from SQLite so the rows can stream instead of being buffered.
-    let (rows, email_width, name_width): (i64, Option<i64>, Option<i64>) = conn.query_row(
-        "SELECT count(*), max(length(email)), max(length(name))
-         FROM subscribers WHERE ?1 IS NULL OR status = ?1",
-        [status],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let (rows, email_width, name_width) = column_widths(conn, status)?;
     if rows == 0 {
         match status {
             Some(s) => writeln!(out, "no {s} subscribers")?,
@@ -261,10 +256,8 @@ fn list_table(
         }
         return Ok(());
     }
-    let email_width = usize::try_from(email_width.unwrap_or(0))
-        .unwrap_or(0)
-        .max(5);
-    let name_width = usize::try_from(name_width.unwrap_or(0)).unwrap_or(0).max(4);
+    let email_width = email_width.max(5);
+    let name_width = name_width.max(4);
     writeln!(
         out,
         "{:<email_width$}  {:<name_width$}  {:<12}  {:<6}  JOINED",

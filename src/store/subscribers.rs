@@ -439,6 +439,24 @@ where
     Ok(())
 }
 
+/// How many subscribers have `status` (all when `None`), and the longest address and name
+/// among them in characters, so a table can be printed while the rows stream.
+pub fn column_widths(
+    conn: &Connection,
+    status: Option<SubscriberStatus>,
+) -> Result<(u64, usize, usize), StoreError> {
+    let (rows, email, name): (i64, Option<i64>, Option<i64>) = conn
+        .query_row(
+            "SELECT count(*), max(length(email)), max(length(name))
+             FROM subscribers WHERE ?1 IS NULL OR status = ?1",
+            [status],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(StoreError)?;
+    let width = |w: Option<i64>| usize::try_from(w.unwrap_or(0)).unwrap_or(0);
+    Ok((rows as u64, width(email), width(name)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
