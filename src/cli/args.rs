@@ -72,6 +72,14 @@ pub enum Command {
         /// Send despite deliverability warnings; errors are never overridden
         #[arg(long)]
         force: bool,
+        /// Send a test copy of the issue to these addresses only, exactly as subscribers get
+        /// it (links work and change nothing); the ledger and the list are untouched.
+        /// Without --at: the issue `preview` shows
+        #[arg(long = "test", value_name = "ADDR", num_args = 1.., conflicts_with = "dry_run")]
+        test: Vec<String>,
+        /// With --test: keep the Subject as subscribers get it, without the [TEST] prefix
+        #[arg(long, requires = "test")]
+        exact: bool,
     },
     /// Issue history and delivery counts; `issues show N`, `issues retry N`
     Issues {

@@ -50,8 +50,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
             out,
             force,
+            test,
+            exact,
         } => {
             let config = Config::load(&config_path)?;
+            if !test.is_empty() {
+                return send::test(&config, at, &test, exact);
+            }
             let at = at.unwrap_or_else(Utc::now);
             if dry_run {
                 send::dry_run(&config, at, &out, force)

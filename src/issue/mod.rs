@@ -6,6 +6,7 @@
 //! CLI prints and the daemon logs.
 
 mod dry_run;
+mod test_send;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::store::lock::SenderLock;
 use crate::store::{self, IssueNumber};
 
 pub use dry_run::DryRun;
+pub use test_send::{TestIssue, TestResult};
 
 /// What to do on a slot with no new comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

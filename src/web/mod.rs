@@ -124,10 +124,38 @@ fn verified_subscriber(state: &WebState, token: &str) -> anyhow::Result<Option<S
         .then_some(sub))
 }
 
+/// The sample subscriber's link (previews, test copies): the pages a subscriber would see,
+/// saying that nothing changes, and nothing does.
+fn sample_page(state: &WebState, token: &str, confirmed: bool) -> Response {
+    let name = escape(&state.newsletter_name);
+    let note = "<p><strong>This link is from a preview or a test copy:</strong> it works \
+                like a subscriber's, but unsubscribes nobody.</p>";
+    if confirmed {
+        return page(
+            StatusCode::OK,
+            "You are unsubscribed",
+            &format!("<p>A subscriber would receive no more issues of {name}.</p>{note}"),
+        );
+    }
+    page(
+        StatusCode::OK,
+        &format!("Unsubscribe from {name}?"),
+        &format!(
+            "{note}<form method=\"post\" action=\"/unsubscribe?token={}\">\
+             <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+             <button type=\"submit\">Unsubscribe</button></form>",
+            escape(token)
+        ),
+    )
+}
+
 async fn confirm_page(State(state): State<Arc<WebState>>, Query(q): Query<TokenQuery>) -> Response {
     let Some(token) = q.token else {
         return invalid_link();
     };
+    if state.key.is_sample(&token) {
+        return sample_page(&state, &token, false);
+    }
     let result = tokio::task::spawn_blocking({
         let state = state.clone();
         move || verified_subscriber(&state, &token).map(|s| (s, token))
@@ -176,6 +204,10 @@ async fn unsubscribe(State(state): State<Arc<WebState>>, Query(q): Query<TokenQu
     let Some(token) = q.token else {
         return invalid_link();
     };
+    if state.key.is_sample(&token) {
+        info!("sample unsubscribe link used; nothing changed");
+        return sample_page(&state, &token, true);
+    }
     let channel = match q.via.as_deref() {
         Some("page") => Channel::Page,
         _ => Channel::OneClick,

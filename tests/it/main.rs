@@ -5,14 +5,17 @@
 mod common;
 mod smtp;
 
+mod addresses;
 mod cli;
 mod cli_output;
 mod content;
 mod daemon;
 mod deliverability;
 mod delivery;
+mod digest_browser;
 mod docs;
 mod inbound;
 mod render;
 mod smtp_harness;
 mod subscribers;
+mod test_send;
