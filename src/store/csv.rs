@@ -469,16 +469,7 @@ impl<'tx> RowWriter<'tx> {
 mod tests {
     use super::*;
     use crate::store::subscribers::{add, find, SubscriberSource};
-
-    fn store() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = store::open(&dir.path().join("verdicts.db")).unwrap();
-        (dir, conn)
-    }
-
-    fn email(s: &str) -> SubscriberEmail {
-        SubscriberEmail::parse(s).unwrap()
-    }
+    use crate::store::testing::{email, store};
 
     fn import(
         conn: &mut Connection,

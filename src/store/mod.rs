@@ -13,6 +13,24 @@ pub mod subscribers;
 
 pub use ids::{IssueNumber, SubscriberId};
 
+/// Shared by the store's unit tests: a fresh database in a temporary folder.
+#[cfg(test)]
+pub(crate) mod testing {
+    use rusqlite::Connection;
+
+    use crate::mail::address::SubscriberEmail;
+
+    pub fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::open(&dir.path().join("verdicts.db")).unwrap();
+        (dir, conn)
+    }
+
+    pub fn email(s: &str) -> SubscriberEmail {
+        SubscriberEmail::parse(s).unwrap()
+    }
+}
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

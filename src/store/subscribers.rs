@@ -460,16 +460,7 @@ pub fn column_widths(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn store() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = store::open(&dir.path().join("verdicts.db")).unwrap();
-        (dir, conn)
-    }
-
-    fn email(s: &str) -> SubscriberEmail {
-        SubscriberEmail::parse(s).unwrap()
-    }
+    use crate::store::testing::{email, store};
 
     #[test]
     fn status_names_round_trip() {
