@@ -412,7 +412,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = store::open(&dir.path().join("verdicts.db")).unwrap();
+        let (conn, _) = store::create(&dir.path().join("verdicts.db")).unwrap();
         (dir, conn)
     }
 
