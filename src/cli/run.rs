@@ -30,7 +30,11 @@ pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
     let _daemon = DaemonLock::acquire(&config.state_dir)?;
     let state = web_state(config)?;
     runtime::block_on_until_signal(None, |stop| async move {
-        let web = tokio::spawn(web::serve(config.web_listen, state, stopped(stop.clone())));
+        let (listen, limits, stop_web) = (config.web_listen, config.web.clone(), stop.clone());
+        let web =
+            tokio::spawn(
+                async move { web::serve(listen, &limits, state, stopped(stop_web)).await },
+            );
         let result = crate::daemon::run(dispatcher, stop).await;
         web.abort();
         let _ = web.await;
@@ -50,7 +54,8 @@ fn raise_file_limit() {
 
 pub fn serve(config: &Config) -> anyhow::Result<()> {
     let state = web_state(config)?;
+    raise_file_limit();
     runtime::block_on_until_signal(None, |stop| async move {
-        web::serve(config.web_listen, state, stopped(stop)).await
+        web::serve(config.web_listen, &config.web, state, stopped(stop)).await
     })
 }

@@ -119,6 +119,27 @@ fn default_retry_base() -> String {
 #[serde(deny_unknown_fields)]
 struct RawWeb {
     listen: String,
+    #[serde(default = "default_header_timeout")]
+    header_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+}
+
+fn default_header_timeout() -> String {
+    "10s".into()
+}
+fn default_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_body_bytes() -> usize {
+    64 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +189,7 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     pub smtp: SmtpConfig,
     pub web_listen: std::net::SocketAddr,
+    pub web: WebConfig,
     pub secret_env: String,
     pub dkim: Option<DkimConfig>,
 }
@@ -207,6 +229,20 @@ pub struct SmtpConfig {
     pub timeout: Duration,
     pub max_attempts: u32,
     pub retry_base: Duration,
+}
+
+/// The endpoint's limits (`web:`); see [`crate::web::server`].
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// How long a client has to send a request's headers (and a kept-alive connection to
+    /// start its next request).
+    pub header_timeout: Duration,
+    /// How long a connection may move no bytes at all before it is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +351,27 @@ impl Config {
                 format!("`{}` is not an address:port", raw.web.listen),
             )
         })?;
+        let header_timeout = parse_duration(&raw.web.header_timeout)
+            .map_err(|e| invalid("web.header_timeout", e))?;
+        let idle_timeout =
+            parse_duration(&raw.web.idle_timeout).map_err(|e| invalid("web.idle_timeout", e))?;
+        for (field, d) in [
+            ("web.header_timeout", header_timeout),
+            ("web.idle_timeout", idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "must be longer than 0s".into()));
+            }
+        }
+        if raw.web.max_connections == 0 || raw.web.max_connections > 100_000 {
+            return Err(invalid(
+                "web.max_connections",
+                format!("{} is out of range 1..=100000", raw.web.max_connections),
+            ));
+        }
+        if raw.web.max_body_bytes == 0 {
+            return Err(invalid("web.max_body_bytes", "must be at least 1".into()));
+        }
         if raw.secret_env.trim().is_empty() {
             return Err(invalid(
                 "secret_env",
@@ -358,6 +415,12 @@ impl Config {
                 retry_base,
             },
             web_listen,
+            web: WebConfig {
+                header_timeout,
+                idle_timeout,
+                max_connections: raw.web.max_connections,
+                max_body_bytes: raw.web.max_body_bytes,
+            },
             secret_env: raw.secret_env,
             dkim,
         })
