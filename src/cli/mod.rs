@@ -294,6 +294,17 @@ fn check(config_path: &Path) -> anyhow::Result<()> {
         if comparisons.len() == 1 { "" } else { "s" },
         content::comparisons_dir(&config.content_dir).display()
     );
+    let skipped = content::skipped_files(&config.content_dir);
+    if !skipped.is_empty() {
+        println!(
+            "Skipped {} file{} not ending in .md (not read as comparisons):",
+            skipped.len(),
+            if skipped.len() == 1 { "" } else { "s" }
+        );
+        for path in skipped {
+            println!("  {}", path.display());
+        }
+    }
     if let Some(next) = config.schedule.slots.next_after(Utc::now()) {
         println!("Next slot: {}", describe_slot(&config, next));
     }
