@@ -12,6 +12,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            if verdicts::store::health::is_unexplained_corruption(&err) {
+                eprintln!(
+                    "The state database is damaged: stop the daemon and restore the latest backup (see docs/operations.md)."
+                );
+            }
             ExitCode::from(verdicts::error::exit_code(&err))
         }
     }

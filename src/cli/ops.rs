@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use anyhow::Context;
+
 use crate::config::Config;
 use crate::error::user_error;
 use crate::store::{self, Opened};
@@ -34,6 +36,10 @@ pub fn backup(config: &Config, dest: &Path) -> anyhow::Result<()> {
             "{} is the live database itself; name another file for the backup",
             dest.display()
         ));
+    }
+    if let Some(folder) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("cannot create the backup folder {}", folder.display()))?;
     }
     let bytes = store::backup(&conn, dest)?;
     println!(

@@ -99,9 +99,10 @@ pub enum SubscribersCommand {
 pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
     if let SubscribersCommand::Add { email, name } = &cmd {
         // Bad input is refused before a database is created for it.
-        parse_email(email)?;
+        let email = parse_email(email)?;
         if let Some(n) = name {
-            SubscriberName::parse(n).map_err(|e| UserError::new(format!("invalid name: {e}")))?;
+            SubscriberName::parse(n)
+                .map_err(|e| UserError::new(format!("invalid name for {email}: {e}")))?;
         }
     }
     let mut conn = open_for(&cmd, config)?;

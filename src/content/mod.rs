@@ -521,23 +521,27 @@ fn tools_before_with_percent(tools: &[Tool], i: usize) -> usize {
 }
 
 /// The link schemes a note may use: a reader's mail client should never be handed a
-/// `javascript:`, `data:` or `vbscript:` link, nor a relative one that points nowhere.
+/// `javascript:`, `data:` or `vbscript:` link. (Relative links are left for `verdicts lint`
+/// to refuse by name, so the editor learns of them instead of losing them silently.)
 const NOTE_URL_SCHEMES: [&str; 3] = ["http", "https", "mailto"];
 
 fn has_allowed_scheme(url: &str) -> bool {
-    url.split_once(':').is_some_and(|(scheme, _)| {
-        NOTE_URL_SCHEMES
+    match url.split_once(':') {
+        // A colon after a slash, `?` or `#` is not a scheme's.
+        Some((scheme, _)) if !scheme.contains(['/', '?', '#']) => NOTE_URL_SCHEMES
             .iter()
-            .any(|s| s.eq_ignore_ascii_case(scheme))
-    })
+            .any(|s| s.eq_ignore_ascii_case(scheme)),
+        _ => true,
+    }
 }
 
 /// The note's HTML cut down to an allow-list (ammonia's tags and attributes for text, and
-/// links only to http(s) and mailto URLs), whatever the Markdown renderer produced.
+/// links only to http(s) and mailto URLs, or relative ones), whatever the Markdown renderer
+/// produced.
 fn sanitize_note(html: &str) -> String {
     ammonia::Builder::default()
         .url_schemes(NOTE_URL_SCHEMES.into_iter().collect())
-        .url_relative(ammonia::UrlRelative::Deny)
+        .url_relative(ammonia::UrlRelative::PassThrough)
         .link_rel(None)
         .clean(html)
         .to_string()
@@ -601,13 +605,15 @@ mod tests {
              [e](JavaScript:alert(2)) [f](https://ok.example/) [g](mailto:ed@example.com)",
         );
         let (html, text) = (html.unwrap(), text.unwrap());
-        for bad in ["javascript:", "JavaScript:", "data:", "vbscript:", "/relative"] {
+        for bad in ["javascript:", "JavaScript:", "data:", "vbscript:"] {
             assert!(!html.contains(bad), "{bad} in {html}");
             assert!(!text.contains(bad), "{bad} in {text}");
         }
         assert!(html.contains(r#"href="https://ok.example/""#), "{html}");
         assert!(html.contains(r#"href="mailto:ed@example.com""#), "{html}");
         assert!(text.contains("<https://ok.example/>"), "{text}");
+        // Left for lint's link-absolute rule to name.
+        assert!(html.contains(r#"href="/relative""#), "{html}");
     }
 
     #[test]

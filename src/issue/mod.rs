@@ -230,7 +230,9 @@ impl<'a> Dispatcher<'a> {
         confirm: Option<Confirm<'_>>,
         events: &mut dyn FnMut(Event<'_>),
     ) -> anyhow::Result<Result<Prepared, Refused>> {
-        let conn = store::open(&self.config.database_path())?;
+        let path = self.config.database_path();
+        let conn = store::open(&path)?;
+        store::quick_check(&conn, &path)?;
         let plan = self.plan(&conn, comparisons, slot, on_empty)?;
         let stored;
         let digest = match &plan {

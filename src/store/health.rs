@@ -2,7 +2,6 @@
 //! before every open (so an empty, truncated or foreign file is never taken for an empty
 //! list), `PRAGMA quick_check` before anything is written in bulk, and online backups.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,14 +9,17 @@ use rusqlite::{Connection, ErrorCode};
 
 use super::DbError;
 
-/// The first bytes of every SQLite 3 database file.
-const MAGIC: &[u8; 16] = b"SQLite format 3\0";
-const HEADER_LEN: usize = 100;
+/// The smallest SQLite database file: one page of the smallest page size.
+const MIN_DATABASE_BYTES: u64 = 512;
 
 /// Checks what is on disk at `path` before SQLite opens it: the state folder and the file
-/// exist, and the file has a SQLite header and is as long as the header says. SQLite itself
-/// would treat a 0-byte file as a new, empty database, which is how a truncated file used to
-/// become an empty subscriber list.
+/// exist, and the file is not empty or shorter than one page. SQLite itself would treat a
+/// 0-byte file as a new, empty database, which is how a truncated file used to become an
+/// empty subscriber list. (A file that is not SQLite, or is cut short after its first page,
+/// SQLite reports itself on the first read; see [`classify`].)
+///
+/// This only looks at the file's metadata and never opens it: closing any descriptor of a
+/// database file drops the POSIX locks SQLite holds on it in this process.
 pub fn check_file(path: &Path) -> Result<(), DbError> {
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(folder) = folder {
@@ -31,8 +33,9 @@ pub fn check_file(path: &Path) -> Result<(), DbError> {
         path: path.to_owned(),
         problem,
     };
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
+    let len = match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(_) => return Err(not_db("not a file".into())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(DbError::Missing {
                 path: path.to_owned(),
@@ -40,42 +43,11 @@ pub fn check_file(path: &Path) -> Result<(), DbError> {
         }
         Err(e) => return Err(not_db(format!("unreadable ({e})"))),
     };
-    let len = file
-        .metadata()
-        .map_err(|e| not_db(format!("unreadable ({e})")))?
-        .len();
-    if len == 0 {
-        return Err(not_db("empty (0 bytes)".into()));
+    match len {
+        0 => Err(not_db("empty (0 bytes)".into())),
+        n if n < MIN_DATABASE_BYTES => Err(not_db(format!("only {n} bytes long (cut short)"))),
+        _ => Ok(()),
     }
-    let mut header = [0u8; HEADER_LEN];
-    if len < HEADER_LEN as u64 || file.read_exact(&mut header).is_err() {
-        return Err(not_db(format!("only {len} bytes long (cut short)")));
-    }
-    if &header[..16] != MAGIC {
-        return Err(not_db("not a SQLite database (its header is wrong)".into()));
-    }
-    if let Some(expected) = header_size(&header) {
-        if len < expected {
-            return Err(not_db(format!(
-                "truncated: {len} bytes where its header says {expected}"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The file size the header records, when the header's page count is valid (SQLite marks
-/// it valid by matching the change counter at offset 24 with offset 92).
-fn header_size(header: &[u8; HEADER_LEN]) -> Option<u64> {
-    let be32 = |at: usize| {
-        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
-        1 => 65536,
-        n => u64::from(n),
-    };
-    let pages = u64::from(be32(28));
-    (pages > 0 && be32(24) == be32(92)).then_some(page_size * pages)
 }
 
 /// Turns an error from opening `path` into the operator's words when SQLite says the file
@@ -86,6 +58,14 @@ pub fn classify(path: &Path, e: rusqlite::Error) -> DbError {
             path: path.to_owned(),
             problem: "not a SQLite database".into(),
         },
+        // Damage, or a file cut short after its first page: SQLite finds fewer pages than
+        // its header records ("malformed"), or a read runs past the end ("truncated?").
+        Some(ErrorCode::SystemIoFailure) if e.to_string().contains("truncated") => {
+            DbError::Corrupt {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            }
+        }
         Some(ErrorCode::DatabaseCorrupt) => DbError::Corrupt {
             path: path.to_owned(),
             detail: e.to_string(),
@@ -97,17 +77,24 @@ pub fn classify(path: &Path, e: rusqlite::Error) -> DbError {
     }
 }
 
-/// True when `err` says the database file is damaged, wherever it came from.
-pub fn is_corruption(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        matches!(e.downcast_ref::<DbError>(), Some(DbError::Corrupt { .. }))
-            || e.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
+/// True when SQLite reported a damaged database somewhere in `err` without one of our
+/// messages that already say what to do (a query that ran into a bad page).
+pub fn is_unexplained_corruption(err: &anyhow::Error) -> bool {
+    let explained = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<DbError>(),
+            Some(DbError::Corrupt { .. } | DbError::NotADatabase { .. })
+        )
+    });
+    !explained
+        && err.chain().any(|e| {
+            e.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
                 matches!(
                     e.sqlite_error_code(),
                     Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
                 )
             })
-    })
+        })
 }
 
 /// `PRAGMA quick_check` (every page and index entry readable, without the slower
@@ -208,10 +195,10 @@ mod tests {
             (vec![], "empty (0 bytes)"),
             (good[..50].to_vec(), "only 50 bytes"),
             (
-                b"hello, this is a text file, not a database at all; ".repeat(4),
+                b"hello, this is a text file, not a database at all; ".repeat(40),
                 "not a SQLite",
             ),
-            (good[..good.len() / 2].to_vec(), "truncated"),
+            (good[..good.len() / 2].to_vec(), "is damaged"),
         ] {
             std::fs::write(&path, &bytes).unwrap();
             let err = crate::store::open(&path).unwrap_err().to_string();

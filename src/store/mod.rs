@@ -64,7 +64,7 @@ pub enum DbError {
          daemon and restore the latest backup (see docs/operations.md)"
     )]
     Corrupt { path: PathBuf, detail: String },
-    #[error("cannot create the state folder {path}")]
+    #[error("cannot create {path}")]
     CreateDir {
         path: PathBuf,
         source: std::io::Error,
@@ -136,22 +136,55 @@ pub enum Opened {
 /// Opens the database at `path`, creating it (and its folder) when there is none: the one
 /// way a database comes into being. An existing file must pass the same checks as [`open`].
 /// The caller announces a creation.
+///
+/// A new database is built and migrated under a temporary name, then linked into place
+/// only if nothing is there yet: another process never sees a half-made file at `path`,
+/// and of two processes creating at once, one wins and the other opens its database.
 pub fn create(path: &Path) -> Result<(Connection, Opened), DbError> {
     if path.exists() {
         return open(path).map(|c| (c, Opened::Existing));
     }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
         std::fs::create_dir_all(parent).map_err(|source| DbError::CreateDir {
             path: parent.to_owned(),
             source,
         })?;
     }
-    let conn = open_file(
-        path,
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".new-{}", std::process::id()));
+    let fresh = path.with_file_name(name);
+    let remove_fresh = || {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = fresh.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    remove_fresh();
+    let built = open_file(
+        &fresh,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
-    )?;
-    migrate(&conn, path)?;
-    Ok((conn, Opened::Created))
+    )
+    .and_then(|conn| migrate(&conn, path));
+    if let Err(e) = built {
+        remove_fresh();
+        return Err(e);
+    }
+    // The connection is closed: its WAL is checkpointed into the file and removed.
+    let linked = std::fs::hard_link(&fresh, path);
+    remove_fresh();
+    match linked {
+        Ok(()) => open(path).map(|c| (c, Opened::Created)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            open(path).map(|c| (c, Opened::Existing))
+        }
+        Err(source) => Err(DbError::CreateDir {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// An empty database in memory with the current schema: what the read-only commands show

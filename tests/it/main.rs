@@ -5,12 +5,16 @@
 mod common;
 mod smtp;
 
+mod backup;
 mod cli;
 mod content;
 mod daemon;
 mod deliverability;
 mod delivery;
 mod docs;
+mod endpoint;
+mod faults;
+mod hardening;
 mod render;
 mod smtp_harness;
 mod subscribers;
