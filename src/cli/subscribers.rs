@@ -81,7 +81,8 @@ pub enum SubscribersCommand {
         #[arg(long)]
         resubscribe: bool,
     },
-    /// Write every subscriber as CSV (email,name,status), which `import` reads back
+    /// Write every subscriber as CSV (email,name,status and the consent record), which
+    /// `import` reads back
     Export {
         /// Write to this file instead of standard output
         #[arg(long, value_name = "FILE")]
@@ -167,6 +168,10 @@ fn run_add(
         AddOutcome::AlreadyListed(s) => {
             let hint = match s.status {
                 SubscriberStatus::Active => "",
+                SubscriberStatus::Pending => {
+                    "; they signed up and have not confirmed yet; `subscribers resubscribe` \
+                     activates them without confirmation"
+                }
                 _ => "; use `subscribers resubscribe` to send to them again",
             };
             writeln!(
@@ -213,6 +218,7 @@ fn run_set_status(
                 SubscriberStatus::Active => "resubscribed",
                 SubscriberStatus::Unsubscribed => "unsubscribed",
                 SubscriberStatus::Bounced => "marked as bounced",
+                SubscriberStatus::Pending => "marked as pending",
             };
             writeln!(out, "{verb} {} (was {from})", subscriber.email)?;
         }

@@ -4,38 +4,46 @@ use std::io::{self, Read, Write};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::subscribers::{now, StoreError, SubscriberStatus, UPDATE_SUBSCRIBER};
+use super::subscribers::{now, StoreError, SubscriberSource, SubscriberStatus, UPDATE_SUBSCRIBER};
 use crate::mail::address::{AddressError, SubscriberEmail, SubscriberName};
 use crate::store;
 
-/// The columns of the import and export CSV, in export order.
-pub const CSV_COLUMNS: [&str; 3] = ["email", "name", "status"];
+/// The columns of the import and export CSV, in export order: the list itself, then the
+/// consent record (how and when each subscriber signed up and confirmed).
+pub const CSV_COLUMNS: [&str; 7] = [
+    "email",
+    "name",
+    "status",
+    "source",
+    "signed_up_at",
+    "confirmed_at",
+    "signup_ip",
+];
 
-/// Writes every subscriber as CSV with the header `email,name,status`, in the order they
+/// Writes every subscriber as CSV with the header of [`CSV_COLUMNS`], in the order they
 /// joined, streaming. Returns how many were written.
 pub fn export_csv(conn: &Connection, out: impl Write) -> Result<u64, ExportError> {
     let mut writer = csv::Writer::from_writer(out);
     writer.write_record(CSV_COLUMNS)?;
     let mut stmt = conn
-        .prepare("SELECT email, name, status FROM subscribers ORDER BY id")
+        .prepare(
+            "SELECT email, name, status, source, signed_up_at, confirmed_at, signup_ip
+             FROM subscribers ORDER BY id",
+        )
         .map_err(StoreError)?;
     let mut rows = stmt.query([]).map_err(StoreError)?;
     let mut written = 0;
     while let Some(row) = rows.next().map_err(StoreError)? {
+        let mut record: [&str; CSV_COLUMNS.len()] = Default::default();
         // Stored values were validated on the way in; copy them out as they are.
-        let email = row
-            .get_ref(0)
-            .and_then(|v| Ok(v.as_str()?))
-            .map_err(StoreError)?;
-        let name = row
-            .get_ref(1)
-            .and_then(|v| Ok(v.as_str_or_null()?))
-            .map_err(StoreError)?;
-        let status = row
-            .get_ref(2)
-            .and_then(|v| Ok(v.as_str()?))
-            .map_err(StoreError)?;
-        writer.write_record([email, name.unwrap_or(""), status])?;
+        for (i, field) in record.iter_mut().enumerate() {
+            *field = row
+                .get_ref(i)
+                .and_then(|v| Ok(v.as_str_or_null()?))
+                .map_err(StoreError)?
+                .unwrap_or("");
+        }
+        writer.write_record(record)?;
         written += 1;
     }
     writer.flush()?;
@@ -150,6 +158,10 @@ struct Columns {
     email: usize,
     name: Option<usize>,
     status: Option<usize>,
+    source: Option<usize>,
+    signed_up_at: Option<usize>,
+    confirmed_at: Option<usize>,
+    signup_ip: Option<usize>,
 }
 
 impl Columns {
@@ -184,6 +196,10 @@ impl Columns {
             email,
             name: position("name")?,
             status: position("status")?,
+            source: position("source")?,
+            signed_up_at: position("signed_up_at")?,
+            confirmed_at: position("confirmed_at")?,
+            signup_ip: position("signup_ip")?,
         })
     }
 }
@@ -193,6 +209,11 @@ struct ImportRow {
     email: SubscriberEmail,
     name: Option<SubscriberName>,
     status: Option<SubscriberStatus>,
+    /// The consent record, as exported; used only when the row adds a subscriber.
+    source: Option<SubscriberSource>,
+    signed_up_at: Option<String>,
+    confirmed_at: Option<String>,
+    signup_ip: Option<String>,
 }
 
 impl ImportRow {
@@ -225,10 +246,53 @@ impl ImportRow {
             },
             None => None,
         };
+        let optional = |idx: Option<usize>, column: &str| -> Result<Option<&str>, String> {
+            match idx {
+                Some(idx) => Ok(Some(text(idx, column)?.trim()).filter(|s| !s.is_empty())),
+                None => Ok(None),
+            }
+        };
+        let source = optional(columns.source, "source")?
+            .map(|s| {
+                SubscriberSource::parse(s).ok_or_else(|| {
+                    format!(
+                        "source `{}` is not one of cli, import, web, api",
+                        s.escape_debug()
+                    )
+                })
+            })
+            .transpose()?;
+        let time = |idx: Option<usize>, column: &str| -> Result<Option<String>, String> {
+            optional(idx, column)?
+                .map(|s| {
+                    store::parse_timestamp(s)
+                        .map(store::timestamp)
+                        .ok_or_else(|| {
+                            format!(
+                            "{column} `{}` is not an RFC 3339 time such as 2026-11-23T09:00:00Z",
+                            s.escape_debug()
+                        )
+                        })
+                })
+                .transpose()
+        };
+        let signed_up_at = time(columns.signed_up_at, "signed_up_at")?;
+        let confirmed_at = time(columns.confirmed_at, "confirmed_at")?;
+        let signup_ip = optional(columns.signup_ip, "signup_ip")?
+            .map(|s| {
+                s.parse::<std::net::IpAddr>()
+                    .map(|ip| ip.to_string())
+                    .map_err(|_| format!("signup_ip `{}` is not an IP address", s.escape_debug()))
+            })
+            .transpose()?;
         Ok(ImportRow {
             email,
             name,
             status,
+            source,
+            signed_up_at,
+            confirmed_at,
+            signup_ip,
         })
     }
 }
@@ -298,8 +362,9 @@ fn import_rows<R: Read>(
             tx.prepare_cached("SELECT id, name, status FROM subscribers WHERE email_norm = ?1")?;
         let mut insert = tx.prepare_cached(
             "INSERT INTO subscribers (email, email_norm, name, status, source, created_at,
-                                      updated_at, unsubscribed_at)
-             VALUES (?1, ?2, ?3, ?4, 'import', ?5, ?5, ?6)
+                                      updated_at, unsubscribed_at, signed_up_at, confirmed_at,
+                                      signup_ip)
+             VALUES (?1, ?2, ?3, ?4, ?7, ?5, ?5, ?6, coalesce(?8, ?5), ?9, ?10)
              ON CONFLICT (email_norm) DO NOTHING",
         )?;
         let mut update = tx.prepare_cached(UPDATE_SUBSCRIBER)?;
@@ -337,7 +402,11 @@ fn import_rows<R: Read>(
                 name,
                 status,
                 stamp,
-                unsubscribed_at
+                unsubscribed_at,
+                row.source.unwrap_or(SubscriberSource::Import),
+                row.signed_up_at,
+                row.confirmed_at,
+                row.signup_ip,
             ])?;
             if inserted == 1 {
                 mark_seen.execute(params![tx.last_insert_rowid(), line])?;
@@ -396,7 +465,7 @@ fn import_rows<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::subscribers::{add, find, SubscriberSource};
+    use crate::store::subscribers::{add, find};
 
     fn store() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
@@ -462,7 +531,7 @@ mod tests {
             rejected,
             [
                 "5: `new@EXAMPLE.com` is a duplicate of line 2",
-                "6: status `paused` is not one of active, unsubscribed, bounced"
+                "6: status `paused` is not one of active, pending, unsubscribed, bounced"
             ]
         );
         let old = find(&conn, &email("old@example.com")).unwrap().unwrap();
