@@ -2,6 +2,7 @@
 //! relative paths resolved against the file's own folder so the binary can run from anywhere.
 
 pub mod schedule;
+pub mod signup;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -11,6 +12,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use crate::config::schedule::SlotSchedule;
+use crate::config::signup::{RawSignup, SignupConfig};
 use crate::mail::address::SubscriberEmail;
 
 /// Where the configuration is looked for when neither `--config` nor `VERDICTS_CONFIG` is given.
@@ -49,6 +51,8 @@ struct RawConfig {
     secret_env: String,
     #[serde(default)]
     dkim: Option<RawDkim>,
+    #[serde(default)]
+    signup: RawSignup,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +174,7 @@ pub struct Config {
     pub web_listen: std::net::SocketAddr,
     pub secret_env: String,
     pub dkim: Option<DkimConfig>,
+    pub signup: SignupConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -329,6 +334,8 @@ impl Config {
             algorithm: d.algorithm,
         });
 
+        let signup = SignupConfig::from_raw(raw.signup, invalid)?;
+
         Ok(Config {
             path: path.to_owned(),
             newsletter: Newsletter {
@@ -360,6 +367,7 @@ impl Config {
             web_listen,
             secret_env: raw.secret_env,
             dkim,
+            signup,
         })
     }
 

@@ -8,6 +8,7 @@ pub mod csv;
 pub mod ids;
 pub mod ledger;
 pub mod lock;
+pub mod signup;
 pub mod subscribers;
 
 pub use ids::{IssueNumber, SubscriberId};
