@@ -19,5 +19,6 @@ pub mod digest;
 pub mod error;
 pub mod issue;
 pub mod mail;
+pub mod signup;
 pub mod store;
 pub mod web;

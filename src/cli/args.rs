@@ -78,9 +78,9 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<IssuesCommand>,
     },
-    /// Run the daemon: send each slot's issue on schedule and serve the unsubscribe endpoint
+    /// Run the daemon: send each slot's issue on schedule and serve the web endpoint
     Run,
-    /// Serve only the unsubscribe endpoint (web.listen)
+    /// Serve only the web endpoint (web.listen): unsubscribe, signup and confirmation
     Serve,
     /// Check the issue that would go out at --at for deliverability problems
     Lint {
@@ -93,6 +93,8 @@ pub enum Command {
     /// Manage the subscriber list
     #[command(subcommand)]
     Subscribers(super::subscribers::SubscribersCommand),
+    /// Print the HTML signup form (no JavaScript needed) to paste into any page
+    SignupForm,
 }
 
 fn parse_issue_number(s: &str) -> Result<IssueNumber, String> {

@@ -82,6 +82,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&config_path)?;
             subscribers::run(cmd, &config)
         }
+        Command::SignupForm => {
+            let config = Config::load(&config_path)?;
+            let action = format!("{}/subscribe", config.newsletter.base_url);
+            print!(
+                "{}",
+                crate::signup::form::form_html(&action, &config.newsletter.name)
+            );
+            Ok(())
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! idempotently. Tokens are HMAC-signed; a forged or altered one is a 400 and changes nothing.
 //! `GET /healthz` reports ok and the next slot.
 
+pub mod signup;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +28,7 @@ pub struct WebState {
     key: TokenKey,
     newsletter_name: String,
     schedule: SlotSchedule,
+    signup: Option<signup::SignupService>,
 }
 
 impl WebState {
@@ -40,7 +43,14 @@ impl WebState {
             key,
             newsletter_name,
             schedule,
+            signup: None,
         }
+    }
+
+    /// Opens the signup routes (`/subscribe`, `/confirm`).
+    pub fn with_signup(mut self, service: signup::SignupService) -> Self {
+        self.signup = Some(service);
+        self
     }
 }
 
@@ -53,6 +63,7 @@ pub fn router(state: Arc<WebState>) -> Router {
     Router::new()
         .route("/unsubscribe", get(confirm_page).post(unsubscribe))
         .route("/healthz", get(healthz))
+        .merge(signup::routes())
         .with_state(state)
 }
 
@@ -66,9 +77,13 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (web.listen): {e}"))?;
     info!(%addr, "unsubscribe endpoint listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop)
-        .await?;
+    // The peer address feeds the signup limits.
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await?;
     Ok(())
 }
 

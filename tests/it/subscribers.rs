@@ -71,17 +71,8 @@ impl Newsletter {
         let all = self.export_all();
         let mut reader = csv::Reader::from_reader(all.as_bytes());
         let mut writer = csv::Writer::from_writer(Vec::new());
-        writer
-            .write_record(
-                &reader
-                    .headers()
-                    .expect("header")
-                    .clone()
-                    .iter()
-                    .take(3)
-                    .collect::<Vec<_>>(),
-            )
-            .expect("write");
+        let header = reader.headers().expect("header").clone();
+        writer.write_record(header.iter().take(3)).expect("write");
         for record in reader.records() {
             let record = record.expect("valid export");
             writer
