@@ -12,5 +12,6 @@ mod deliverability;
 mod delivery;
 mod docs;
 mod render;
+mod signup;
 mod smtp_harness;
 mod subscribers;
