@@ -550,7 +550,7 @@ fn one_client_and_one_address_hit_their_limits_and_get_429() {
         );
         if a.status == 429 {
             let secs: u64 = a.retry_after.expect("Retry-After").parse().unwrap();
-            assert!(secs >= 1 && secs <= 3600, "{secs}");
+            assert!((1..=3600).contains(&secs), "{secs}");
         }
         *by_status.entry(a.status).or_default() += 1;
     }
