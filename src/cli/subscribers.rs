@@ -229,6 +229,10 @@ fn run_set_status(
 fn run_count(conn: &Connection, out: &mut impl Write) -> anyhow::Result<()> {
     let counts = count_by_status(conn)?;
     for status in SubscriberStatus::ALL {
+        // A list that takes no signups never has pending subscribers; keep its count short.
+        if status == SubscriberStatus::Pending && counts.pending == 0 {
+            continue;
+        }
         writeln!(out, "{:<12}  {:>9}", status.as_str(), counts.get(status))?;
     }
     writeln!(out, "{:<12}  {:>9}", "total", counts.total())?;
