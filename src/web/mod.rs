@@ -5,6 +5,8 @@
 
 pub mod server;
 
+pub mod signup;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +32,7 @@ pub struct WebState {
     key: TokenKey,
     newsletter_name: String,
     schedule: SlotSchedule,
+    signup: Option<signup::SignupService>,
 }
 
 impl WebState {
@@ -44,7 +47,14 @@ impl WebState {
             key,
             newsletter_name,
             schedule,
+            signup: None,
         }
+    }
+
+    /// Opens the signup routes (`/subscribe`, `/confirm`).
+    pub fn with_signup(mut self, service: signup::SignupService) -> Self {
+        self.signup = Some(service);
+        self
     }
 }
 
@@ -70,6 +80,7 @@ pub fn router(state: Arc<WebState>) -> Router {
     Router::new()
         .route("/unsubscribe", get(confirm_page).post(unsubscribe))
         .route("/healthz", get(healthz))
+        .merge(signup::routes())
         .with_state(state)
 }
 

@@ -20,6 +20,7 @@ mod faults;
 mod hardening;
 mod inbound;
 mod render;
+mod signup;
 mod smtp_harness;
 mod subscribers;
 mod test_send;
