@@ -197,14 +197,43 @@ fn creating_a_database_is_announced_once() {
         .assert()
         .success()
         .stderr("");
-    // Bad input creates nothing.
+    // Bad input creates nothing: neither a bad address nor a refused first import.
     let other = TempSite::with_bundled_content();
     other
         .cmd()
         .args(["subscribers", "add", "not an address"])
         .assert()
         .code(1);
+    std::fs::write(
+        other.path().join("bad.csv"),
+        "email\nada@example.com\nnope\n",
+    )
+    .unwrap();
+    other
+        .cmd()
+        .args(["subscribers", "import", "bad.csv"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("Created").not());
     assert!(!db_path(&other).exists());
+    assert_eq!(
+        std::fs::read_dir(other.path().join("state"))
+            .unwrap()
+            .count(),
+        0,
+        "no temporary file is left behind"
+    );
+    std::fs::write(other.path().join("good.csv"), "email\nada@example.com\n").unwrap();
+    other
+        .cmd()
+        .args(["subscribers", "import", "good.csv"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("imported good.csv: 1 added"))
+        .stderr(format!(
+            "Created a new state database at {}.\n",
+            db_path(&other).display()
+        ));
 
     let fresh = TempSite::with_bundled_content();
     fresh.cmd().arg("init").assert().success().stderr(format!(
