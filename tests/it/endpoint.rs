@@ -91,15 +91,7 @@ fn fifteen_hundred_idle_connections_neither_starve_healthz_nor_stop_the_slot() {
             .replace("Europe/London", "UTC")
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{web}"))
     });
-    let mut csv = String::from("email\n");
-    for i in 0..20 {
-        csv.push_str(&format!("reader{i}@example.com\n"));
-    }
-    std::fs::write(site.path().join("subs.csv"), csv).unwrap();
-    site.cmd()
-        .args(["subscribers", "import", "subs.csv"])
-        .assert()
-        .success();
+    site.import_readers(20);
 
     let mut daemon = spawn_limited(&site, "run", 1024);
     healthz_within(web, Duration::from_secs(30));

@@ -22,15 +22,7 @@ fn db_path(site: &TempSite) -> PathBuf {
 fn site_with_subscribers(n: usize, port: u16) -> TempSite {
     let site = TempSite::with_bundled_content();
     site.write_config(port, "");
-    let mut csv = String::from("email\n");
-    for i in 0..n {
-        csv.push_str(&format!("reader{i}@example.com\n"));
-    }
-    std::fs::write(site.path().join("subs.csv"), csv).unwrap();
-    site.cmd()
-        .args(["subscribers", "import", "subs.csv"])
-        .assert()
-        .success();
+    site.import_readers(n);
     site
 }
 
