@@ -415,3 +415,58 @@ fn debug_logging_of_a_preview_stays_small() {
         "html5ever was named, so it logs"
     );
 }
+
+#[test]
+fn the_daemon_rides_out_a_state_folder_that_goes_away_and_comes_back() {
+    let server = TestSmtp::start();
+    let web = crate::smtp::closed_port();
+    let site = TempSite::new();
+    // Published a few seconds from now, so the slots before it have nothing to send.
+    let published = (chrono::Utc::now() + chrono::Duration::seconds(6)).to_rfc3339();
+    site.add_comparison(
+        "fresh.md",
+        &crate::common::fixture("valid.md").replace("2026-11-17T12:00:00+00:00", &published),
+    );
+    site.write_config(server.port(), "");
+    site.edit_config(|t| {
+        t.replace("cron: \"0 0 9 * * Mon\"", "cron: \"*/2 * * * * *\"")
+            .replace("Europe/London", "UTC")
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{web}"))
+    });
+    site.import_readers(5);
+    let mut daemon = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
+        .arg("run")
+        .current_dir(site.path())
+        .env("VERDICTS_CONFIG", site.config_path())
+        .env("VERDICTS_SECRET", TEST_SECRET)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The disk goes away (as an unmount would) across the publication time, then returns.
+    let (state, away) = (site.path().join("state"), site.path().join("state.away"));
+    std::fs::rename(&state, &away).unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon kept running"
+    );
+    std::fs::rename(&away, &state).unwrap();
+    assert_eq!(
+        server.wait_for(5, Duration::from_secs(60)),
+        5,
+        "the issue went out once the folder was back"
+    );
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let out = daemon.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains("retry_in"), "{stderr}");
+    assert_eq!(server.received().len(), 5, "nobody twice");
+}
