@@ -35,6 +35,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one "connection limit reached" warning per this interval.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// Listens on `addr` (`web.listen`).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (web.listen): {e}"))
+}
+
 /// Serves `app` on `addr` with the limits of `web` until `stop` resolves.
 pub async fn serve(
     addr: SocketAddr,
@@ -42,9 +49,17 @@ pub async fn serve(
     app: Router,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (web.listen): {e}"))?;
+    serve_on(bind(addr).await?, web, app, stop).await
+}
+
+/// Serves `app` on a bound listener with the limits of `web` until `stop` resolves.
+pub async fn serve_on(
+    listener: TcpListener,
+    web: &WebConfig,
+    app: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
     info!(
         %addr,
         max_connections = web.max_connections,

@@ -235,3 +235,20 @@ fn an_oversized_body_is_refused_before_it_is_read() {
     let (code, stderr) = stop(child);
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn a_daemon_that_cannot_listen_does_not_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let site = TempSite::with_bundled_content();
+    site.edit_config(|t| t.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")));
+    site.cmd().arg("init").assert().success();
+    site.cmd()
+        .arg("run")
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(3)
+        .stderr(predicates::str::contains(format!(
+            "cannot listen on 127.0.0.1:{port} (web.listen)"
+        )));
+}
