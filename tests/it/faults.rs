@@ -358,6 +358,7 @@ fn a_damaged_database_refuses_writes_and_sends_and_says_how_to_restore() {
     for args in [
         vec!["subscribers", "add", "late@example.com"],
         vec!["subscribers", "unsubscribe", "reader1@example.com"],
+        vec!["subscribers", "import", "readers.csv"],
         vec!["send", "--at", AT, "--yes"],
         vec!["run"],
     ] {
