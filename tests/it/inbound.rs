@@ -643,3 +643,98 @@ fn a_mailbox_is_processed_once() {
     assert!(out.contains("2 already handled"), "{out}");
     assert_eq!(state(&site), after_first);
 }
+
+/// The one-click link of a received message, pointed at the local endpoint on `web`.
+fn one_click_url(message: &Received, web: u16) -> String {
+    let mail = mailparse::parse_mail(&message.raw).unwrap();
+    let value = mail
+        .headers
+        .iter()
+        .find(|h| h.get_key().eq_ignore_ascii_case("List-Unsubscribe"))
+        .unwrap()
+        .get_value();
+    let url = value.split(", ").next().unwrap().trim_matches(['<', '>']);
+    url.replace(
+        "https://verdicts.example.com",
+        &format!("http://127.0.0.1:{web}"),
+    )
+}
+
+#[test]
+fn web_unsubscribes_count_by_channel_against_the_issue() {
+    use std::process::{Command, Stdio};
+    let server = TestSmtp::start();
+    let web = crate::smtp::closed_port();
+    let site = inbound_site(server.port());
+    site.edit_config(|t| t.replace("127.0.0.1:8080", &format!("127.0.0.1:{web}")));
+    let week1 = send_week(&site, &server, 0);
+
+    let mut serve = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
+        .arg("serve")
+        .current_dir(site.path())
+        .env("VERDICTS_CONFIG", site.config_path())
+        .env("VERDICTS_SECRET", TEST_SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let started = std::time::Instant::now();
+    while agent
+        .get(&format!("http://127.0.0.1:{web}/healthz"))
+        .call()
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "endpoint never came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let post = |url: &str| {
+        agent
+            .post(url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send("List-Unsubscribe=One-Click")
+            .unwrap()
+            .status()
+    };
+    // A mail client's one-click POST.
+    assert_eq!(
+        post(&one_click_url(&to(&week1, "dead@example.net"), web)),
+        200
+    );
+    // The reader opens the link and presses the page's button: the form's own action.
+    let page_url = one_click_url(&to(&week1, "full@example.net"), web);
+    let html = agent
+        .get(&page_url)
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let action = html
+        .split("action=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    assert_eq!(post(&format!("http://127.0.0.1:{web}{action}")), 200);
+    // Again: already unsubscribed, nothing more recorded.
+    assert_eq!(post(&format!("http://127.0.0.1:{web}{action}")), 200);
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+
+    let show = site.cmd().args(["issues", "show", "1"]).assert().success();
+    let show = String::from_utf8(show.get_output().stdout.clone()).unwrap();
+    assert!(
+        show.contains("Unsubscribes: 2 (33.33%): 1 one-click, 1 page, 0 mailto"),
+        "{show}"
+    );
+}
