@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{fixture, TempSite, TEST_SECRET};
+use crate::common::{fixture, http, wait_for_http, TempSite, TEST_SECRET};
 use crate::smtp::{closed_port, Behaviour, TestSmtp};
 use mailparse::MailHeaderMap;
 use predicates::prelude::*;
@@ -87,29 +87,6 @@ fn wait_exit(mut child: Child, limit: Duration) -> (Option<i32>, String) {
             panic!("process did not exit within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
-}
-
-fn wait_for_http(port: u16) {
-    let started = Instant::now();
-    while http()
-        .get(&format!("http://127.0.0.1:{port}/healthz"))
-        .call()
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "endpoint never came up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

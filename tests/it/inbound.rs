@@ -134,7 +134,7 @@ fn another_newsletters_secret_attributes_nothing() {
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::common::{fixture, TempSite, TEST_SECRET};
+use crate::common::{fixture, http, wait_for_http, TempSite, TEST_SECRET};
 use crate::smtp::{Behaviour, Received, TestSmtp};
 use verdicts::mail::verp::Purpose;
 
@@ -242,15 +242,19 @@ fn to(received: &[Received], who: &str) -> Received {
         .clone()
 }
 
-/// The mailto address in a received message's List-Unsubscribe header.
-fn mailto_of(message: &Received) -> String {
+/// A received message's List-Unsubscribe header.
+fn list_unsubscribe(message: &Received) -> String {
     let mail = mailparse::parse_mail(&message.raw).unwrap();
-    let value = mail
-        .headers
+    mail.headers
         .iter()
         .find(|h| h.get_key().eq_ignore_ascii_case("List-Unsubscribe"))
         .unwrap()
-        .get_value();
+        .get_value()
+}
+
+/// The mailto address in a received message's List-Unsubscribe header.
+fn mailto_of(message: &Received) -> String {
+    let value = list_unsubscribe(message);
     let start = value.find("mailto:").unwrap() + "mailto:".len();
     value[start..].split(['?', '>']).next().unwrap().to_string()
 }
@@ -646,13 +650,7 @@ fn a_mailbox_is_processed_once() {
 
 /// The one-click link of a received message, pointed at the local endpoint on `web`.
 fn one_click_url(message: &Received, web: u16) -> String {
-    let mail = mailparse::parse_mail(&message.raw).unwrap();
-    let value = mail
-        .headers
-        .iter()
-        .find(|h| h.get_key().eq_ignore_ascii_case("List-Unsubscribe"))
-        .unwrap()
-        .get_value();
+    let value = list_unsubscribe(message);
     let url = value.split(", ").next().unwrap().trim_matches(['<', '>']);
     url.replace(
         "https://verdicts.example.com",
@@ -662,39 +660,15 @@ fn one_click_url(message: &Received, web: u16) -> String {
 
 #[test]
 fn web_unsubscribes_count_by_channel_against_the_issue() {
-    use std::process::{Command, Stdio};
     let server = TestSmtp::start();
     let web = crate::smtp::closed_port();
     let site = inbound_site(server.port());
     site.edit_config(|t| t.replace("127.0.0.1:8080", &format!("127.0.0.1:{web}")));
     let week1 = send_week(&site, &server, 0);
 
-    let mut serve = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
-        .arg("serve")
-        .current_dir(site.path())
-        .env("VERDICTS_CONFIG", site.config_path())
-        .env("VERDICTS_SECRET", TEST_SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let started = std::time::Instant::now();
-    while agent
-        .get(&format!("http://127.0.0.1:{web}/healthz"))
-        .call()
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "endpoint never came up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut serve = site.spawn("serve");
+    wait_for_http(web);
+    let agent = http();
     let post = |url: &str| {
         agent
             .post(url)
