@@ -27,11 +27,17 @@ pub fn run(config: &Config, _log_format: LogFormat) -> anyhow::Result<()> {
     let dispatcher = Dispatcher::for_sending(config)?;
     let _daemon = DaemonLock::acquire(&config.state_dir)?;
     let state = web_state(config)?;
+    let mailbox = super::inbound::imap_mailbox(config)?;
     runtime::block_on_until_signal(None, |stop| async move {
         let web = tokio::spawn(web::serve(config.web_listen, state, stopped(stop.clone())));
+        // The hosted mailbox, when there is one, is polled beside the schedule.
+        let imap = mailbox.map(|m| tokio::spawn(m.run(stop.clone())));
         let result = crate::daemon::run(dispatcher, stop).await;
         web.abort();
         let _ = web.await;
+        if let Some(imap) = imap {
+            let _ = imap.await;
+        }
         result
     })
 }

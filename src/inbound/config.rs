@@ -1,8 +1,11 @@
 //! The `inbound` section of the config file: the address bounces and mailto unsubscribes
 //! come back to, and the list-hygiene thresholds.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
+use crate::config::TlsMode;
 use crate::mail::address::SubscriberEmail;
 use crate::store::events::Hygiene;
 
@@ -13,6 +16,54 @@ pub struct RawInbound {
     address: Option<String>,
     #[serde(default)]
     hygiene: Option<RawHygiene>,
+    #[serde(default)]
+    imap: Option<RawImap>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImap {
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    username: String,
+    #[serde(default = "default_imap_password_env")]
+    password_env: String,
+    #[serde(default = "default_folder")]
+    folder: String,
+    #[serde(default = "default_processed_folder")]
+    processed_folder: String,
+    #[serde(default = "default_poll")]
+    poll: String,
+}
+
+fn default_imap_password_env() -> String {
+    "VERDICTS_IMAP_PASSWORD".into()
+}
+fn default_folder() -> String {
+    "INBOX".into()
+}
+fn default_processed_folder() -> String {
+    "Processed".into()
+}
+fn default_poll() -> String {
+    "5m".into()
+}
+
+/// A mailbox at a provider where bounces land, polled by the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImapConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub username: String,
+    /// The variable holding the password (never the password itself).
+    pub password_env: String,
+    /// Where new messages are read.
+    pub folder: String,
+    /// Where a message goes once its result is committed.
+    pub processed_folder: String,
+    pub poll: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +89,7 @@ pub struct InboundConfig {
     /// Without it, the envelope sender is the From address and nothing reads replies.
     pub address: Option<String>,
     pub hygiene: Hygiene,
+    pub imap: Option<ImapConfig>,
 }
 
 impl RawInbound {
@@ -73,6 +125,43 @@ impl RawInbound {
                 }
             }
         };
-        Ok(InboundConfig { address, hygiene })
+        let imap = match self.imap {
+            None => None,
+            Some(i) => {
+                if i.host.trim().is_empty() {
+                    return Err(("inbound.imap.host", "must not be empty".into()));
+                }
+                if i.folder == i.processed_folder {
+                    return Err((
+                        "inbound.imap.processed_folder",
+                        format!("must differ from the folder read (`{}`)", i.folder),
+                    ));
+                }
+                let poll = humantime::parse_duration(i.poll.trim()).map_err(|e| {
+                    (
+                        "inbound.imap.poll",
+                        format!("`{}` is not a duration like 30s or 5m: {e}", i.poll),
+                    )
+                })?;
+                if poll.is_zero() {
+                    return Err(("inbound.imap.poll", "must be longer than 0s".into()));
+                }
+                Some(ImapConfig {
+                    host: i.host,
+                    port: i.port,
+                    tls: i.tls,
+                    username: i.username,
+                    password_env: i.password_env,
+                    folder: i.folder,
+                    processed_folder: i.processed_folder,
+                    poll,
+                })
+            }
+        };
+        Ok(InboundConfig {
+            address,
+            hygiene,
+            imap,
+        })
     }
 }

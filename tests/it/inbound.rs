@@ -712,3 +712,126 @@ fn web_unsubscribes_count_by_channel_against_the_issue() {
         "{show}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// A hosted mailbox: a real Dovecot over IMAP.
+
+use crate::dovecot::{Dovecot, Mailbox};
+
+/// An inbound site whose bounces land in the Dovecot mailbox, polled every second. The
+/// mailbox password is the newsletter secret, so the test needs one variable only.
+fn imap_site(smtp: u16, dovecot: &Dovecot) -> TempSite {
+    let site = inbound_site(smtp);
+    let web = crate::smtp::closed_port();
+    site.edit_config(|t| {
+        t.replace("127.0.0.1:8080", &format!("127.0.0.1:{web}"))
+            + &format!(
+                "  imap:\n    host: 127.0.0.1\n    port: {}\n    tls: none\n    username: {}\n    password_env: VERDICTS_SECRET\n    poll: 1s\n",
+                dovecot.port,
+                crate::dovecot::USER
+            )
+    });
+    site
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} never happened"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn stop(mut daemon: std::process::Child) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    daemon.wait().unwrap();
+}
+
+#[test]
+fn the_daemon_reads_a_hosted_mailbox_once_and_files_what_it_read() {
+    let Some(dovecot) = Dovecot::start(TEST_SECRET) else {
+        return;
+    };
+    let mailbox = Mailbox::new(&dovecot, TEST_SECRET);
+    let server = TestSmtp::start();
+    let site = imap_site(server.port(), &dovecot);
+    let week1 = send_week(&site, &server, 0);
+    let dead = to(&week1, "dead@example.net");
+    let bounce = dsn(&dead.mail_from, "dead@example.net", "failed", "5.1.1");
+    mailbox.append("INBOX", bounce.as_bytes());
+    mailbox.append("INBOX", arf(&to(&week1, "annoyed@example.net")).as_bytes());
+    mailbox.append(
+        "INBOX",
+        fixture("inbound/outlook-out-of-office.eml").as_bytes(),
+    );
+
+    let daemon = site.spawn("run");
+    wait_until("the three messages moving to Processed", || {
+        mailbox.count("Processed") == 3
+    });
+    assert_eq!(mailbox.count("INBOX"), 0);
+    let s = statuses(&site);
+    assert_eq!(s["dead@example.net"], "bounced");
+    assert_eq!(s["annoyed@example.net"], "unsubscribed");
+    assert_eq!(s["loyal@example.net"], "active");
+    stop(daemon);
+    let after = state(&site);
+
+    // After a restart, what was filed stays filed and unread; the same bounce arriving
+    // again is moved without changing anything.
+    let daemon = site.spawn("run");
+    mailbox.append("INBOX", bounce.as_bytes());
+    wait_until("the repeated bounce moving to Processed", || {
+        mailbox.count("Processed") == 4
+    });
+    stop(daemon);
+    assert_eq!(mailbox.count("INBOX"), 0);
+    assert_eq!(state(&site), after);
+}
+
+#[test]
+fn a_database_failure_leaves_the_message_in_the_mailbox() {
+    let Some(dovecot) = Dovecot::start(TEST_SECRET) else {
+        return;
+    };
+    let mailbox = Mailbox::new(&dovecot, TEST_SECRET);
+    let server = TestSmtp::start();
+    let site = imap_site(server.port(), &dovecot);
+    let week1 = send_week(&site, &server, 0);
+    let dead = to(&week1, "dead@example.net");
+    mailbox.append(
+        "INBOX",
+        dsn(&dead.mail_from, "dead@example.net", "failed", "5.1.1").as_bytes(),
+    );
+
+    // The database file is swapped for something SQLite cannot open.
+    let db = site.path().join("state/verdicts.db");
+    let saved = site.path().join("state/saved.db");
+    std::fs::rename(&db, &saved).unwrap();
+    std::fs::create_dir(&db).unwrap();
+    let out = site.cmd().args(["inbound", "--imap"]).assert().code(75);
+    let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("1 left in the mailbox"), "{err}");
+    assert_eq!(mailbox.count("INBOX"), 1);
+    assert_eq!(mailbox.count("Processed"), 0);
+
+    // Back in order, the next poll handles it.
+    std::fs::remove_dir(&db).unwrap();
+    std::fs::rename(&saved, &db).unwrap();
+    let out = site.cmd().args(["inbound", "--imap"]).assert().success();
+    let out = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        out.contains("1 message handled and moved to Processed"),
+        "{out}"
+    );
+    assert_eq!(mailbox.count("INBOX"), 0);
+    assert_eq!(statuses(&site)["dead@example.net"], "bounced");
+}
