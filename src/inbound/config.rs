@@ -165,3 +165,59 @@ impl RawInbound {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(yaml: &str) -> Result<InboundConfig, (&'static str, String)> {
+        serde_yaml::from_str::<RawInbound>(yaml)
+            .expect("parses")
+            .validate()
+    }
+
+    #[test]
+    fn defaults_and_a_full_section() {
+        let c = validate("address: Bounces@Example.com\n").unwrap();
+        assert_eq!(c.address.as_deref(), Some("Bounces@Example.com"));
+        assert_eq!(c.hygiene, Hygiene::default());
+        assert_eq!(c.imap, None);
+        let c = validate(
+            "hygiene: {hard_bounces: 2}\nimap: {host: imap.example.com, port: 993, tls: tls, username: b}\n",
+        )
+        .unwrap();
+        assert_eq!(c.address, None);
+        assert_eq!(c.hygiene.hard_bounces, 2);
+        assert_eq!(c.hygiene.soft_bounce_issues, 3);
+        let imap = c.imap.unwrap();
+        assert_eq!(
+            (imap.folder.as_str(), imap.processed_folder.as_str()),
+            ("INBOX", "Processed")
+        );
+        assert_eq!(imap.poll, Duration::from_secs(300));
+        assert_eq!(imap.password_env, "VERDICTS_IMAP_PASSWORD");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (yaml, field) in [
+            ("address: not-an-address\n", "inbound.address"),
+            ("hygiene: {hard_bounces: 0}\n", "inbound.hygiene.hard_bounces"),
+            (
+                "hygiene: {soft_bounce_issues: 0}\n",
+                "inbound.hygiene.soft_bounce_issues",
+            ),
+            (
+                "imap: {host: h, port: 1, tls: none, username: u, poll: soon}\n",
+                "inbound.imap.poll",
+            ),
+            (
+                "imap: {host: h, port: 1, tls: none, username: u, processed_folder: INBOX}\n",
+                "inbound.imap.processed_folder",
+            ),
+        ] {
+            assert_eq!(validate(yaml).unwrap_err().0, field, "{yaml}");
+        }
+        assert!(serde_yaml::from_str::<RawInbound>("adress: b@example.com\n").is_err());
+    }
+}
