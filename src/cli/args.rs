@@ -120,8 +120,11 @@ pub enum Command {
     /// database is busy or unavailable (the mail server retries)
     Inbound {
         /// Every message of this mbox file
-        #[arg(long, value_name = "FILE", conflicts_with = "maildir")]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["maildir", "imap"])]
         mbox: Option<PathBuf>,
+        /// Poll the inbound.imap mailbox once (the daemon polls it on its own)
+        #[arg(long, conflicts_with = "maildir")]
+        imap: bool,
         /// Every message of this Maildir (its new/ and cur/ folders)
         #[arg(long, value_name = "DIR")]
         maildir: Option<PathBuf>,

@@ -95,12 +95,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Inbound {
             mbox,
+            imap,
             maildir,
             recipient,
         } => {
             let source = match (mbox, maildir) {
                 (Some(file), _) => inbound::Source::Mbox(file),
                 (None, Some(dir)) => inbound::Source::Maildir(dir),
+                (None, None) if imap => inbound::Source::Imap,
                 (None, None) => inbound::Source::Stdin { recipient },
             };
             inbound::run(&config_path, source)

@@ -39,6 +39,7 @@ pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
     raise_file_limit();
     let _daemon = DaemonLock::acquire(&config.state_dir)?;
     let (state, outbox) = web_state(config)?;
+    let mailbox = super::inbound::imap_mailbox(config)?;
     runtime::block_on_until_signal(None, |stop| async move {
         let mails = tokio::spawn(outbox.run(stop.clone()));
         // Listening first: a daemon whose unsubscribe links cannot be served must not start.
@@ -47,11 +48,16 @@ pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
         let web = tokio::spawn(async move {
             web::server::serve_on(listener, &limits, web::router(state), stopped(stop_web)).await
         });
+        // The hosted mailbox, when there is one, is polled beside the schedule.
+        let imap = mailbox.map(|m| tokio::spawn(m.run(stop.clone())));
         let result = crate::daemon::run(dispatcher, stop).await;
         web.abort();
         let _ = web.await;
         mails.abort();
         let _ = mails.await;
+        if let Some(imap) = imap {
+            let _ = imap.await;
+        }
         result
     })
 }

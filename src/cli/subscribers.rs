@@ -364,15 +364,34 @@ fn list_table(
     }
     let email_width = email_width.max(5);
     let name_width = name_width.max(4);
+    // Bounced subscribers also show when and why: what an operator checks before
+    // re-activating an address.
+    let bounced = status == Some(SubscriberStatus::Bounced);
     writeln!(
         out,
-        "{:<email_width$}  {:<name_width$}  {:<12}  {:<6}  JOINED",
-        "EMAIL", "NAME", "STATUS", "SOURCE"
+        "{:<email_width$}  {:<name_width$}  {:<12}  {:<6}  JOINED{}",
+        "EMAIL",
+        "NAME",
+        "STATUS",
+        "SOURCE",
+        if bounced {
+            "      BOUNCED     REASON"
+        } else {
+            ""
+        }
     )?;
     for_each_subscriber(conn, status, |s| -> anyhow::Result<()> {
+        let why = if bounced {
+            match crate::store::events::last_bounce(conn, s.id)? {
+                Some(b) => format!("  {}  {}", b.at.format("%Y-%m-%d"), bounce_reason(&b)),
+                None => format!("  {:<10}  not recorded", "-"),
+            }
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "{:<email_width$}  {:<name_width$}  {:<12}  {:<6}  {}",
+            "{:<email_width$}  {:<name_width$}  {:<12}  {:<6}  {}{why}",
             s.email.as_str(),
             s.name.as_ref().map_or("", SubscriberName::as_str),
             s.status.as_str(),
@@ -381,6 +400,23 @@ fn list_table(
         )?;
         Ok(())
     })
+}
+
+/// `hard 5.1.1: 550 5.1.1 <ada@example.com>: Recipient address rejected…`, one line.
+fn bounce_reason(b: &crate::store::events::BounceReason) -> String {
+    let kind = b.kind.trim_end_matches("_bounce");
+    let mut reason = match &b.status {
+        Some(status) => format!("{kind} {status}"),
+        None => kind.to_string(),
+    };
+    if let Some(d) = &b.diagnostic {
+        reason.push_str(": ");
+        reason.extend(d.chars().take(100));
+        if d.chars().count() > 100 {
+            reason.push('…');
+        }
+    }
+    reason
 }
 
 fn list_csv(

@@ -15,6 +15,7 @@ mod deliverability;
 mod delivery;
 mod digest_browser;
 mod docs;
+mod dovecot;
 mod endpoint;
 mod faults;
 mod hardening;
