@@ -25,10 +25,7 @@ struct Tally {
 }
 
 /// Sends one request and reads the response; returns the status.
-async fn exchange(
-    stream: &mut BufReader<TcpStream>,
-    request: &[u8],
-) -> std::io::Result<u16> {
+async fn exchange(stream: &mut BufReader<TcpStream>, request: &[u8]) -> std::io::Result<u16> {
     stream.get_mut().write_all(request).await?;
     let mut line = String::new();
     stream.read_line(&mut line).await?;
@@ -100,7 +97,12 @@ async fn main() {
     let next_unsub = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..signup_conns {
-        let (addr, host, stop, next) = (addr.clone(), host.clone(), stop.clone(), next_signup.clone());
+        let (addr, host, stop, next) = (
+            addr.clone(),
+            host.clone(),
+            stop.clone(),
+            next_signup.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             let mut conn = connect(&addr).await;
@@ -125,8 +127,13 @@ async fn main() {
         }));
     }
     for _ in 0..unsub_conns {
-        let (addr, host, stop, next, key) =
-            (addr.clone(), host.clone(), stop.clone(), next_unsub.clone(), key.clone());
+        let (addr, host, stop, next, key) = (
+            addr.clone(),
+            host.clone(),
+            stop.clone(),
+            next_unsub.clone(),
+            key.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             let mut conn = connect(&addr).await;
@@ -155,7 +162,11 @@ async fn main() {
     let mut unsub = Tally::default();
     for t in tasks {
         let (kind, tally) = t.await.unwrap();
-        let into = if kind == "signup" { &mut signup } else { &mut unsub };
+        let into = if kind == "signup" {
+            &mut signup
+        } else {
+            &mut unsub
+        };
         into.latencies_us.extend(tally.latencies_us);
         for (s, n) in tally.statuses {
             *into.statuses.entry(s).or_default() += n;
@@ -182,10 +193,11 @@ async fn main() {
         let mut conn = connect(&addr).await;
         let req = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         let t = Instant::now();
-        let status = tokio::time::timeout(Duration::from_secs(5), exchange(&mut conn, req.as_bytes()))
-            .await
-            .map_err(|_| "no answer within 5 s")
-            .and_then(|r| r.map_err(|_| "connection failed"));
+        let status =
+            tokio::time::timeout(Duration::from_secs(5), exchange(&mut conn, req.as_bytes()))
+                .await
+                .map_err(|_| "no answer within 5 s")
+                .and_then(|r| r.map_err(|_| "connection failed"));
         match status {
             Ok(s) => {
                 health.latencies_us.push(t.elapsed().as_micros() as u64);
