@@ -269,6 +269,31 @@ fn a_visitor_signs_up_confirms_by_button_and_gets_the_next_issue() {
         .assert()
         .stdout(contains("Reader@Example.com,New Reader,active,web,"));
 
+    // The consent record survives an export and an import into a fresh install.
+    let exported = site
+        .cmd()
+        .args(["subscribers", "export"])
+        .output()
+        .unwrap()
+        .stdout;
+    let fresh = TempSite::new();
+    std::fs::write(fresh.path().join("backup.csv"), &exported).unwrap();
+    fresh
+        .cmd()
+        .args(["subscribers", "import", "backup.csv"])
+        .assert()
+        .success();
+    let again = fresh
+        .cmd()
+        .args(["subscribers", "export"])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        String::from_utf8(again).unwrap(),
+        String::from_utf8(exported).unwrap()
+    );
+
     // The next issue goes to the new subscriber too.
     site.cmd()
         .args(["send", "--at", "2026-11-23T09:00:00Z", "--yes"])
