@@ -30,8 +30,13 @@ struct Served {
 
 impl Served {
     fn start(site: &TempSite, port: u16) -> Served {
+        Self::start_command(site, port, "serve")
+    }
+
+    /// `verdicts run` (the daemon) or `verdicts serve`.
+    fn start_command(site: &TempSite, port: u16, command: &str) -> Served {
         let child = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
-            .arg("serve")
+            .arg(command)
             .current_dir(site.path())
             .env("VERDICTS_CONFIG", site.config_path())
             .env("VERDICTS_SECRET", TEST_SECRET)
@@ -688,6 +693,43 @@ fn a_confirmation_queued_before_a_crash_is_sent_after_the_restart() {
         .query_row("SELECT mail_state FROM confirmations", [], |r| r.get(0))
         .unwrap();
     assert_eq!(state, "sent");
+}
+
+#[test]
+fn the_daemon_removes_signups_never_confirmed() {
+    let server = TestSmtp::start();
+    let web = closed_port();
+    let site = signup_site(server.port(), web, "");
+    site.cmd().args(["subscribers", "count"]).assert().success();
+    let conn = db(&site);
+    let days_ago = |d: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(d))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    for (email, status, signed_up) in [
+        ("stale@example.com", "pending", days_ago(8)),
+        ("fresh@example.com", "pending", days_ago(6)),
+        ("reader@example.com", "active", days_ago(30)),
+    ] {
+        conn.execute(
+            "INSERT INTO subscribers (email, email_norm, status, source, created_at, updated_at,
+                 signed_up_at) VALUES (?1, ?1, ?2, 'web', ?3, ?3, ?3)",
+            [email, status, &signed_up],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let _daemon = Served::start_command(&site, web, "run");
+    assert!(
+        wait_until(Duration::from_secs(20), || status_of(
+            &site,
+            "stale@example.com"
+        ) == "absent"),
+        "a pending signup older than expire_after (7 days) is removed"
+    );
+    assert_eq!(status_of(&site, "fresh@example.com"), "pending");
+    assert_eq!(status_of(&site, "reader@example.com"), "active");
 }
 
 #[test]
