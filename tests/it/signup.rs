@@ -576,7 +576,7 @@ fn one_client_and_one_address_hit_their_limits_and_get_429() {
                 .header("Content-Type", "application/x-www-form-urlencoded")
                 .header("X-Forwarded-For", &format!("198.51.100.{}", i % 250))
                 .send(&format!("email=bulk{i}%40example.com"))
-                .unwrap(),
+                .unwrap_or_else(|e| panic!("signup {i}: {e}")),
         );
         if a.status == 429 {
             let secs: u64 = a.retry_after.expect("Retry-After").parse().unwrap();
