@@ -23,6 +23,7 @@ pub mod message;
 pub mod render;
 pub mod schedule;
 pub mod sender;
+pub mod site;
 pub mod subscribers;
 pub mod token;
 pub mod web;

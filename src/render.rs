@@ -146,7 +146,8 @@ pub fn comparison_url(base_url: &str, slug: &str) -> String {
     format!("{base_url}/{slug}")
 }
 
-fn votes_label(votes: Option<u32>) -> String {
+/// Community votes grouped in thousands, or "—" when nobody has voted yet.
+pub fn votes_label(votes: Option<u32>) -> String {
     match votes {
         None => "—".into(),
         Some(n) => {

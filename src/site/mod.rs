@@ -1,0 +1,166 @@
+//! The public static site, built from the same content files as the digest: one page per
+//! comparison, the home and category listings, the archive of sent issues ("view in
+//! browser"), Atom feeds and a sitemap. A build is written beside the output folder and
+//! swapped in whole, so a visitor never sees half a site.
+
+mod feed;
+mod output;
+mod pages;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use rusqlite::Connection;
+
+use crate::config::Config;
+use crate::content::Comparison;
+use crate::ledger::{self, IssueState};
+use crate::render::RenderedDigest;
+
+pub use output::OutputError;
+
+/// Listing pages hold this many entries, which keeps each page well under 50 KB.
+pub const PER_PAGE: usize = 30;
+
+/// A sent (or sending) issue as the archive shows it.
+#[derive(Debug, Clone)]
+pub struct ArchivedIssue {
+    pub number: i64,
+    /// The slot the issue went out for; shown as its date.
+    pub sent: DateTime<Utc>,
+    pub subject: String,
+    /// The comparisons it carried, in digest order.
+    pub slugs: Vec<String>,
+    /// The digest as stored by the ledger, unsubscribe links still placeholders.
+    pub digest: RenderedDigest,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    #[error("rendering a site page failed: {0}")]
+    Template(#[from] askama::Error),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("reading the issue archive from the ledger failed: {0}")]
+    Ledger(#[from] rusqlite::Error),
+}
+
+/// What a build wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildReport {
+    pub out_dir: PathBuf,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// One file of the site: its path under the output folder (`/`-separated) and its bytes.
+#[derive(Debug, Clone)]
+pub struct SiteFile {
+    pub path: String,
+    pub body: String,
+}
+
+/// Every issue a reader may have received (sending, paused or complete), oldest first.
+/// Skipped slots never went out and have no page.
+pub fn load_archive(conn: &Connection) -> Result<Vec<ArchivedIssue>, SiteError> {
+    let mut archive = Vec::new();
+    for issue in ledger::issues(conn)?.into_iter().rev() {
+        if issue.state == IssueState::Skipped {
+            continue;
+        }
+        let digest = ledger::stored_digest(conn, issue.number)?;
+        archive.push(ArchivedIssue {
+            number: issue.number,
+            sent: issue.slot,
+            subject: issue.subject,
+            slugs: issue.slugs,
+            digest,
+        });
+    }
+    Ok(archive)
+}
+
+/// Renders every file of the site in memory.
+pub fn render(
+    config: &Config,
+    comparisons: &[Comparison],
+    issues: &[ArchivedIssue],
+) -> Result<Vec<SiteFile>, SiteError> {
+    pages::render_all(config, comparisons, issues)
+}
+
+/// Builds the site into `out_dir`: renders every page, writes them to a fresh folder beside
+/// `out_dir` and swaps it in.
+#[tracing::instrument(skip_all, fields(out = %out_dir.display(), comparisons = comparisons.len(), issues = issues.len()))]
+pub fn build(
+    config: &Config,
+    comparisons: &[Comparison],
+    issues: &[ArchivedIssue],
+    out_dir: &Path,
+) -> Result<BuildReport, SiteError> {
+    let files = render(config, comparisons, issues)?;
+    let bytes = output::publish(out_dir, &files)?;
+    tracing::info!(files = files.len(), bytes, "site built");
+    Ok(BuildReport {
+        out_dir: out_dir.to_owned(),
+        files: files.len(),
+        bytes,
+    })
+}
+
+/// The URL paths (relative to `base_url`, without leading slash) a built site answers,
+/// for checking a digest's links without building. Folders are listed with a trailing `/`
+/// and also without it, as static hosts redirect one to the other.
+pub fn page_paths(
+    config: &Config,
+    comparisons: &[Comparison],
+    issues: &[ArchivedIssue],
+) -> Result<BTreeSet<String>, SiteError> {
+    let mut paths = BTreeSet::new();
+    paths.insert(String::new());
+    for f in render(config, comparisons, issues)? {
+        match f.path.strip_suffix("index.html") {
+            Some(dir) => {
+                paths.insert(dir.to_owned());
+                paths.insert(dir.trim_end_matches('/').to_owned());
+            }
+            None => {
+                paths.insert(f.path);
+            }
+        }
+    }
+    Ok(paths)
+}
+
+/// A URL-safe form of a category name ("Developer Tools" → "developer-tools").
+pub fn category_slug(category: &str) -> String {
+    let mut slug = String::with_capacity(category.len());
+    for ch in category.chars().flat_map(char::to_lowercase) {
+        if ch.is_ascii_alphanumeric() {
+            slug.push(ch);
+        } else if !slug.is_empty() && !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    while slug.ends_with('-') {
+        slug.pop();
+    }
+    if slug.is_empty() {
+        slug.push_str("other");
+    }
+    slug
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn category_slugs_are_url_safe() {
+        assert_eq!(category_slug("Developer Tools"), "developer-tools");
+        assert_eq!(category_slug("  AI / ML  "), "ai-ml");
+        assert_eq!(category_slug("Vidéo"), "vid-o");
+        assert_eq!(category_slug("✨"), "other");
+    }
+}
