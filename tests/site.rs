@@ -12,8 +12,10 @@ use chrono::{DateTime, Utc};
 use scraper::{ElementRef, Html, Selector};
 use verdicts::config::Config;
 use verdicts::content::{load_dir, Comparison, Lens, Verdict};
+use verdicts::message::{IssueMessages, Recipient};
 use verdicts::render::render_issue;
 use verdicts::site::{self, ArchivedIssue};
+use verdicts::token::TokenKey;
 
 fn sel(s: &str) -> Selector {
     Selector::parse(s).unwrap()
@@ -317,6 +319,40 @@ fn the_archived_issue_is_the_digest_with_the_signup_link_instead_of_unsubscribe(
         .select(&sel("header a[href='/issues/']"))
         .next()
         .is_some());
+}
+
+#[test]
+fn each_message_links_to_its_issue_page_in_both_parts() {
+    let built = build_bundled();
+    let config = bundled_config();
+    let issue = one_issue(&config, &built.comparisons);
+    let messages = IssueMessages::new(
+        &config.newsletter,
+        issue.number,
+        issue.sent,
+        &issue.digest,
+        TokenKey::new(b"a-test-key-of-enough-length"),
+    );
+    let r = Recipient {
+        subscriber_id: 7,
+        email: "ada@example.com".parse().unwrap(),
+        name: None,
+    };
+    let raw = messages.build(&r).unwrap().formatted();
+    let mail = mailparse::parse_mail(&raw).unwrap();
+    let plain = mail.subparts[0].get_body().unwrap();
+    let html = Html::parse_document(&mail.subparts[1].get_body().unwrap());
+    let url = "https://verdicts.example.com/issues/1/";
+    assert!(
+        plain.contains(&format!("View in browser: {url}")),
+        "{plain}"
+    );
+    let link = html
+        .select(&sel("a"))
+        .find(|a| text(*a) == "View in browser")
+        .expect("a View in browser link");
+    assert_eq!(link.value().attr("href"), Some(url));
+    assert!(built.out.join("issues/1/index.html").is_file());
 }
 
 #[test]

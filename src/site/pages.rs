@@ -385,7 +385,10 @@ fn issue_page(site: &SiteView<'_>, issue: &ArchivedIssue) -> Result<String, aska
     .render()?;
     // The stored digest with the signup link where each reader had their own unsubscribe
     // link: no subscriber's token can reach the archive.
-    let mut html = issue.digest.html_for(&site.signup_url);
+    let mut html = issue
+        .digest
+        .for_issue(site.base_url, issue.number)
+        .html_for(&site.signup_url);
     let banner = IssueBanner {
         site,
         number: issue.number,
