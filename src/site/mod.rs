@@ -18,7 +18,7 @@ use crate::content::Comparison;
 use crate::ledger::{self, IssueState};
 use crate::render::RenderedDigest;
 
-pub use output::OutputError;
+pub use output::{remove_retired, OutputError};
 
 /// Listing pages hold this many entries, which keeps each page well under 50 KB.
 pub const PER_PAGE: usize = 30;
@@ -52,6 +52,9 @@ pub struct BuildReport {
     pub out_dir: PathBuf,
     pub files: usize,
     pub bytes: u64,
+    /// The previous site, moved aside; delete it with [`remove_retired`] (it is no longer
+    /// served, so that can happen in the background).
+    pub retired: Option<PathBuf>,
 }
 
 /// One file of the site: its path under the output folder (`/`-separated) and its bytes.
@@ -100,12 +103,13 @@ pub fn build(
     out_dir: &Path,
 ) -> Result<BuildReport, SiteError> {
     let files = render(config, comparisons, issues)?;
-    let bytes = output::publish(out_dir, &files)?;
+    let (bytes, retired) = output::publish(out_dir, &files)?;
     tracing::info!(files = files.len(), bytes, "site built");
     Ok(BuildReport {
         out_dir: out_dir.to_owned(),
         files: files.len(),
         bytes,
+        retired,
     })
 }
 

@@ -29,11 +29,14 @@ fn sibling(out_dir: &Path, tag: &str) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "site".into());
-    out_dir.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
+    out_dir.with_file_name(format!(".{name}.{}-{tag}", std::process::id()))
 }
 
-/// Writes `files` and swaps them in as `out_dir`. Returns the bytes written.
-pub fn publish(out_dir: &Path, files: &[SiteFile]) -> Result<u64, OutputError> {
+/// Writes `files` and swaps them in as `out_dir`. Returns the bytes written and the folder
+/// holding the previous site, if there was one: removing it is left to the caller, as on a
+/// slow disk deleting a large site takes longer than building it, and the new site is
+/// already live.
+pub fn publish(out_dir: &Path, files: &[SiteFile]) -> Result<(u64, Option<PathBuf>), OutputError> {
     let out_dir = if out_dir.is_relative() {
         std::env::current_dir()
             .map_err(fail("cannot resolve", out_dir))?
@@ -44,14 +47,12 @@ pub fn publish(out_dir: &Path, files: &[SiteFile]) -> Result<u64, OutputError> {
     if let Some(parent) = out_dir.parent() {
         fs::create_dir_all(parent).map_err(fail("cannot create", parent))?;
     }
-    let staging = sibling(&out_dir, "new");
-    let retired = sibling(&out_dir, "old");
-    // Leftovers of a build by a process with the same id that died half-way.
-    for stale in [&staging, &retired] {
-        if stale.exists() {
-            fs::remove_dir_all(stale).map_err(fail("cannot remove", stale))?;
-        }
-    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let staging = sibling(&out_dir, &format!("new-{stamp}"));
+    let retired = sibling(&out_dir, &format!("old-{stamp}"));
     let written = write_tree(&staging, files);
     let bytes = match written {
         Ok(b) => b,
@@ -78,10 +79,12 @@ pub fn publish(out_dir: &Path, files: &[SiteFile]) -> Result<u64, OutputError> {
         let _ = fs::remove_dir_all(&staging);
         return Err(fail("cannot move into place", &out_dir)(e));
     }
-    if had_old {
-        fs::remove_dir_all(&retired).map_err(fail("cannot remove the previous site", &retired))?;
-    }
-    Ok(bytes)
+    Ok((bytes, had_old.then_some(retired)))
+}
+
+/// Deletes the folder of a previous site that [`publish`] moved aside.
+pub fn remove_retired(path: &Path) -> Result<(), OutputError> {
+    fs::remove_dir_all(path).map_err(fail("cannot remove the previous site", path))
 }
 
 fn write_tree(root: &Path, files: &[SiteFile]) -> Result<u64, OutputError> {
