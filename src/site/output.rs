@@ -116,12 +116,20 @@ mod tests {
     fn a_rebuild_replaces_the_whole_folder_and_leaves_nothing_beside_it() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("public");
-        publish(
+        let (_, first) = publish(
             &out,
             &[file("index.html", "one"), file("old/index.html", "x")],
         )
         .unwrap();
-        publish(&out, &[file("index.html", "two"), file("a/b/c.xml", "y")]).unwrap();
+        assert!(first.is_none());
+        let (_, retired) =
+            publish(&out, &[file("index.html", "two"), file("a/b/c.xml", "y")]).unwrap();
+        let retired = retired.expect("the first build was moved aside");
+        assert_eq!(
+            fs::read_to_string(retired.join("index.html")).unwrap(),
+            "one"
+        );
+        remove_retired(&retired).unwrap();
         assert_eq!(fs::read_to_string(out.join("index.html")).unwrap(), "two");
         assert_eq!(fs::read_to_string(out.join("a/b/c.xml")).unwrap(), "y");
         assert!(!out.join("old").exists(), "pages of the old build are gone");
