@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use verdicts::config::Config;
 use verdicts::content::load_dir;
-use verdicts::message::{IssueMessages, Recipient};
-use verdicts::render::render_digest;
-use verdicts::token::TokenKey;
+use verdicts::digest::render::render_digest;
+use verdicts::mail::message::{IssueMessages, Recipient};
+use verdicts::mail::token::TokenKey;
+use verdicts::store::{IssueNumber, SubscriberId};
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -33,7 +34,7 @@ fn main() {
 
     let messages = IssueMessages::new(
         &config.newsletter,
-        1,
+        IssueNumber(1),
         slot,
         &digest,
         TokenKey::new(b"bench-key-0123456789"),
@@ -43,7 +44,7 @@ fn main() {
     let t = Instant::now();
     for id in 0..n {
         let r = Recipient {
-            subscriber_id: id,
+            subscriber_id: SubscriberId(id),
             email: format!("reader{id}@bench.example.com")
                 .parse()
                 .expect("address"),

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use chrono::Duration as Days;
 use verdicts::config::Config;
 use verdicts::content::{load_dir, Comparison};
-use verdicts::render::render_issue;
+use verdicts::digest::render::render_issue;
 use verdicts::site::{self, ArchivedIssue};
+use verdicts::store::IssueNumber;
 
 const COMPARISONS: usize = 1_000;
 const ISSUES: usize = 200;
@@ -52,7 +53,7 @@ fn main() {
             let sent = chunk[chunk.len() - 1].published_utc() + Days::hours(1);
             let digest = render_issue(&config, &refs, sent).expect("render");
             ArchivedIssue {
-                number: n as i64 + 1,
+                number: IssueNumber(n as i64 + 1),
                 sent,
                 subject: digest.subject.clone(),
                 slugs: chunk.iter().map(|c| c.slug.clone()).collect(),

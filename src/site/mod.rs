@@ -15,8 +15,9 @@ use rusqlite::Connection;
 
 use crate::config::Config;
 use crate::content::Comparison;
-use crate::ledger::{self, IssueState};
-use crate::render::RenderedDigest;
+use crate::digest::render::RenderedDigest;
+use crate::store::ledger::{self, IssueState};
+use crate::store::IssueNumber;
 
 pub use output::{remove_retired, OutputError};
 
@@ -26,7 +27,7 @@ pub const PER_PAGE: usize = 30;
 /// A sent (or sending) issue as the archive shows it.
 #[derive(Debug, Clone)]
 pub struct ArchivedIssue {
-    pub number: i64,
+    pub number: IssueNumber,
     /// The slot the issue went out for; shown as its date.
     pub sent: DateTime<Utc>,
     pub subject: String,
@@ -72,7 +73,7 @@ pub fn load_archive(conn: &Connection) -> Result<Vec<ArchivedIssue>, SiteError> 
         if issue.state == IssueState::Skipped {
             continue;
         }
-        let digest = ledger::stored_digest(conn, issue.number)?;
+        let digest = RenderedDigest::from(ledger::stored_digest(conn, issue.number)?);
         archive.push(ArchivedIssue {
             number: issue.number,
             sent: issue.slot,

@@ -9,8 +9,9 @@ use sha2::{Digest, Sha256};
 use super::{category_slug, feed, ArchivedIssue, SiteError, SiteFile, PER_PAGE};
 use crate::config::Config;
 use crate::content::{Comparison, Lens, Verdict};
+use crate::digest::render::votes_label;
 use crate::digest::{self, Pick};
-use crate::render::votes_label;
+use crate::store::IssueNumber;
 
 const STYLESHEET: &str = include_str!("../../templates/site/style.css");
 
@@ -153,7 +154,7 @@ struct ListPage<'a> {
 }
 
 struct IssueItem<'a> {
-    number: i64,
+    number: IssueNumber,
     subject: &'a str,
     sent_iso: String,
     sent_human: String,
@@ -187,7 +188,7 @@ struct IssueHead<'a> {
 #[template(path = "site/issue_banner.html")]
 struct IssueBanner<'a> {
     site: &'a SiteView<'a>,
-    number: i64,
+    number: IssueNumber,
     sent_human: String,
     /// The page's only level-one heading, unless the digest brings its own.
     title_is_heading: bool,
@@ -387,7 +388,7 @@ fn issue_page(site: &SiteView<'_>, issue: &ArchivedIssue) -> Result<String, aska
     // link: no subscriber's token can reach the archive.
     let mut html = issue
         .digest
-        .for_issue(site.base_url, issue.number)
+        .for_issue(site.base_url, issue.number.get())
         .html_for(&site.signup_url);
     let banner = IssueBanner {
         site,
@@ -396,7 +397,8 @@ fn issue_page(site: &SiteView<'_>, issue: &ArchivedIssue) -> Result<String, aska
         title_is_heading: !html.contains("<h1"),
     }
     .render()?;
-    let wrap_main = !html.contains("<main");
+    // The digest may bring its own main landmark; a second one would confuse screen readers.
+    let wrap_main = !(html.contains("<main") || html.contains("role=\"main\""));
     if let Some(i) = html.find("</head>") {
         html.insert_str(i, &head);
     }

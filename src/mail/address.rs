@@ -1,0 +1,267 @@
+//! Email addresses parsed once at the edge: after `SubscriberEmail::parse` the type is the
+//! proof that an address is deliverable-looking, so no raw string travels further in.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The longest address SMTP can carry in a forward path (RFC 5321 §4.5.3.1.3).
+pub const MAX_ADDRESS_LEN: usize = 254;
+/// The longest local part SMTP must accept (RFC 5321 §4.5.3.1.1), in octets.
+pub const MAX_LOCAL_PART_OCTETS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("the address is empty")]
+    Empty,
+    #[error("`{0}` is longer than {MAX_ADDRESS_LEN} characters")]
+    TooLong(String),
+    #[error("`{0}` contains a control character (CR, LF, tab or similar)")]
+    ControlCharacter(String),
+    #[error("`{0}` has no domain (expected name@example.com)")]
+    MissingDomain(String),
+    #[error("`{addr}` is not a valid address: {reason}")]
+    Invalid { addr: String, reason: String },
+}
+
+/// Why an address cannot be handed to a server that does not offer SMTPUTF8.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AsciiFormError {
+    #[error(
+        "`{0}` has a non-ASCII local part, which only a server offering SMTPUTF8 can deliver \
+         (this server does not offer it)"
+    )]
+    LocalPart(String),
+    #[error("the domain of `{0}` has no ASCII (IDNA) form")]
+    Domain(String),
+}
+
+/// The form of `addr` for a server without SMTPUTF8 (RFC 6531): an international domain
+/// becomes its IDNA (punycode) name, which names the same host; a non-ASCII local part has
+/// no such spelling, so it is an error.
+pub fn ascii_form(addr: &lettre::Address) -> Result<lettre::Address, AsciiFormError> {
+    let full: &str = addr.as_ref();
+    if full.is_ascii() {
+        return Ok(addr.clone());
+    }
+    if !addr.user().is_ascii() {
+        return Err(AsciiFormError::LocalPart(full.to_owned()));
+    }
+    let domain = idna::domain_to_ascii(addr.domain())
+        .map_err(|_| AsciiFormError::Domain(full.to_owned()))?;
+    lettre::Address::new(addr.user(), domain).map_err(|_| AsciiFormError::Domain(full.to_owned()))
+}
+
+/// A subscriber's address, stored as given and compared case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubscriberEmail(lettre::Address);
+
+impl SubscriberEmail {
+    pub fn parse(input: &str) -> Result<Self, AddressError> {
+        let s = input.trim();
+        if s.is_empty() {
+            return Err(AddressError::Empty);
+        }
+        if input.chars().any(char::is_control) {
+            return Err(AddressError::ControlCharacter(
+                input.escape_debug().to_string(),
+            ));
+        }
+        if s.chars().count() > MAX_ADDRESS_LEN {
+            let shown: String = s.chars().take(40).collect();
+            return Err(AddressError::TooLong(format!("{shown}…")));
+        }
+        match s.rsplit_once('@') {
+            None => return Err(AddressError::MissingDomain(s.to_owned())),
+            Some((_, "")) => return Err(AddressError::MissingDomain(s.to_owned())),
+            _ => {}
+        }
+        let address = lettre::Address::from_str(s).map_err(|e| AddressError::Invalid {
+            addr: s.to_owned(),
+            reason: e.to_string(),
+        })?;
+        // Refuse now what no server could take later: a local part over RFC 5321's 64
+        // octets, or an international domain whose IDNA form is too long for the envelope.
+        let invalid = |reason: String| AddressError::Invalid {
+            addr: s.to_owned(),
+            reason,
+        };
+        if address.user().len() > MAX_LOCAL_PART_OCTETS {
+            return Err(invalid(format!(
+                "the part before @ is {} bytes long (at most {MAX_LOCAL_PART_OCTETS})",
+                address.user().len()
+            )));
+        }
+        let domain = address.domain();
+        if !domain.is_ascii() {
+            let ascii = idna::domain_to_ascii(domain)
+                .map_err(|_| invalid("the domain has no IDNA (punycode) form".into()))?;
+            if address.user().len() + 1 + ascii.len() > MAX_ADDRESS_LEN {
+                return Err(invalid(format!(
+                    "with the domain in its IDNA form ({ascii}) it is longer than \
+                     {MAX_ADDRESS_LEN} characters"
+                )));
+            }
+        }
+        Ok(SubscriberEmail(address))
+    }
+
+    /// True when only a server offering SMTPUTF8 can deliver to this address (its local
+    /// part is not ASCII; an international domain alone travels as punycode).
+    pub fn needs_smtputf8(&self) -> bool {
+        !self.0.user().is_ascii()
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_ref()
+    }
+
+    /// The comparison key: unique per subscriber regardless of letter case.
+    pub fn normalized(&self) -> String {
+        self.as_str().to_lowercase()
+    }
+
+    pub fn address(&self) -> &lettre::Address {
+        &self.0
+    }
+}
+
+impl fmt::Display for SubscriberEmail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SubscriberEmail {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SubscriberEmail::parse(s)
+    }
+}
+
+/// A subscriber's display name: free text, but never control characters (they would let a
+/// name inject headers or break CSV and terminal output).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("name `{0}` contains a control character")]
+    ControlCharacter(String),
+    #[error("name is longer than 200 characters")]
+    TooLong,
+}
+
+impl SubscriberName {
+    /// `None` for an empty or blank name.
+    pub fn parse(input: &str) -> Result<Option<Self>, NameError> {
+        if input.chars().any(char::is_control) {
+            return Err(NameError::ControlCharacter(
+                input.escape_debug().to_string(),
+            ));
+        }
+        let s = input.trim();
+        if s.chars().count() > 200 {
+            return Err(NameError::TooLong);
+        }
+        Ok((!s.is_empty()).then(|| SubscriberName(s.to_owned())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plus_quoted_and_international() {
+        for ok in [
+            "reader+ai@example.com",
+            "\"quoted local\"@example.com",
+            "leser@bücher.example",
+            "Mixed.Case@Example.COM",
+        ] {
+            SubscriberEmail::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn rejects_each_bad_kind_with_reason() {
+        assert_eq!(SubscriberEmail::parse("  "), Err(AddressError::Empty));
+        assert!(matches!(
+            SubscriberEmail::parse("a@b.com\r\nBcc: x@y.com"),
+            Err(AddressError::ControlCharacter(_))
+        ));
+        assert!(matches!(
+            SubscriberEmail::parse("nobody"),
+            Err(AddressError::MissingDomain(_))
+        ));
+        assert!(matches!(
+            SubscriberEmail::parse("nobody@"),
+            Err(AddressError::MissingDomain(_))
+        ));
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(matches!(
+            SubscriberEmail::parse(&long),
+            Err(AddressError::TooLong(_))
+        ));
+        assert!(matches!(
+            SubscriberEmail::parse("two@@example.com"),
+            Err(AddressError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn international_domains_have_an_ascii_form_and_local_parts_do_not() {
+        let idn = SubscriberEmail::parse("leser@bücher.example").unwrap();
+        assert!(!idn.needs_smtputf8());
+        assert_eq!(
+            ascii_form(idn.address()).unwrap().as_ref() as &str,
+            "leser@xn--bcher-kva.example"
+        );
+        let quoted = SubscriberEmail::parse("\"first last\"@example.com").unwrap();
+        assert_eq!(
+            ascii_form(quoted.address()).unwrap().as_ref() as &str,
+            "\"first last\"@example.com"
+        );
+        let utf8_local = SubscriberEmail::parse("jörg@example.com").unwrap();
+        assert!(utf8_local.needs_smtputf8());
+        let err = ascii_form(utf8_local.address()).unwrap_err();
+        assert_eq!(err, AsciiFormError::LocalPart("jörg@example.com".into()));
+        assert!(err.to_string().contains("SMTPUTF8"), "{err}");
+    }
+
+    #[test]
+    fn refuses_what_no_server_could_take() {
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        let err = SubscriberEmail::parse(&long_local).unwrap_err();
+        assert!(matches!(err, AddressError::Invalid { .. }), "{err}");
+        // Short enough as typed, too long once the domain is spelled in punycode.
+        let domain = vec!["ü".repeat(15); 10].join(".") + ".example";
+        let long_idn = format!("{}@{domain}", "a".repeat(40));
+        assert!(long_idn.chars().count() <= MAX_ADDRESS_LEN);
+        assert!(41 + idna::domain_to_ascii(&domain).unwrap().len() > MAX_ADDRESS_LEN);
+        let err = SubscriberEmail::parse(&long_idn).unwrap_err();
+        assert!(err.to_string().contains("IDNA"), "{err}");
+    }
+
+    #[test]
+    fn compares_case_insensitively() {
+        let a = SubscriberEmail::parse("Reader@Example.com").unwrap();
+        let b = SubscriberEmail::parse("reader@example.COM").unwrap();
+        assert_eq!(a.normalized(), b.normalized());
+        assert_eq!(a.as_str(), "Reader@Example.com");
+    }
+
+    #[test]
+    fn names_reject_control_characters() {
+        assert!(SubscriberName::parse("Ada\nLovelace").is_err());
+        assert_eq!(SubscriberName::parse("  ").unwrap(), None);
+        assert_eq!(
+            SubscriberName::parse(" Ada ").unwrap().unwrap().as_str(),
+            "Ada"
+        );
+    }
+}
