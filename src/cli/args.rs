@@ -98,6 +98,10 @@ pub enum Command {
     },
     /// Print the DNS TXT record to publish for the configured DKIM key
     DkimRecord,
+    /// Build the public site (comparison pages, issue archive, feeds) from the content files
+    /// and the ledger
+    #[command(subcommand)]
+    Site(SiteCommand),
     /// Manage the subscriber list
     #[command(subcommand)]
     Subscribers(super::subscribers::SubscribersCommand),
@@ -139,5 +143,15 @@ pub enum IssuesCommand {
         /// Issue number
         #[arg(value_parser = parse_issue_number)]
         number: IssueNumber,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Write the whole site to a fresh folder and swap it in
+    Build {
+        /// Output folder [default: site.out_dir, else public]
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }

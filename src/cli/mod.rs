@@ -7,6 +7,7 @@ mod issues;
 mod run;
 mod runtime;
 mod send;
+mod site;
 mod subscribers;
 
 use std::path::{Path, PathBuf};
@@ -83,6 +84,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Issues { command } => {
             let config = Config::load(&config_path)?;
             issues::run(&config, command)
+        }
+        Command::Site(SiteCommand::Build { out }) => {
+            let config = Config::load(&config_path)?;
+            site::build(&config, out)
         }
         Command::Subscribers(cmd) => {
             let config = Config::load(&config_path)?;

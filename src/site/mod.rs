@@ -114,6 +114,59 @@ pub fn build(
     })
 }
 
+/// Where `verdicts site build` writes when neither `--out` nor `site.out_dir` says.
+pub const DEFAULT_OUT_DIR: &str = "public";
+
+/// Builds the site from what is on disk now: the content files and every issue in the
+/// ledger (none when there is no database yet). Invalid content fails the build and leaves
+/// the published site as it was.
+pub fn build_current(config: &Config, out_dir: &Path) -> anyhow::Result<BuildReport> {
+    let comparisons = crate::content::load_dir(&config.content_dir)?;
+    let db = config.database_path();
+    let issues = if db.exists() {
+        load_archive(&crate::store::open(&db)?)?
+    } else {
+        Vec::new()
+    };
+    Ok(build(config, &comparisons, &issues, out_dir)?)
+}
+
+/// Rebuilds the site at `site.out_dir`, if one is configured, and deletes the previous copy.
+/// Failures are logged, never returned: a send or the daemon carries on without the site.
+pub fn rebuild_configured(config: &Config, why: &str) {
+    let Some(out) = &config.site_out_dir else {
+        return;
+    };
+    match build_current(config, out) {
+        Ok(report) => {
+            tracing::info!(reason = why, out = %out.display(), files = report.files, "site rebuilt");
+            if let Some(old) = report.retired {
+                if let Err(e) = remove_retired(&old) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        Err(e) => tracing::error!(reason = why, out = %out.display(), "site not rebuilt: {e:#}"),
+    }
+}
+
+/// What the content files look like on disk (name, size, modification time), to notice an
+/// edit without reading them.
+pub fn content_fingerprint(config: &Config) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let dir = crate::content::comparisons_dir(&config.content_dir);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.path(), meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 /// The URL paths (relative to `base_url`, without leading slash) a built site answers,
 /// for checking a digest's links without building. Folders are listed with a trailing `/`
 /// and also without it, as static hosts redirect one to the other.
