@@ -13,12 +13,15 @@ use crate::web::{self, WebState};
 fn web_state(config: &Config) -> anyhow::Result<Arc<WebState>> {
     let key = issue::token_key(config)?;
     let conn = crate::store::open(&config.database_path())?;
-    Ok(Arc::new(WebState::new(
-        conn,
-        key,
-        config.newsletter.name.clone(),
-        config.schedule.slots.clone(),
-    )))
+    Ok(Arc::new(
+        WebState::new(
+            conn,
+            key,
+            config.newsletter.name.clone(),
+            config.schedule.slots.clone(),
+        )
+        .with_site(config.site_out_dir.clone()),
+    ))
 }
 
 pub fn run(config: &Config, _log_format: LogFormat) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@
 mod feed;
 mod output;
 mod pages;
+pub mod serve;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -189,6 +190,19 @@ pub fn page_paths(
         }
     }
     Ok(paths)
+}
+
+/// The paths the site built from what is on disk now would have, or `None` when the content
+/// does not load (the content checks report that) or the ledger cannot be read.
+pub fn current_page_paths(config: &Config) -> Option<BTreeSet<String>> {
+    let comparisons = crate::content::load_dir(&config.content_dir).ok()?;
+    let db = config.database_path();
+    let issues = if db.exists() {
+        load_archive(&crate::store::open(&db).ok()?).ok()?
+    } else {
+        Vec::new()
+    };
+    page_paths(config, &comparisons, &issues).ok()
 }
 
 /// A URL-safe form of a category name ("Developer Tools" → "developer-tools").

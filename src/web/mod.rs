@@ -27,6 +27,8 @@ pub struct WebState {
     key: TokenKey,
     newsletter_name: String,
     schedule: SlotSchedule,
+    /// The built site to serve beside the endpoints (`site.out_dir`).
+    site_dir: Option<std::path::PathBuf>,
 }
 
 impl WebState {
@@ -41,7 +43,14 @@ impl WebState {
             key,
             newsletter_name,
             schedule,
+            site_dir: None,
         }
+    }
+
+    /// Also serves the site built in `dir` (every path the endpoints do not answer).
+    pub fn with_site(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.site_dir = dir;
+        self
     }
 }
 
@@ -53,10 +62,16 @@ struct TokenQuery {
 }
 
 pub fn router(state: Arc<WebState>) -> Router {
-    Router::new()
+    let site = state.site_dir.clone();
+    let endpoints = Router::new()
         .route("/unsubscribe", get(confirm_page).post(unsubscribe))
         .route("/healthz", get(healthz))
-        .with_state(state)
+        .with_state(state);
+    match site {
+        // Every other path is a page of the built site (or its 404).
+        Some(dir) => endpoints.fallback_service(crate::site::serve::router(&dir)),
+        None => endpoints,
+    }
 }
 
 /// Serves the router on `addr` until `stop` resolves.

@@ -509,3 +509,206 @@ fn axe_finds_no_violations_on_any_page_type() {
         "{report}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The site in the running system: sending, serving, and the lint gate.
+
+const AT: &str = "2026-11-23T09:00:00Z";
+
+fn site_config(smtp_port: u16) -> crate::common::TestConfig {
+    crate::common::TestConfig::default()
+        .smtp_port(smtp_port)
+        .section("site:\n  out_dir: public")
+}
+
+/// Every run of token-like characters in `text` long enough to be a signed token.
+fn token_candidates(text: &str) -> HashSet<&str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || "-_.~".contains(c)))
+        .filter(|w| w.len() >= 16)
+        .collect()
+}
+
+#[test]
+fn after_a_send_the_archive_page_exists_without_any_token_and_messages_link_to_it() {
+    use crate::smtp::TestSmtp;
+    let server = TestSmtp::start();
+    let site = crate::common::TempSite::with_bundled_content();
+    site.configure(&site_config(server.port()));
+    let readers = ["ada@example.com", "bob@example.com", "cy@example.com"];
+    for who in readers {
+        site.cmd()
+            .args(["subscribers", "add", who])
+            .assert()
+            .success();
+    }
+    site.cmd()
+        .args(["send", "--at", AT, "--yes"])
+        .assert()
+        .success();
+
+    let page_path = site.path().join("public/issues/1/index.html");
+    let html = std::fs::read_to_string(&page_path).expect("the send built issues/1/");
+    let page = Html::parse_document(&html);
+    let comparisons = load_dir(&site.path().join("content")).unwrap();
+    assert_eq!(comparisons.len(), 5);
+    for c in &comparisons {
+        assert!(
+            page.select(&sel("a")).any(|a| text(a) == c.title),
+            "the archived issue shows {}",
+            c.title
+        );
+    }
+
+    // No token in the page verifies for any subscriber.
+    let key = TokenKey::new(crate::common::TEST_SECRET.as_bytes());
+    let conn = rusqlite::Connection::open(site.path().join("state/verdicts.db")).unwrap();
+    let subscribers: Vec<(i64, String)> = conn
+        .prepare("SELECT id, email_norm FROM subscribers")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(subscribers.len(), readers.len());
+    let candidates = token_candidates(&html);
+    for (id, email) in &subscribers {
+        for t in &candidates {
+            assert!(
+                !key.verify(t, verdicts::store::SubscriberId(*id), email),
+                "the archive holds {email}'s token"
+            );
+        }
+    }
+
+    // Every message links to the page; the tokens the messages carry are not in it.
+    let received = server.received();
+    assert_eq!(received.len(), readers.len());
+    for m in &received {
+        let mail = mailparse::parse_mail(&m.raw).unwrap();
+        let plain = mail.subparts[0].get_body().unwrap();
+        let body = Html::parse_document(&mail.subparts[1].get_body().unwrap());
+        assert!(plain.contains("View in browser: https://verdicts.example.com/issues/1/"));
+        assert!(body
+            .select(&sel("a[href='https://verdicts.example.com/issues/1/']"))
+            .next()
+            .is_some());
+        let unsubscribe = plain
+            .lines()
+            .find_map(|l| l.split_whitespace().find(|w| w.contains("token=")))
+            .expect("a personal unsubscribe link");
+        let token = unsubscribe.split("token=").nth(1).unwrap();
+        assert!(
+            !html.contains(token),
+            "a reader's token leaked into the archive"
+        );
+    }
+}
+
+#[test]
+fn serve_answers_with_the_built_site_its_types_caching_and_404() {
+    let site = crate::common::TempSite::with_bundled_content();
+    site.configure(&site_config(2525));
+    site.cmd().args(["site", "build"]).assert().success();
+    let mut serve = crate::common::Process::start(&site, &["serve"]);
+    let port = serve.web_port();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let get = |path: &str| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let started = std::time::Instant::now();
+        loop {
+            match agent.get(&url).call() {
+                Ok(r) => return r,
+                Err(e) if started.elapsed() < std::time::Duration::from_secs(20) => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("{url}: {e}"),
+            }
+        }
+    };
+    let header = |r: &ureq::http::Response<ureq::Body>, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+
+    let slug = "gemini-2-5-flash-lite-vs-ml-intern";
+    let mut home = get("/");
+    assert_eq!(home.status(), 200);
+    assert!(header(&home, "content-type").starts_with("text/html"));
+    assert_eq!(header(&home, "cache-control"), "public, max-age=300");
+    let body = home.body_mut().read_to_string().unwrap();
+    let stylesheet = body
+        .split("rel=\"stylesheet\" href=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+
+    let css = get(&stylesheet);
+    assert_eq!(css.status(), 200);
+    assert!(header(&css, "content-type").starts_with("text/css"));
+    assert!(header(&css, "cache-control").contains("immutable"));
+
+    let page = get(&format!("/{slug}/"));
+    assert_eq!(page.status(), 200);
+    // The digest links `base_url/slug`: it is redirected to the page's folder.
+    let bare = get(&format!("/{slug}"));
+    assert!(bare.status().is_redirection(), "{}", bare.status());
+    assert!(header(&bare, "location").ends_with(&format!("/{slug}/")));
+
+    let feed = get("/feed.xml");
+    assert_eq!(
+        header(&feed, "content-type"),
+        "application/atom+xml; charset=utf-8"
+    );
+
+    let mut missing = get("/renamed-slug/");
+    assert_eq!(missing.status(), 404);
+    assert_eq!(header(&missing, "cache-control"), "no-cache");
+    assert!(missing
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("Page not found"));
+    // The endpoints still answer beside the site.
+    assert_eq!(get("/healthz").status(), 200);
+    serve.sigterm();
+}
+
+#[test]
+fn lint_fails_an_issue_linking_to_a_page_the_site_does_not_have() {
+    let site = crate::common::TempSite::with_bundled_content();
+    site.configure(&site_config(2525));
+    site.cmd().args(["lint", "--at", AT]).assert().success();
+
+    let file = site
+        .comparisons()
+        .join("gemini-2-5-flash-lite-vs-ml-intern.md");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!("{text}\nCompare the [older verdict](https://verdicts.example.com/gemini-vs-ml-intern).\n"),
+    )
+    .unwrap();
+    let out = site
+        .cmd()
+        .args(["lint", "--at", AT])
+        .assert()
+        .failure()
+        .get_output()
+        .clone();
+    let shown =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(shown.contains("site-links"), "{shown}");
+    assert!(
+        shown.contains("https://verdicts.example.com/gemini-vs-ml-intern"),
+        "{shown}"
+    );
+}
