@@ -106,7 +106,7 @@ pub fn build(
 ) -> Result<BuildReport, SiteError> {
     let files = render(config, comparisons, issues)?;
     let (bytes, retired) = output::publish(out_dir, &files)?;
-    tracing::info!(files = files.len(), bytes, "site built");
+    tracing::debug!(files = files.len(), bytes, "site built");
     Ok(BuildReport {
         out_dir: out_dir.to_owned(),
         files: files.len(),
@@ -140,7 +140,8 @@ pub fn rebuild_configured(config: &Config, why: &str) {
     };
     match build_current(config, out) {
         Ok(report) => {
-            tracing::info!(reason = why, out = %out.display(), files = report.files, "site rebuilt");
+            // Quiet on success: the CLI shows info logs, and a send's output is its report.
+            tracing::debug!(reason = why, out = %out.display(), files = report.files, "site rebuilt");
             if let Some(old) = report.retired {
                 if let Err(e) = remove_retired(&old) {
                     tracing::warn!("{e}");
