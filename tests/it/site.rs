@@ -712,3 +712,43 @@ fn lint_fails_an_issue_linking_to_a_page_the_site_does_not_have() {
         "{shown}"
     );
 }
+
+/// Waits for `path` to satisfy `ready`, up to `limit`.
+fn wait_until(limit: std::time::Duration, what: &str, ready: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_daemon_rebuilds_the_site_when_content_changes_and_keeps_it_on_bad_content() {
+    let site = crate::common::TempSite::with_bundled_content();
+    // A schedule that does not fire during the test: only content changes rebuild.
+    site.configure(&site_config(2525).schedule("0 0 9 1 1 *", "UTC"));
+    let mut daemon = crate::common::Process::start(&site, &["run"]);
+    let public = site.path().join("public");
+    let limit = std::time::Duration::from_secs(30);
+    wait_until(limit, "the site is built at start", || {
+        public.join("index.html").is_file()
+    });
+    let new_page = public.join("alpha-coder-vs-beta-writer/index.html");
+    assert!(!new_page.exists());
+
+    site.add_comparison("alpha.md", &crate::common::fixture("valid.md"));
+    wait_until(limit, "the new comparison gets its page", || {
+        new_page.is_file()
+    });
+    let home = std::fs::read_to_string(public.join("index.html")).unwrap();
+    assert!(
+        home.contains("Alpha Coder vs Beta Writer"),
+        "listed on the home page"
+    );
+
+    // A broken file: the daemon says why and the published site stays as it was.
+    site.add_comparison("broken.md", "---\ntitle: [unclosed\n---\n");
+    daemon.wait_for_log("site not rebuilt", limit);
+    assert!(new_page.is_file(), "the last good site is still there");
+    daemon.sigterm();
+}
