@@ -752,3 +752,27 @@ fn the_daemon_rebuilds_the_site_when_content_changes_and_keeps_it_on_bad_content
     assert!(new_page.is_file(), "the last good site is still there");
     daemon.sigterm();
 }
+
+#[test]
+fn a_slug_that_collides_with_the_site_is_refused_and_a_failed_build_leaves_the_site() {
+    let site = crate::common::TempSite::with_bundled_content();
+    site.configure(&site_config(2525));
+    site.cmd()
+        .args(["site", "build"])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("Built 13 files"));
+    let before = std::fs::read_to_string(site.path().join("public/index.html")).unwrap();
+
+    let text = crate::common::fixture("valid.md")
+        .replace("slug: alpha-coder-vs-beta-writer", "slug: issues");
+    site.add_comparison("issues.md", &text);
+    site.cmd()
+        .args(["site", "build"])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("issues.md:3: field `slug`"))
+        .stderr(predicates::str::contains("taken by the site"));
+    let after = std::fs::read_to_string(site.path().join("public/index.html")).unwrap();
+    assert_eq!(before, after, "the published site is untouched");
+}
