@@ -80,6 +80,9 @@ pub enum Command {
         /// With --test: keep the Subject as subscribers get it, without the [TEST] prefix
         #[arg(long, requires = "test")]
         exact: bool,
+        /// Create the issue even with no active subscriber (its comparisons then count as sent)
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Issue history and delivery counts; `issues show N`, `issues retry N`
     Issues {
@@ -87,7 +90,11 @@ pub enum Command {
         command: Option<IssuesCommand>,
     },
     /// Run the daemon: send each slot's issue on schedule and serve the unsubscribe endpoint
-    Run,
+    Run {
+        /// Create a slot's issue even with no active subscriber
+        #[arg(long)]
+        allow_empty: bool,
+    },
     /// Serve only the unsubscribe endpoint (web.listen)
     Serve,
     /// Check the issue that would go out at --at for deliverability problems
@@ -102,6 +109,13 @@ pub enum Command {
     /// and the ledger
     #[command(subcommand)]
     Site(SiteCommand),
+    /// Create the state folder and an empty state database (state_dir in the config)
+    Init,
+    /// Write a consistent copy of the state database to FILE, safe while the daemon runs
+    Backup {
+        /// Where to write the copy (replaced if it exists)
+        file: PathBuf,
+    },
     /// Manage the subscriber list
     #[command(subcommand)]
     Subscribers(super::subscribers::SubscribersCommand),

@@ -26,9 +26,15 @@ pub(super) fn slot_at_or_before(
     }
 }
 
-pub fn send(config: &Config, at: DateTime<Utc>, yes: bool, force: bool) -> anyhow::Result<()> {
+pub fn send(
+    config: &Config,
+    at: DateTime<Utc>,
+    yes: bool,
+    force: bool,
+    allow_empty: bool,
+) -> anyhow::Result<()> {
     let comparisons = content::load_dir(&config.content_dir)?;
-    let dispatcher = Dispatcher::for_sending(config)?;
+    let dispatcher = Dispatcher::for_sending(config)?.allow_empty(allow_empty);
     let slot = slot_at_or_before(config, at)?;
     let ask = |c: &Confirmation<'_>| confirm(config, c);
     let prepared = match dispatcher.prepare(

@@ -6,6 +6,7 @@ mod common;
 mod smtp;
 
 mod addresses;
+mod backup;
 mod cli;
 mod cli_output;
 mod content;
@@ -14,6 +15,9 @@ mod deliverability;
 mod delivery;
 mod digest_browser;
 mod docs;
+mod endpoint;
+mod faults;
+mod hardening;
 mod inbound;
 mod render;
 mod site;

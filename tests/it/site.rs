@@ -608,6 +608,7 @@ fn after_a_send_the_archive_page_exists_without_any_token_and_messages_link_to_i
 fn serve_answers_with_the_built_site_its_types_caching_and_404() {
     let site = crate::common::TempSite::with_bundled_content();
     site.configure(&site_config(2525));
+    site.cmd().arg("init").assert().success();
     site.cmd().args(["site", "build"]).assert().success();
     let mut serve = crate::common::Process::start(&site, &["serve"]);
     let port = serve.web_port();
@@ -727,6 +728,7 @@ fn the_daemon_rebuilds_the_site_when_content_changes_and_keeps_it_on_bad_content
     let site = crate::common::TempSite::with_bundled_content();
     // A schedule that does not fire during the test: only content changes rebuild.
     site.configure(&site_config(2525).schedule("0 0 9 1 1 *", "UTC"));
+    site.cmd().arg("init").assert().success();
     let mut daemon = crate::common::Process::start(&site, &["run"]);
     let public = site.path().join("public");
     let limit = std::time::Duration::from_secs(30);
