@@ -20,6 +20,7 @@ pub mod error;
 pub mod inbound;
 pub mod issue;
 pub mod mail;
+pub mod signup;
 pub mod site;
 pub mod store;
 pub mod web;

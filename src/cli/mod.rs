@@ -110,6 +110,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             inbound::run(&config_path, source)
         }
+        Command::SignupForm => {
+            let config = Config::load(&config_path)?;
+            let action = format!("{}/subscribe", config.newsletter.base_url);
+            print!(
+                "{}",
+                crate::signup::form::form_html(&action, &config.newsletter.name)
+            );
+            Ok(())
+        }
     }
 }
 

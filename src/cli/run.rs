@@ -1,26 +1,34 @@
 //! `verdicts run` (the scheduled daemon, with the web endpoint) and `verdicts serve` (the
-//! endpoint alone).
+//! endpoint alone). Both also send the queued signup confirmation mails.
 
 use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use super::runtime::{self, stopped};
 use crate::config::Config;
 use crate::issue::{self, Dispatcher};
+use crate::signup::limits::Limits;
+use crate::signup::outbox::Outbox;
 use crate::store::lock::DaemonLock;
+use crate::web::signup::SignupService;
 use crate::web::{self, WebState};
 
-fn web_state(config: &Config) -> anyhow::Result<Arc<WebState>> {
+fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox)> {
     let key = issue::token_key(config)?;
     let conn = crate::store::open(&config.database_path())?;
-    Ok(Arc::new(
-        WebState::new(
-            conn,
-            key,
-            config.newsletter.name.clone(),
-            config.schedule.slots.clone(),
-        )
-        .with_site(config.site_out_dir.clone()),
-    ))
+    let wake = Arc::new(Notify::new());
+    let limits = Arc::new(Limits::new(&config.signup));
+    let outbox = Outbox::new(config, key.clone(), wake.clone(), limits.clone())?;
+    let state = WebState::new(
+        conn,
+        key,
+        config.newsletter.name.clone(),
+        config.schedule.slots.clone(),
+    )
+    .with_signup(SignupService::new(config.signup.clone(), limits, wake))
+    .with_site(config.site_out_dir.clone());
+    Ok((Arc::new(state), outbox))
 }
 
 pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
@@ -31,8 +39,9 @@ pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
     crate::store::quick_check(&crate::store::open(&path)?, &path)?;
     raise_file_limit();
     let _daemon = DaemonLock::acquire(&config.state_dir)?;
-    let state = web_state(config)?;
+    let (state, outbox) = web_state(config)?;
     runtime::block_on_until_signal(None, |stop| async move {
+        let mails = tokio::spawn(outbox.run(stop.clone()));
         let (listen, limits, stop_web) = (config.web_listen, config.web.clone(), stop.clone());
         let web =
             tokio::spawn(
@@ -41,6 +50,8 @@ pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
         let result = crate::daemon::run(dispatcher, stop).await;
         web.abort();
         let _ = web.await;
+        mails.abort();
+        let _ = mails.await;
         result
     })
 }
@@ -56,9 +67,12 @@ fn raise_file_limit() {
 }
 
 pub fn serve(config: &Config) -> anyhow::Result<()> {
-    let state = web_state(config)?;
+    let (state, outbox) = web_state(config)?;
     raise_file_limit();
     runtime::block_on_until_signal(None, |stop| async move {
-        web::serve(config.web_listen, &config.web, state, stopped(stop)).await
+        let mails = tokio::spawn(outbox.run(stop.clone()));
+        let result = web::serve(config.web_listen, &config.web, state, stopped(stop)).await;
+        let _ = mails.await;
+        result
     })
 }

@@ -81,7 +81,8 @@ pub enum SubscribersCommand {
         #[arg(long)]
         resubscribe: bool,
     },
-    /// Write every subscriber as CSV (email,name,status), which `import` reads back
+    /// Write every subscriber as CSV (email,name,status and the consent record), which
+    /// `import` reads back
     ///
     /// A cell starting with =, +, - or @ is written with a leading ' so that a spreadsheet
     /// shows it as text instead of running it as a formula; `import` removes the '.
@@ -225,6 +226,10 @@ fn run_add(
         AddOutcome::AlreadyListed(s) => {
             let hint = match s.status {
                 SubscriberStatus::Active => "",
+                SubscriberStatus::Pending => {
+                    "; they signed up and have not confirmed yet; `subscribers resubscribe` \
+                     activates them without confirmation"
+                }
                 _ => "; use `subscribers resubscribe` to send to them again",
             };
             writeln!(
@@ -271,6 +276,7 @@ fn run_set_status(
                 SubscriberStatus::Active => "resubscribed",
                 SubscriberStatus::Unsubscribed => "unsubscribed",
                 SubscriberStatus::Bounced => "marked as bounced",
+                SubscriberStatus::Pending => "marked as pending",
             };
             writeln!(out, "{verb} {} (was {from})", subscriber.email)?;
         }
@@ -281,6 +287,10 @@ fn run_set_status(
 fn run_count(conn: &Connection, out: &mut impl Write) -> anyhow::Result<()> {
     let counts = count_by_status(conn)?;
     for status in SubscriberStatus::ALL {
+        // A list that takes no signups never has pending subscribers; keep its count short.
+        if status == SubscriberStatus::Pending && counts.pending == 0 {
+            continue;
+        }
         writeln!(out, "{:<12}  {:>9}", status.as_str(), counts.get(status))?;
     }
     writeln!(out, "{:<12}  {:>9}", "total", counts.total())?;

@@ -2,6 +2,7 @@
 //! relative paths resolved against the file's own folder so the binary can run from anywhere.
 
 pub mod schedule;
+pub mod signup;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -11,6 +12,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use crate::config::schedule::SlotSchedule;
+use crate::config::signup::{RawSignup, SignupConfig};
 use crate::mail::address::SubscriberEmail;
 
 /// Where the configuration is looked for when neither `--config` nor `VERDICTS_CONFIG` is given.
@@ -51,6 +53,8 @@ struct RawConfig {
     dkim: Option<RawDkim>,
     #[serde(default)]
     inbound: Option<crate::inbound::config::RawInbound>,
+    #[serde(default)]
+    signup: RawSignup,
     #[serde(default)]
     site: Option<RawSite>,
 }
@@ -207,6 +211,7 @@ pub struct Config {
     /// Where the public site is built (`site.out_dir`). When set, sending an issue and
     /// changing content rebuild it, and the web endpoint serves it.
     pub site_out_dir: Option<PathBuf>,
+    pub signup: SignupConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +300,7 @@ impl Config {
             .unwrap_or_default()
             .validate()
             .map_err(|(field, reason)| check.invalid(field, reason))?;
+        let signup = SignupConfig::from_raw(raw.signup, |f, r| check.invalid(f, r))?;
         Ok(Config {
             path: path.to_owned(),
             newsletter: check.newsletter(raw.newsletter)?,
@@ -313,6 +319,7 @@ impl Config {
             }),
             inbound,
             site_out_dir: raw.site.map(|s| check.resolve(&s.out_dir)),
+            signup,
         })
     }
 

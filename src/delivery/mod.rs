@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
 mod breaker;
-mod smtp;
+pub(crate) mod smtp;
 mod writer;
 
 use breaker::Breaker;

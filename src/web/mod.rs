@@ -5,6 +5,8 @@
 
 pub mod server;
 
+pub mod signup;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +32,7 @@ pub struct WebState {
     key: TokenKey,
     newsletter_name: String,
     schedule: SlotSchedule,
+    signup: Option<signup::SignupService>,
     /// The built site to serve beside the endpoints (`site.out_dir`).
     site_dir: Option<std::path::PathBuf>,
 }
@@ -46,8 +49,15 @@ impl WebState {
             key,
             newsletter_name,
             schedule,
+            signup: None,
             site_dir: None,
         }
+    }
+
+    /// Opens the signup routes (`/subscribe`, `/confirm`).
+    pub fn with_signup(mut self, service: signup::SignupService) -> Self {
+        self.signup = Some(service);
+        self
     }
 
     /// Also serves the site built in `dir` (every path the endpoints do not answer).
@@ -80,6 +90,7 @@ pub fn router(state: Arc<WebState>) -> Router {
     let endpoints = Router::new()
         .route("/unsubscribe", get(confirm_page).post(unsubscribe))
         .route("/healthz", get(healthz))
+        .merge(signup::routes())
         .with_state(state);
     match site {
         // Every other path is a page of the built site (or its 404).

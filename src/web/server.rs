@@ -87,7 +87,10 @@ pub async fn serve(
             }
             continue;
         };
-        let app = app.clone();
+        // The peer address, for handlers that need it (the signup limits per client IP).
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
         let limits = (web.header_timeout, web.idle_timeout);
         let shutting_down = shutting_down.clone();
         tokio::spawn(async move {

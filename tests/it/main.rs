@@ -20,6 +20,7 @@ mod faults;
 mod hardening;
 mod inbound;
 mod render;
+mod signup;
 mod site;
 mod smtp_harness;
 mod subscribers;
