@@ -42,11 +42,12 @@ pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
     let (state, outbox) = web_state(config)?;
     runtime::block_on_until_signal(None, |stop| async move {
         let mails = tokio::spawn(outbox.run(stop.clone()));
-        let (listen, limits, stop_web) = (config.web_listen, config.web.clone(), stop.clone());
-        let web =
-            tokio::spawn(
-                async move { web::serve(listen, &limits, state, stopped(stop_web)).await },
-            );
+        // Listening first: a daemon whose unsubscribe links cannot be served must not start.
+        let listener = web::server::bind(config.web_listen).await?;
+        let (limits, stop_web) = (config.web.clone(), stop.clone());
+        let web = tokio::spawn(async move {
+            web::server::serve_on(listener, &limits, web::router(state), stopped(stop_web)).await
+        });
         let result = crate::daemon::run(dispatcher, stop).await;
         web.abort();
         let _ = web.await;

@@ -65,6 +65,19 @@ impl TempSite {
         std::fs::write(self.config_path(), edit(text)).unwrap();
     }
 
+    /// Imports `n` active subscribers, reader0@example.com and up.
+    pub fn import_readers(&self, n: usize) {
+        let mut csv = String::from("email\n");
+        for i in 0..n {
+            csv.push_str(&format!("reader{i}@example.com\n"));
+        }
+        std::fs::write(self.path().join("readers.csv"), csv).unwrap();
+        self.cmd()
+            .args(["subscribers", "import", "readers.csv"])
+            .assert()
+            .success();
+    }
+
     /// The `verdicts` binary, run against this site's config.
     pub fn cmd(&self) -> assert_cmd::Command {
         let mut cmd = assert_cmd::Command::cargo_bin("verdicts").unwrap();
