@@ -22,5 +22,6 @@ pub mod inbound;
 pub mod issue;
 pub mod mail;
 pub mod signup;
+pub mod site;
 pub mod store;
 pub mod web;

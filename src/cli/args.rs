@@ -105,6 +105,10 @@ pub enum Command {
     },
     /// Print the DNS TXT record to publish for the configured DKIM key
     DkimRecord,
+    /// Build the public site (comparison pages, issue archive, feeds) from the content files
+    /// and the ledger
+    #[command(subcommand)]
+    Site(SiteCommand),
     /// Create the state folder and an empty state database (state_dir in the config)
     Init,
     /// Write a consistent copy of the state database to FILE, safe while the daemon runs
@@ -158,5 +162,15 @@ pub enum IssuesCommand {
         /// Issue number
         #[arg(value_parser = parse_issue_number)]
         number: IssueNumber,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Write the whole site to a fresh folder and swap it in
+    Build {
+        /// Output folder [default: site.out_dir, else public]
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }

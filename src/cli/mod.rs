@@ -9,6 +9,7 @@ mod ops;
 mod run;
 mod runtime;
 mod send;
+mod site;
 mod subscribers;
 
 use std::path::{Path, PathBuf};
@@ -88,6 +89,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Issues { command } => {
             let config = Config::load(&config_path)?;
             issues::run(&config, command)
+        }
+        Command::Site(SiteCommand::Build { out }) => {
+            let config = Config::load(&config_path)?;
+            site::build(&config, out)
         }
         Command::Subscribers(cmd) => {
             let config = Config::load(&config_path)?;

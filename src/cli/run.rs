@@ -26,7 +26,8 @@ fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox)> {
         config.newsletter.name.clone(),
         config.schedule.slots.clone(),
     )
-    .with_signup(SignupService::new(config.signup.clone(), limits, wake));
+    .with_signup(SignupService::new(config.signup.clone(), limits, wake))
+    .with_site(config.site_out_dir.clone());
     Ok((Arc::new(state), outbox))
 }
 

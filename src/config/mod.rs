@@ -55,6 +55,14 @@ struct RawConfig {
     inbound: Option<crate::inbound::config::RawInbound>,
     #[serde(default)]
     signup: RawSignup,
+    #[serde(default)]
+    site: Option<RawSite>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    out_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +208,9 @@ pub struct Config {
     pub dkim: Option<DkimConfig>,
     /// Where bounces and mailto unsubscribes come back, and the list-hygiene rules.
     pub inbound: crate::inbound::config::InboundConfig,
+    /// Where the public site is built (`site.out_dir`). When set, sending an issue and
+    /// changing content rebuild it, and the web endpoint serves it.
+    pub site_out_dir: Option<PathBuf>,
     pub signup: SignupConfig,
 }
 
@@ -307,6 +318,7 @@ impl Config {
                 algorithm: d.algorithm,
             }),
             inbound,
+            site_out_dir: raw.site.map(|s| check.resolve(&s.out_dir)),
             signup,
         })
     }

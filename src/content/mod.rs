@@ -306,6 +306,18 @@ fn line_of(front: &str, first_line: usize, key: &str, nth: usize) -> Option<usiz
         .map(|(i, _)| i + first_line)
 }
 
+/// Paths of the public site and the web endpoint that a comparison page would collide with.
+pub const RESERVED_SLUGS: [&str; 8] = [
+    "issues",
+    "category",
+    "page",
+    "unsubscribe",
+    "subscribe",
+    "confirm",
+    "healthz",
+    "feed",
+];
+
 fn is_url_safe_slug(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 120
@@ -408,6 +420,16 @@ pub fn parse_comparison(path: &Path, text: &str) -> Result<Comparison, Vec<Conte
             format!(
                 "`{}` is not URL-safe: use lowercase letters, digits and single hyphens",
                 fm.slug
+            ),
+        ));
+    }
+    if RESERVED_SLUGS.contains(&fm.slug.as_str()) {
+        errors.push(err(
+            line("slug", 0),
+            Some("slug"),
+            format!(
+                "`{}` is taken by the site or the web endpoint (/{}/); choose another slug",
+                fm.slug, fm.slug
             ),
         ));
     }

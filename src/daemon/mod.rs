@@ -19,6 +19,8 @@ use crate::store::{self, ledger};
 
 /// The longest single sleep, so wall-clock jumps (suspend, NTP) are noticed within a minute.
 const MAX_NAP: Duration = Duration::from_secs(60);
+/// How often content files are looked at when the daemon keeps the site current.
+const CONTENT_POLL: Duration = Duration::from_secs(2);
 /// The shortest sleep, so a stuck condition can never spin the loop.
 const MIN_NAP: Duration = Duration::from_millis(200);
 /// First wait before retrying a paused issue; doubles up to `MAX_PAUSE_RETRY`.
@@ -249,6 +251,12 @@ pub async fn run(
         pause_retry: FIRST_PAUSE_RETRY,
         retry_after: None,
     };
+    // With a site to keep current: build it now, then again whenever content files change.
+    let mut content_seen = config.site_out_dir.as_ref().map(|_| {
+        let seen = crate::site::content_fingerprint(config);
+        crate::site::rebuild_configured(config, "daemon started");
+        seen
+    });
     let mut awaited: Option<DateTime<Utc>> = None;
     let mut warned: HashSet<DateTime<Utc>> = HashSet::new();
     if let Some(next) = schedule.next_after(Utc::now()) {
@@ -291,6 +299,18 @@ pub async fn run(
             SlotDecision::Nothing => {}
         }
 
+        if let Some(seen) = &mut content_seen {
+            let now_seen = crate::site::content_fingerprint(config);
+            if now_seen != *seen {
+                *seen = now_seen;
+                let config = config.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::site::rebuild_configured(&config, "content changed")
+                })
+                .await;
+            }
+        }
+
         let now = Utc::now();
         let next = schedule.next_after(now);
         if next != awaited {
@@ -303,10 +323,15 @@ pub async fn run(
         if let Some(retry) = daemon.retry_after {
             wake = wake.min(retry);
         }
+        let longest = if content_seen.is_some() {
+            CONTENT_POLL
+        } else {
+            MAX_NAP
+        };
         let nap = (wake - now)
             .to_std()
             .unwrap_or_default()
-            .clamp(MIN_NAP, MAX_NAP);
+            .clamp(MIN_NAP, longest);
         tokio::select! {
             _ = tokio::time::sleep(nap) => {}
             _ = stop.changed() => {}

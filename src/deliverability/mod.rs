@@ -217,6 +217,14 @@ pub fn check_sample(config: &Config, sample: &Sample) -> Vec<Finding> {
         config.dkim.as_ref(),
     ));
     findings.extend(dkim_signature(sample, config.dkim.as_ref()));
+    // Only an operator who publishes the site with verdicts owns every page under base_url.
+    if let Some(pages) = config
+        .site_out_dir
+        .as_ref()
+        .and_then(|_| crate::site::current_page_paths(config))
+    {
+        findings.extend(site_links(&config.newsletter.base_url, sample, &pages));
+    }
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
 }

@@ -393,3 +393,65 @@ pub(super) fn text_urls(text: &str) -> Vec<&str> {
     }
     out
 }
+
+/// Endpoints served by `verdicts run`/`serve` under `base_url`, not pages of the site.
+const ENDPOINTS: [&str; 4] = ["unsubscribe", "subscribe", "confirm", "healthz"];
+
+/// Rule `site-links`: every link to a page under `base_url` leads to a page the site has
+/// (`pages`: the site's paths, as [`crate::site::page_paths`] lists them). A renamed slug
+/// or a missing page would leave readers on a 404. The issue's own archive page
+/// (`issues/N/`) is made when the issue is created, so it always counts as present.
+pub fn site_links(
+    base_url: &str,
+    sample: &Sample,
+    pages: &std::collections::BTreeSet<String>,
+) -> Vec<Finding> {
+    let mut urls: Vec<String> = Vec::new();
+    if let Some(html) = &sample.html {
+        urls.extend(scan_html(html).anchors.into_iter().map(|a| a.href));
+    }
+    if let Some(text) = &sample.text {
+        urls.extend(text_urls(text).into_iter().map(str::to_owned));
+    }
+    let mut missing: Vec<String> = Vec::new();
+    for url in urls {
+        let Some(rest) = url.strip_prefix(base_url) else {
+            continue;
+        };
+        if !(rest.is_empty()
+            || rest.starts_with('/')
+            || rest.starts_with('?')
+            || rest.starts_with('#'))
+        {
+            continue;
+        }
+        let path = rest
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches('/');
+        let first = path.split('/').next().unwrap_or_default();
+        let own_issue_page = path
+            .strip_prefix("issues/")
+            .map(|n| n.trim_end_matches('/'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if ENDPOINTS.contains(&first) || own_issue_page || pages.contains(path) {
+            continue;
+        }
+        if !missing.contains(&url) {
+            missing.push(url);
+        }
+    }
+    if missing.is_empty() {
+        return vec![];
+    }
+    vec![Finding::error(
+        "site-links",
+        format!(
+            "{} to a page the site does not have: {}",
+            count_is(missing.len(), "link goes", "links go"),
+            examples(&missing)
+        ),
+        "fix the link (a renamed slug?) or add the page; `verdicts site build` lists what the site holds",
+    )]
+}

@@ -14,6 +14,15 @@ use crate::store::ledger::StoredDigest;
 /// Stands in for the recipient's unsubscribe URL in the rendered digest.
 pub const UNSUBSCRIBE_PLACEHOLDER: &str = "https://unsubscribe.placeholder.invalid/verdicts";
 
+/// Stands in for the issue's archive page ("View in browser") until the issue has a number.
+pub const VIEW_IN_BROWSER_PLACEHOLDER: &str =
+    "https://view-in-browser.placeholder.invalid/verdicts";
+
+/// The public archive page of issue `number`: the "view in browser" link.
+pub fn issue_url(base_url: &str, number: i64) -> String {
+    format!("{base_url}/issues/{number}/")
+}
+
 /// Text lines are wrapped to this width (links are never broken).
 pub const TEXT_WIDTH: usize = 72;
 
@@ -77,6 +86,7 @@ struct HtmlDigest<'a> {
     items: &'a [ItemView<'a>],
     base_url: &'a str,
     site_host: &'a str,
+    view_url: &'a str,
     unsubscribe_url: &'a str,
     postal_address: &'a str,
 }
@@ -89,6 +99,7 @@ struct TextDigest<'a> {
     intro: &'a str,
     items: &'a [ItemView<'a>],
     base_url: &'a str,
+    view_url: &'a str,
     unsubscribe_url: &'a str,
     postal_address: &'a str,
     rule: &'a str,
@@ -127,6 +138,25 @@ impl RenderedDigest {
         self.text_parts.join(unsubscribe_url)
     }
 
+    /// The digest of issue `number`: its "View in browser" links point at the issue's
+    /// archive page under `base_url`.
+    pub fn for_issue(&self, base_url: &str, number: i64) -> RenderedDigest {
+        let url = issue_url(base_url, number);
+        let fill = |parts: &[String]| -> Vec<String> {
+            parts
+                .iter()
+                .map(|p| p.replace(VIEW_IN_BROWSER_PLACEHOLDER, &url))
+                .collect()
+        };
+        RenderedDigest {
+            subject: self.subject.clone(),
+            preheader: self.preheader.clone(),
+            comparison_count: self.comparison_count,
+            html_parts: fill(&self.html_parts),
+            text_parts: fill(&self.text_parts),
+        }
+    }
+
     pub fn html_parts(&self) -> &[String] {
         &self.html_parts
     }
@@ -154,7 +184,8 @@ pub fn comparison_url(base_url: &str, slug: &str) -> String {
     format!("{base_url}/{slug}")
 }
 
-fn votes_label(votes: Option<u32>) -> String {
+/// Community votes grouped in thousands, or "—" when nobody has voted yet.
+pub fn votes_label(votes: Option<u32>) -> String {
     match votes {
         None => "—".into(),
         Some(n) => {
@@ -375,6 +406,7 @@ pub fn render_digest(
         items: &items,
         base_url: &newsletter.base_url,
         site_host,
+        view_url: VIEW_IN_BROWSER_PLACEHOLDER,
         unsubscribe_url: UNSUBSCRIBE_PLACEHOLDER,
         postal_address: &newsletter.postal_address,
     }
@@ -393,6 +425,7 @@ pub fn render_digest(
         intro: &intro,
         items: &items,
         base_url: &newsletter.base_url,
+        view_url: VIEW_IN_BROWSER_PLACEHOLDER,
         unsubscribe_url: UNSUBSCRIBE_PLACEHOLDER,
         postal_address: &newsletter.postal_address,
         rule: &rule,

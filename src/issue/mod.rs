@@ -350,10 +350,14 @@ impl<'a> Dispatcher<'a> {
                 events(Event::SkippedWeek { issue: &issue });
                 return Ok(Outcome::NothingToSend);
             }
-            IssueState::Sending | IssueState::Paused if created => events(Event::Created {
-                issue: &issue,
-                recipients: counts.total(),
-            }),
+            IssueState::Sending | IssueState::Paused if created => {
+                // The archive page must exist before the first reader clicks "View in browser".
+                self.rebuild_site("issue created").await;
+                events(Event::Created {
+                    issue: &issue,
+                    recipients: counts.total(),
+                })
+            }
             IssueState::Sending | IssueState::Paused => events(Event::Resuming {
                 issue: &issue,
                 counts,
@@ -362,11 +366,24 @@ impl<'a> Dispatcher<'a> {
         let digest = RenderedDigest::from(ledger::stored_digest(&conn, issue.number)?);
         drop(conn);
         let report = self.deliver(&issue, &digest, progress_bar, stop).await?;
+        if matches!(report.finish, Finish::Complete) {
+            self.rebuild_site("issue complete").await;
+        }
         events(Event::Finished {
             issue: &issue,
             report: &report,
         });
         Ok(Outcome::Delivered { issue, report })
+    }
+
+    /// Rebuilds the public site when `site.out_dir` is set, off the async workers.
+    async fn rebuild_site(&self, why: &'static str) {
+        if self.config.site_out_dir.is_none() {
+            return;
+        }
+        let config = self.config.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::site::rebuild_configured(&config, why))
+            .await;
     }
 
     /// Creates a new issue, unless it would have no recipient and that was not allowed.

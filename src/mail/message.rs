@@ -156,6 +156,7 @@ impl IssueMessages {
     ) -> Self {
         let list_id = format!("{} <{}>", newsletter.name, newsletter.list_id);
         let mailto = format!("mailto:{}?subject=unsubscribe", newsletter.from.email);
+        let digest = digest.for_issue(&newsletter.base_url, issue_number.get());
         IssueMessages {
             newsletter: newsletter.clone(),
             issue_number,

@@ -34,6 +34,8 @@ pub struct WebState {
     newsletter_name: String,
     schedule: SlotSchedule,
     signup: Option<signup::SignupService>,
+    /// The built site to serve beside the endpoints (`site.out_dir`).
+    site_dir: Option<std::path::PathBuf>,
 }
 
 impl WebState {
@@ -49,12 +51,19 @@ impl WebState {
             newsletter_name,
             schedule,
             signup: None,
+            site_dir: None,
         }
     }
 
     /// Opens the signup routes (`/subscribe`, `/confirm`).
     pub fn with_signup(mut self, service: signup::SignupService) -> Self {
         self.signup = Some(service);
+        self
+    }
+
+    /// Also serves the site built in `dir` (every path the endpoints do not answer).
+    pub fn with_site(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.site_dir = dir;
         self
     }
 }
@@ -78,11 +87,17 @@ struct TokenQuery {
 }
 
 pub fn router(state: Arc<WebState>) -> Router {
-    Router::new()
+    let site = state.site_dir.clone();
+    let endpoints = Router::new()
         .route("/unsubscribe", get(confirm_page).post(unsubscribe))
         .route("/healthz", get(healthz))
         .merge(signup::routes())
-        .with_state(state)
+        .with_state(state);
+    match site {
+        // Every other path is a page of the built site (or its 404).
+        Some(dir) => endpoints.fallback_service(crate::site::serve::router(&dir)),
+        None => endpoints,
+    }
 }
 
 /// Serves the router on `addr`, within the limits of `web`, until `stop` resolves.

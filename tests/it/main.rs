@@ -22,6 +22,7 @@ mod hardening;
 mod inbound;
 mod render;
 mod signup;
+mod site;
 mod smtp_harness;
 mod subscribers;
 mod test_send;
