@@ -20,5 +20,6 @@ pub mod error;
 pub mod inbound;
 pub mod issue;
 pub mod mail;
+pub mod signup;
 pub mod store;
 pub mod web;

@@ -72,15 +72,30 @@ pub enum Command {
         /// Send despite deliverability warnings; errors are never overridden
         #[arg(long)]
         force: bool,
+        /// Send a test copy of the issue to these addresses only, exactly as subscribers get
+        /// it (links work and change nothing); the ledger and the list are untouched.
+        /// Without --at: the issue `preview` shows
+        #[arg(long = "test", value_name = "ADDR", num_args = 1.., conflicts_with = "dry_run")]
+        test: Vec<String>,
+        /// With --test: keep the Subject as subscribers get it, without the [TEST] prefix
+        #[arg(long, requires = "test")]
+        exact: bool,
+        /// Create the issue even with no active subscriber (its comparisons then count as sent)
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Issue history and delivery counts; `issues show N`, `issues retry N`
     Issues {
         #[command(subcommand)]
         command: Option<IssuesCommand>,
     },
-    /// Run the daemon: send each slot's issue on schedule and serve the unsubscribe endpoint
-    Run,
-    /// Serve only the unsubscribe endpoint (web.listen)
+    /// Run the daemon: send each slot's issue on schedule and serve the web endpoint
+    Run {
+        /// Create a slot's issue even with no active subscriber
+        #[arg(long)]
+        allow_empty: bool,
+    },
+    /// Serve only the web endpoint (web.listen): unsubscribe, signup and confirmation
     Serve,
     /// Check the issue that would go out at --at for deliverability problems
     Lint {
@@ -90,6 +105,13 @@ pub enum Command {
     },
     /// Print the DNS TXT record to publish for the configured DKIM key
     DkimRecord,
+    /// Create the state folder and an empty state database (state_dir in the config)
+    Init,
+    /// Write a consistent copy of the state database to FILE, safe while the daemon runs
+    Backup {
+        /// Where to write the copy (replaced if it exists)
+        file: PathBuf,
+    },
     /// Manage the subscriber list
     #[command(subcommand)]
     Subscribers(super::subscribers::SubscribersCommand),
@@ -111,6 +133,8 @@ pub enum Command {
         #[arg(long, env = "ORIGINAL_RECIPIENT", value_name = "ADDRESS")]
         recipient: Option<String>,
     },
+    /// Print the HTML signup form (no JavaScript needed) to paste into any page
+    SignupForm,
 }
 
 fn parse_issue_number(s: &str) -> Result<IssueNumber, String> {

@@ -143,9 +143,9 @@ pub(super) fn check_preview(
     dkim: Option<&DkimSigner>,
     force: bool,
 ) -> anyhow::Result<()> {
-    let findings = lint::check_issue(config, digest, dkim);
+    let (findings, refused) = lint::review(config, digest, dkim, force);
     print_findings(config, dkim, &findings);
-    if lint::gate(&findings, force).is_err() {
+    if refused.is_some() {
         let (errors, _) = lint::tally(&findings);
         return user_error(if errors > 0 {
             format!(

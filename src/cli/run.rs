@@ -1,40 +1,59 @@
 //! `verdicts run` (the scheduled daemon, with the web endpoint) and `verdicts serve` (the
-//! endpoint alone).
+//! endpoint alone). Both also send the queued signup confirmation mails.
 
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use super::runtime::{self, stopped};
-use crate::cli::LogFormat;
 use crate::config::Config;
 use crate::issue::{self, Dispatcher};
+use crate::signup::limits::Limits;
+use crate::signup::outbox::Outbox;
 use crate::store::lock::DaemonLock;
+use crate::web::signup::SignupService;
 use crate::web::{self, WebState};
 
-fn web_state(config: &Config) -> anyhow::Result<Arc<WebState>> {
+fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox)> {
     let key = issue::token_key(config)?;
     let conn = crate::store::open(&config.database_path())?;
-    Ok(Arc::new(WebState::new(
+    let wake = Arc::new(Notify::new());
+    let limits = Arc::new(Limits::new(&config.signup));
+    let outbox = Outbox::new(config, key.clone(), wake.clone(), limits.clone())?;
+    let state = WebState::new(
         conn,
         key,
         config.newsletter.name.clone(),
         config.schedule.slots.clone(),
-    )))
+    )
+    .with_signup(SignupService::new(config.signup.clone(), limits, wake));
+    Ok((Arc::new(state), outbox))
 }
 
-pub fn run(config: &Config, _log_format: LogFormat) -> anyhow::Result<()> {
+pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
     // Check everything that can be wrong before taking the lock and listening.
     crate::content::load_dir(&config.content_dir)?;
-    let dispatcher = Dispatcher::for_sending(config)?;
+    let dispatcher = Dispatcher::for_sending(config)?.allow_empty(allow_empty);
+    let path = config.database_path();
+    crate::store::quick_check(&crate::store::open(&path)?, &path)?;
+    raise_file_limit();
     let _daemon = DaemonLock::acquire(&config.state_dir)?;
-    let state = web_state(config)?;
+    let (state, outbox) = web_state(config)?;
     let mailbox = super::inbound::imap_mailbox(config)?;
     runtime::block_on_until_signal(None, |stop| async move {
-        let web = tokio::spawn(web::serve(config.web_listen, state, stopped(stop.clone())));
+        let mails = tokio::spawn(outbox.run(stop.clone()));
         // The hosted mailbox, when there is one, is polled beside the schedule.
         let imap = mailbox.map(|m| tokio::spawn(m.run(stop.clone())));
+        let (listen, limits, stop_web) = (config.web_listen, config.web.clone(), stop.clone());
+        let web =
+            tokio::spawn(
+                async move { web::serve(listen, &limits, state, stopped(stop_web)).await },
+            );
         let result = crate::daemon::run(dispatcher, stop).await;
         web.abort();
         let _ = web.await;
+        mails.abort();
+        let _ = mails.await;
         if let Some(imap) = imap {
             let _ = imap.await;
         }
@@ -42,9 +61,23 @@ pub fn run(config: &Config, _log_format: LogFormat) -> anyhow::Result<()> {
     })
 }
 
+/// Raises this process's open-file soft limit to its hard limit: each connection to the
+/// endpoint, each SMTP session and each database handle is a descriptor, and systemd's
+/// default soft limit (1,024) is low enough for idle connections to starve a send.
+fn raise_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 pub fn serve(config: &Config) -> anyhow::Result<()> {
-    let state = web_state(config)?;
+    let (state, outbox) = web_state(config)?;
+    raise_file_limit();
     runtime::block_on_until_signal(None, |stop| async move {
-        web::serve(config.web_listen, state, stopped(stop)).await
+        let mails = tokio::spawn(outbox.run(stop.clone()));
+        let result = web::serve(config.web_listen, &config.web, state, stopped(stop)).await;
+        let _ = mails.await;
+        result
     })
 }

@@ -2,6 +2,7 @@
 //! relative paths resolved against the file's own folder so the binary can run from anywhere.
 
 pub mod schedule;
+pub mod signup;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -11,6 +12,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use crate::config::schedule::SlotSchedule;
+use crate::config::signup::{RawSignup, SignupConfig};
 use crate::mail::address::SubscriberEmail;
 
 /// Where the configuration is looked for when neither `--config` nor `VERDICTS_CONFIG` is given.
@@ -51,6 +53,8 @@ struct RawConfig {
     dkim: Option<RawDkim>,
     #[serde(default)]
     inbound: Option<crate::inbound::config::RawInbound>,
+    #[serde(default)]
+    signup: RawSignup,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +125,27 @@ fn default_retry_base() -> String {
 #[serde(deny_unknown_fields)]
 struct RawWeb {
     listen: String,
+    #[serde(default = "default_header_timeout")]
+    header_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+}
+
+fn default_header_timeout() -> String {
+    "10s".into()
+}
+fn default_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_body_bytes() -> usize {
+    64 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,10 +195,12 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     pub smtp: SmtpConfig,
     pub web_listen: std::net::SocketAddr,
+    pub web: WebConfig,
     pub secret_env: String,
     pub dkim: Option<DkimConfig>,
     /// Where bounces and mailto unsubscribes come back, and the list-hygiene rules.
     pub inbound: crate::inbound::config::InboundConfig,
+    pub signup: SignupConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +240,20 @@ pub struct SmtpConfig {
     pub retry_base: Duration,
 }
 
+/// The endpoint's limits (`web:`); see [`crate::web::server`].
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// How long a client has to send a request's headers (and a kept-alive connection to
+    /// start its next request).
+    pub header_timeout: Duration,
+    /// How long a connection may move no bytes at all before it is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct DkimConfig {
     pub domain: String,
@@ -231,152 +272,197 @@ impl Config {
         Self::parse(path, &text)
     }
 
-    /// Parses config text as if it had been read from `path`.
+    /// Parses config text as if it had been read from `path`: YAML into the raw sections,
+    /// then each section checked and resolved on its own.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             line: e.location().map(|l| l.line()),
             message: e.to_string(),
         })?;
-        let invalid = |field: &'static str, reason: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            field,
-            reason,
-        };
-        let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_owned()
-            } else {
-                normalize(&base.join(p))
-            }
-        };
-
-        let from: lettre::message::Mailbox = raw.newsletter.from.parse().map_err(|e| {
-            invalid(
-                "newsletter.from",
-                format!("`{}` is not a mailbox: {e}", raw.newsletter.from),
-            )
-        })?;
-        SubscriberEmail::parse(from.email.as_ref())
-            .map_err(|e| invalid("newsletter.from", e.to_string()))?;
-        let base_url = raw.newsletter.base_url.trim_end_matches('/').to_owned();
-        if !(base_url.starts_with("https://") || base_url.starts_with("http://"))
-            || base_url.len() <= "https://".len()
-        {
-            return Err(invalid(
-                "newsletter.base_url",
-                format!("`{base_url}` must be an absolute http(s) URL"),
-            ));
-        }
-        if raw.newsletter.name.trim().is_empty() {
-            return Err(invalid("newsletter.name", "must not be empty".into()));
-        }
-        if raw.newsletter.postal_address.trim().is_empty() {
-            return Err(invalid(
-                "newsletter.postal_address",
-                "must not be empty (bulk mail must carry a postal address)".into(),
-            ));
-        }
-        let list_id = match raw.newsletter.list_id {
-            Some(id) => id,
-            None => format!("weekly.{}", from.email.domain()),
-        };
-
-        let tz = Tz::from_str(&raw.schedule.timezone).map_err(|_| {
-            invalid(
-                "schedule.timezone",
-                format!(
-                    "`{}` is not an IANA time zone (e.g. Europe/London)",
-                    raw.schedule.timezone
-                ),
-            )
-        })?;
-        let slots = SlotSchedule::new(&raw.schedule.cron, tz)
-            .map_err(|e| invalid("schedule.cron", e.to_string()))?;
-        let catch_up =
-            parse_duration(&raw.schedule.catch_up).map_err(|e| invalid("schedule.catch_up", e))?;
-
-        if raw.smtp.concurrency == 0 || raw.smtp.concurrency > 1000 {
-            return Err(invalid(
-                "smtp.concurrency",
-                format!("{} is out of range 1..=1000", raw.smtp.concurrency),
-            ));
-        }
-        if raw.smtp.max_attempts == 0 {
-            return Err(invalid("smtp.max_attempts", "must be at least 1".into()));
-        }
-        let timeout = parse_duration(&raw.smtp.timeout).map_err(|e| invalid("smtp.timeout", e))?;
-        let retry_base =
-            parse_duration(&raw.smtp.retry_base).map_err(|e| invalid("smtp.retry_base", e))?;
-        if raw.smtp.host.trim().is_empty() {
-            return Err(invalid("smtp.host", "must not be empty".into()));
-        }
-
-        let web_listen = raw.web.listen.parse().map_err(|_| {
-            invalid(
-                "web.listen",
-                format!("`{}` is not an address:port", raw.web.listen),
-            )
-        })?;
+        let check = Check { path };
         if raw.secret_env.trim().is_empty() {
-            return Err(invalid(
-                "secret_env",
-                "must name an environment variable".into(),
-            ));
+            return Err(check.invalid("secret_env", "must name an environment variable".into()));
         }
-
         let inbound = raw
             .inbound
             .unwrap_or_default()
             .validate()
-            .map_err(|(field, reason)| invalid(field, reason))?;
-
-        let dkim = raw.dkim.map(|d| DkimConfig {
-            domain: d.domain,
-            selector: d.selector,
-            key_file: resolve(&d.key_file),
-            algorithm: d.algorithm,
-        });
-
+            .map_err(|(field, reason)| check.invalid(field, reason))?;
+        let signup = SignupConfig::from_raw(raw.signup, |f, r| check.invalid(f, r))?;
         Ok(Config {
             path: path.to_owned(),
-            newsletter: Newsletter {
-                name: raw.newsletter.name,
-                from,
-                base_url,
-                postal_address: raw.newsletter.postal_address,
-                list_id,
-            },
-            content_dir: resolve(&raw.content_dir),
-            state_dir: resolve(&raw.state_dir),
-            schedule: ScheduleConfig {
-                slots,
-                catch_up,
-                on_empty: raw.schedule.on_empty,
-            },
-            smtp: SmtpConfig {
-                host: raw.smtp.host,
-                port: raw.smtp.port,
-                tls: raw.smtp.tls,
-                username: raw.smtp.username,
-                password_env: raw.smtp.password_env,
-                concurrency: raw.smtp.concurrency,
-                rate_per_second: raw.smtp.rate_per_second,
-                timeout,
-                max_attempts: raw.smtp.max_attempts,
-                retry_base,
-            },
-            web_listen,
+            newsletter: check.newsletter(raw.newsletter)?,
+            content_dir: check.resolve(&raw.content_dir),
+            state_dir: check.resolve(&raw.state_dir),
+            schedule: check.schedule(raw.schedule)?,
+            smtp: check.smtp(raw.smtp)?,
+            web_listen: check.web_listen(&raw.web.listen)?,
+            web: check.web(&raw.web)?,
             secret_env: raw.secret_env,
-            dkim,
+            dkim: raw.dkim.map(|d| DkimConfig {
+                domain: d.domain,
+                selector: d.selector,
+                key_file: check.resolve(&d.key_file),
+                algorithm: d.algorithm,
+            }),
             inbound,
+            signup,
         })
     }
 
     /// The SQLite ledger and subscriber list.
     pub fn database_path(&self) -> PathBuf {
         self.state_dir.join("verdicts.db")
+    }
+}
+
+/// Checks the raw sections of one config file; every error names the file and the field.
+struct Check<'p> {
+    path: &'p Path,
+}
+
+impl Check<'_> {
+    fn invalid(&self, field: &'static str, reason: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            field,
+            reason,
+        }
+    }
+
+    /// A path from the file, relative to the file's folder.
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            normalize(&self.path.parent().unwrap_or(Path::new(".")).join(p))
+        }
+    }
+
+    fn newsletter(&self, raw: RawNewsletter) -> Result<Newsletter, ConfigError> {
+        let from: lettre::message::Mailbox = raw.from.parse().map_err(|e| {
+            self.invalid(
+                "newsletter.from",
+                format!("`{}` is not a mailbox: {e}", raw.from),
+            )
+        })?;
+        SubscriberEmail::parse(from.email.as_ref())
+            .map_err(|e| self.invalid("newsletter.from", e.to_string()))?;
+        let base_url = raw.base_url.trim_end_matches('/').to_owned();
+        if !(base_url.starts_with("https://") || base_url.starts_with("http://"))
+            || base_url.len() <= "https://".len()
+        {
+            return Err(self.invalid(
+                "newsletter.base_url",
+                format!("`{base_url}` must be an absolute http(s) URL"),
+            ));
+        }
+        if raw.name.trim().is_empty() {
+            return Err(self.invalid("newsletter.name", "must not be empty".into()));
+        }
+        if raw.postal_address.trim().is_empty() {
+            return Err(self.invalid(
+                "newsletter.postal_address",
+                "must not be empty (bulk mail must carry a postal address)".into(),
+            ));
+        }
+        let list_id = match raw.list_id {
+            Some(id) => id,
+            None => format!("weekly.{}", from.email.domain()),
+        };
+        Ok(Newsletter {
+            name: raw.name,
+            from,
+            base_url,
+            postal_address: raw.postal_address,
+            list_id,
+        })
+    }
+
+    fn schedule(&self, raw: RawSchedule) -> Result<ScheduleConfig, ConfigError> {
+        let tz = Tz::from_str(&raw.timezone).map_err(|_| {
+            self.invalid(
+                "schedule.timezone",
+                format!(
+                    "`{}` is not an IANA time zone (e.g. Europe/London)",
+                    raw.timezone
+                ),
+            )
+        })?;
+        let slots = SlotSchedule::new(&raw.cron, tz)
+            .map_err(|e| self.invalid("schedule.cron", e.to_string()))?;
+        let catch_up =
+            parse_duration(&raw.catch_up).map_err(|e| self.invalid("schedule.catch_up", e))?;
+        Ok(ScheduleConfig {
+            slots,
+            catch_up,
+            on_empty: raw.on_empty,
+        })
+    }
+
+    fn smtp(&self, raw: RawSmtp) -> Result<SmtpConfig, ConfigError> {
+        if raw.concurrency == 0 || raw.concurrency > 1000 {
+            return Err(self.invalid(
+                "smtp.concurrency",
+                format!("{} is out of range 1..=1000", raw.concurrency),
+            ));
+        }
+        if raw.max_attempts == 0 {
+            return Err(self.invalid("smtp.max_attempts", "must be at least 1".into()));
+        }
+        if raw.host.trim().is_empty() {
+            return Err(self.invalid("smtp.host", "must not be empty".into()));
+        }
+        Ok(SmtpConfig {
+            timeout: parse_duration(&raw.timeout).map_err(|e| self.invalid("smtp.timeout", e))?,
+            retry_base: parse_duration(&raw.retry_base)
+                .map_err(|e| self.invalid("smtp.retry_base", e))?,
+            host: raw.host,
+            port: raw.port,
+            tls: raw.tls,
+            username: raw.username,
+            password_env: raw.password_env,
+            concurrency: raw.concurrency,
+            rate_per_second: raw.rate_per_second,
+            max_attempts: raw.max_attempts,
+        })
+    }
+
+    fn web(&self, raw: &RawWeb) -> Result<WebConfig, ConfigError> {
+        let header_timeout = parse_duration(&raw.header_timeout)
+            .map_err(|e| self.invalid("web.header_timeout", e))?;
+        let idle_timeout =
+            parse_duration(&raw.idle_timeout).map_err(|e| self.invalid("web.idle_timeout", e))?;
+        for (field, d) in [
+            ("web.header_timeout", header_timeout),
+            ("web.idle_timeout", idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(self.invalid(field, "must be longer than 0s".into()));
+            }
+        }
+        if raw.max_connections == 0 || raw.max_connections > 100_000 {
+            return Err(self.invalid(
+                "web.max_connections",
+                format!("{} is out of range 1..=100000", raw.max_connections),
+            ));
+        }
+        if raw.max_body_bytes == 0 {
+            return Err(self.invalid("web.max_body_bytes", "must be at least 1".into()));
+        }
+        Ok(WebConfig {
+            header_timeout,
+            idle_timeout,
+            max_connections: raw.max_connections,
+            max_body_bytes: raw.max_body_bytes,
+        })
+    }
+
+    fn web_listen(&self, listen: &str) -> Result<std::net::SocketAddr, ConfigError> {
+        listen
+            .parse()
+            .map_err(|_| self.invalid("web.listen", format!("`{listen}` is not an address:port")))
     }
 }
 

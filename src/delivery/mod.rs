@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::client::AsyncSmtpConnection;
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::extension::{ClientId, Extension};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
 mod breaker;
-mod smtp;
+pub(crate) mod smtp;
 mod writer;
 
 use breaker::Breaker;
@@ -33,6 +33,81 @@ use crate::store::{self, IssueNumber, SubscriberId};
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// Deliveries read from the ledger per query.
 const BATCH: usize = 512;
+
+/// Sends each recipient's copy over one SMTP session, outside any ledger (test copies):
+/// the same connection setup, address spelling and SMTP exchange as a delivery, with
+/// nothing recorded and nothing retried. One attempt per recipient, in order.
+pub async fn send_unrecorded(
+    smtp: &SmtpConfig,
+    password: Option<&str>,
+    messages: &IssueMessages,
+    recipients: &[Recipient],
+) -> Vec<Attempt> {
+    let hello = ClientId::default();
+    let mut conn: Option<AsyncSmtpConnection> = None;
+    let mut attempts = Vec::with_capacity(recipients.len());
+    for r in recipients {
+        if conn.as_ref().is_some_and(|c| c.has_broken()) {
+            conn = None;
+        }
+        if conn.is_none() {
+            match tokio::time::timeout(smtp.timeout, connect(smtp, &hello, password)).await {
+                Ok(Ok(c)) => conn = Some(c),
+                Ok(Err(reason)) => {
+                    attempts.push(Attempt::Connection(reason));
+                    continue;
+                }
+                Err(_) => {
+                    attempts.push(Attempt::Connection(format!(
+                        "no answer from {}:{} within {:?} while connecting",
+                        smtp.host, smtp.port, smtp.timeout
+                    )));
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let smtputf8 = c.server_info().supports_feature(Extension::SmtpUtfEight);
+        let message = match messages.build_for(r, smtputf8) {
+            Ok(m) => m,
+            Err(e) => {
+                attempts.push(Attempt::Permanent {
+                    reply: e.to_string(),
+                    user_unknown: false,
+                });
+                continue;
+            }
+        };
+        let bytes = message.formatted();
+        let attempt =
+            match transaction(c, message.envelope(), &bytes, &mut None, smtp.timeout).await {
+                Ok(resp) => Attempt::Sent(response_text(&resp)),
+                Err(TxError::Unsupported(reason)) => Attempt::Permanent {
+                    reply: reason,
+                    user_unknown: false,
+                },
+                Err(TxError::Smtp(stage, e)) => {
+                    conn = None;
+                    classify(stage, &e)
+                }
+                Err(TxError::Timeout) => {
+                    conn = None;
+                    Attempt::Connection(format!(
+                        "{}:{} stopped answering mid-transaction (no reply within {:?})",
+                        smtp.host, smtp.port, smtp.timeout
+                    ))
+                }
+                Err(TxError::Ledger | TxError::NotDue) => {
+                    unreachable!("an unrecorded send waits for no ledger mark")
+                }
+            };
+        attempts.push(attempt);
+    }
+    if let Some(mut c) = conn {
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.quit()).await;
+    }
+    attempts
+}
 
 /// Exponential backoff with ±50% jitter: `base * 2^(attempts-1)`, capped.
 pub fn backoff(base: Duration, attempts: u32) -> Duration {
@@ -114,6 +189,22 @@ impl Shared {
         self.breaker.lock().expect("breaker lock").tripped.is_some()
     }
 
+    /// The recipient's message in the form `smtputf8` allows, or why there is none.
+    async fn build(&self, r: &Recipient, smtputf8: bool) -> Result<lettre::Message, String> {
+        if self.messages.signs() {
+            // An RSA signature takes milliseconds: keep it off the async workers.
+            let (messages, r) = (self.messages.clone(), r.clone());
+            match tokio::task::spawn_blocking(move || messages.build_for(&r, smtputf8)).await {
+                Ok(built) => built.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("building the message failed: {e}")),
+            }
+        } else {
+            self.messages
+                .build_for(r, smtputf8)
+                .map_err(|e| e.to_string())
+        }
+    }
+
     /// One SMTP attempt, reusing the worker's connection when it is healthy. `durable`
     /// resolves once the delivery's `sending` mark is committed.
     async fn attempt(
@@ -123,32 +214,9 @@ impl Shared {
         durable: oneshot::Receiver<bool>,
     ) -> Attempt {
         let mut durable = Some(durable);
-        let built = if self.messages.signs() {
-            // An RSA signature takes milliseconds: keep it off the async workers.
-            let (messages, r) = (self.messages.clone(), r.clone());
-            match tokio::task::spawn_blocking(move || messages.build(&r)).await {
-                Ok(built) => built,
-                Err(e) => {
-                    return Attempt::Permanent {
-                        reply: format!("building the message failed: {e}"),
-                        user_unknown: false,
-                    }
-                }
-            }
-        } else {
-            self.messages.build(r)
-        };
-        let message = match built {
-            Ok(m) => m,
-            Err(e) => {
-                return Attempt::Permanent {
-                    reply: e.to_string(),
-                    user_unknown: false,
-                }
-            }
-        };
-        let bytes = message.formatted();
-        let envelope = message.envelope();
+        // Built once the server is known: whether it offers SMTPUTF8 decides how an
+        // international address is spelled (UTF-8, or its domain in punycode).
+        let mut built: Option<(bool, Vec<u8>, lettre::address::Envelope)> = None;
         // A reused connection may have been closed by the server while idle; that is not
         // the recipient's fault, so it gets one fresh connection before anything counts.
         for fresh_try in [false, true] {
@@ -174,7 +242,22 @@ impl Shared {
                 }
             }
             let c = conn.as_mut().expect("connected above");
-            let result = transaction(c, envelope, &bytes, &mut durable, self.smtp.timeout).await;
+            let smtputf8 = c.server_info().supports_feature(Extension::SmtpUtfEight);
+            if built.as_ref().is_none_or(|(utf8, _, _)| *utf8 != smtputf8) {
+                match self.build(r, smtputf8).await {
+                    Ok(message) => {
+                        built = Some((smtputf8, message.formatted(), message.envelope().clone()))
+                    }
+                    Err(reason) => {
+                        return Attempt::Permanent {
+                            reply: reason,
+                            user_unknown: false,
+                        }
+                    }
+                }
+            }
+            let (_, bytes, envelope) = built.as_ref().expect("built above");
+            let result = transaction(c, envelope, bytes, &mut durable, self.smtp.timeout).await;
             match result {
                 Ok(resp) => return Attempt::Sent(response_text(&resp)),
                 Err(TxError::Ledger) => return Attempt::LedgerGone,

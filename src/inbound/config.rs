@@ -202,7 +202,10 @@ mod tests {
     fn bad_values_name_their_field() {
         for (yaml, field) in [
             ("address: not-an-address\n", "inbound.address"),
-            ("hygiene: {hard_bounces: 0}\n", "inbound.hygiene.hard_bounces"),
+            (
+                "hygiene: {hard_bounces: 0}\n",
+                "inbound.hygiene.hard_bounces",
+            ),
             (
                 "hygiene: {soft_bounce_issues: 0}\n",
                 "inbound.hygiene.soft_bounce_issues",

@@ -10,9 +10,9 @@ use lettre::Message;
 
 use crate::config::Newsletter;
 use crate::digest::render::RenderedDigest;
-use crate::mail::address::SubscriberEmail;
+use crate::mail::address::{ascii_form, SubscriberEmail};
 use crate::mail::dkim::DkimSigner;
-use crate::mail::token::TokenKey;
+use crate::mail::token::{TokenKey, SAMPLE_EMAIL, SAMPLE_SUBSCRIBER_ID};
 use crate::mail::verp::{Purpose, Tag, VerpKey};
 use crate::store::{IssueNumber, SubscriberId};
 
@@ -30,6 +30,8 @@ pub enum MessageError {
     },
     #[error("`{0}` is not a deliverable address")]
     Address(String),
+    #[error(transparent)]
+    NeedsSmtpUtf8(#[from] crate::mail::address::AsciiFormError),
 }
 
 /// One text part, pre-encoded around the places the unsubscribe URL goes.
@@ -101,11 +103,11 @@ pub struct Recipient {
 }
 
 impl Recipient {
-    /// The stand-in reader of previews and lint checks.
+    /// The stand-in reader of previews, lint checks and test copies' links.
     pub fn sample() -> Recipient {
         Recipient {
-            subscriber_id: SubscriberId(0),
-            email: SubscriberEmail::parse("reader@example.com").expect("valid sample address"),
+            subscriber_id: SAMPLE_SUBSCRIBER_ID,
+            email: SubscriberEmail::parse(SAMPLE_EMAIL).expect("valid sample address"),
             name: Some("Sample Reader".into()),
         }
     }
@@ -130,6 +132,18 @@ pub struct IssueMessages {
     /// `inbound.address` and the key that tags it, when bounces are read back.
     verp: Option<(String, VerpKey)>,
     dkim: Option<DkimSigner>,
+    test: Option<TestCopy>,
+}
+
+/// How a test copy differs from a subscriber's: its links are the sample subscriber's
+/// (they work and change nothing), its Message-IDs are new on every run (a mailbox would
+/// hide a second copy with an ID it has seen), and unless `exact` its Subject says TEST.
+#[derive(Debug, Clone)]
+pub struct TestCopy {
+    /// Unique per test run, e.g. the time it started.
+    pub run: String,
+    /// Keep the Subject exactly as subscribers get it.
+    pub exact: bool,
 }
 
 impl IssueMessages {
@@ -154,6 +168,7 @@ impl IssueMessages {
             mailto,
             verp: None,
             dkim: None,
+            test: None,
         }
     }
 
@@ -181,6 +196,16 @@ impl IssueMessages {
         ))
     }
 
+    /// Builds test copies instead (see [`TestCopy`]); a recipient's `subscriber_id` is then
+    /// only its place in the run, used in the Message-ID.
+    pub fn as_test_copy(mut self, copy: TestCopy) -> Self {
+        if !copy.exact {
+            self.subject = format!("[TEST] {}", self.subject);
+        }
+        self.test = Some(copy);
+        self
+    }
+
     /// Signs every built message with `signer` (DKIM off when `None`).
     pub fn with_dkim(mut self, signer: Option<DkimSigner>) -> Self {
         self.dkim = signer;
@@ -198,16 +223,24 @@ impl IssueMessages {
 
     /// The recipient's one-click unsubscribe URL.
     pub fn unsubscribe_url(&self, r: &Recipient) -> String {
-        format!(
-            "{}/unsubscribe?token={}",
-            self.newsletter.base_url,
-            self.key.issue(r.subscriber_id, &r.email_norm())
-        )
+        let token = match self.test {
+            Some(_) => self.key.issue(SAMPLE_SUBSCRIBER_ID, SAMPLE_EMAIL),
+            None => self.key.issue(r.subscriber_id, &r.email_norm()),
+        };
+        format!("{}/unsubscribe?token={token}", self.newsletter.base_url)
     }
 
     /// The same for every send of this issue to this subscriber, so a copy re-sent after a
     /// crash is recognisably the same message.
     pub fn message_id(&self, subscriber_id: SubscriberId) -> String {
+        if let Some(test) = &self.test {
+            return format!(
+                "<verdicts.test.{}.{}.{subscriber_id}@{}>",
+                test.run,
+                self.issue_number,
+                self.newsletter.sender_domain()
+            );
+        }
         format!(
             "<verdicts.{}.{}.{}@{}>",
             self.slot.format("%Y%m%dT%H%MZ"),
@@ -217,8 +250,37 @@ impl IssueMessages {
         )
     }
 
-    /// The complete message for one recipient.
+    /// The complete message for one recipient, for a server that offers SMTPUTF8.
     pub fn build(&self, r: &Recipient) -> Result<Message, MessageError> {
+        self.build_for(r, true)
+    }
+
+    /// The complete message for one recipient. Without `smtputf8` the envelope and the
+    /// address headers carry international domains as punycode, and an address whose local
+    /// part is not ASCII is an error (no spelling of it reaches that mailbox).
+    pub fn build_for(&self, r: &Recipient, smtputf8: bool) -> Result<Message, MessageError> {
+        let (to_addr, from) = if smtputf8 {
+            (r.email.address().clone(), self.newsletter.from.clone())
+        } else {
+            let mut from = self.newsletter.from.clone();
+            from.email = ascii_form(&from.email)?;
+            (ascii_form(r.email.address())?, from)
+        };
+        // The envelope is given, not derived: lettre re-parses the To header for it, which
+        // fails on a quoted local part ("first last"@example.com). Its sender is the VERP
+        // address when bounces are read back, else the From address.
+        let sender = match self.envelope_sender(r.subscriber_id) {
+            Some(verp) => verp
+                .parse()
+                .map_err(|_| MessageError::Address(verp.clone()))?,
+            None => from.email.clone(),
+        };
+        let envelope = Envelope::new(Some(sender), vec![to_addr.clone()]).map_err(|source| {
+            MessageError::Build {
+                recipient: r.email.to_string(),
+                source,
+            }
+        })?;
         let url = self.unsubscribe_url(r);
         let text = SinglePart::builder().header(ContentType::TEXT_PLAIN).body(
             Body::dangerous_pre_encoded(
@@ -233,25 +295,15 @@ impl IssueMessages {
                     self.html.with_url(&url),
                     ContentTransferEncoding::QuotedPrintable,
                 ));
-        let to = Mailbox::new(r.name.clone(), r.email.address().clone());
+        let to = Mailbox::new(r.name.clone(), to_addr);
         let mailto = match self.tagged(r.subscriber_id, Purpose::Unsubscribe) {
             Some(address) => format!("mailto:{address}?subject=unsubscribe"),
             None => self.mailto.clone(),
         };
-        let mut builder = Message::builder();
-        if let Some(sender) = self.envelope_sender(r.subscriber_id) {
-            let envelope = sender
-                .parse()
-                .map_err(|_| MessageError::Address(sender.clone()))
-                .and_then(|from| {
-                    Envelope::new(Some(from), vec![r.email.address().clone()])
-                        .map_err(|_| MessageError::Address(r.email.to_string()))
-                })?;
-            builder = builder.envelope(envelope);
-        }
-        let mut message = builder
-            .from(self.newsletter.from.clone())
+        let mut message = Message::builder()
+            .from(from)
             .to(to)
+            .envelope(envelope)
             .subject(self.subject.clone())
             .date_now()
             .message_id(Some(self.message_id(r.subscriber_id)))

@@ -2,6 +2,7 @@
 //! ([`message`]), its DKIM signature ([`dkim`]) and the signed unsubscribe links ([`token`]).
 
 pub mod address;
+pub mod confirmation;
 pub mod dkim;
 pub mod message;
 pub mod token;

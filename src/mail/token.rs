@@ -8,7 +8,7 @@ use sha2::Sha256;
 
 use crate::store::SubscriberId;
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// The shortest secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -51,8 +51,13 @@ impl TokenKey {
         Ok(TokenKey(value.into_bytes()))
     }
 
+    /// A MAC keyed with this secret, for the other kinds of signed links.
+    pub(crate) fn keyed(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length")
+    }
+
     fn mac(&self, subscriber_id: SubscriberId, email_norm: &str) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac = self.keyed();
         mac.update(b"verdicts-unsubscribe-v1\0");
         mac.update(&subscriber_id.get().to_be_bytes());
         mac.update(email_norm.as_bytes());
@@ -84,6 +89,19 @@ impl TokenKey {
         self.mac(subscriber_id, email_norm)
             .verify_slice(&tag)
             .is_ok()
+    }
+}
+
+/// The sample subscriber of previews and test copies. SQLite numbers real subscribers from
+/// 1, so a link signed for id 0 verifies (the page works) but can unsubscribe nobody.
+pub const SAMPLE_SUBSCRIBER_ID: SubscriberId = SubscriberId(0);
+/// The sample subscriber's address, which its links are signed for.
+pub const SAMPLE_EMAIL: &str = "reader@example.com";
+
+impl TokenKey {
+    /// True for a genuine link of the sample subscriber (from a preview or a test copy).
+    pub fn is_sample(&self, token: &str) -> bool {
+        self.verify(token, SAMPLE_SUBSCRIBER_ID, SAMPLE_EMAIL)
     }
 }
 
@@ -119,5 +137,15 @@ mod tests {
         ));
         assert!(!key.verify(&t[..t.len() - 4], SubscriberId(7), "ada@example.com"));
         assert!(!key.verify("7", SubscriberId(7), "ada@example.com"));
+    }
+
+    #[test]
+    fn only_genuine_sample_links_are_samples() {
+        let key = TokenKey::new(b"0123456789abcdef0123");
+        assert!(key.is_sample(&key.issue(SAMPLE_SUBSCRIBER_ID, SAMPLE_EMAIL)));
+        assert!(!key.is_sample(&key.issue(SAMPLE_SUBSCRIBER_ID, "ada@example.com")));
+        assert!(!key.is_sample(&key.issue(SubscriberId(7), SAMPLE_EMAIL)));
+        let other = TokenKey::new(b"another key entirely!");
+        assert!(!key.is_sample(&other.issue(SAMPLE_SUBSCRIBER_ID, SAMPLE_EMAIL)));
     }
 }

@@ -4,38 +4,88 @@ use std::io::{self, Read, Write};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::subscribers::{now, StoreError, SubscriberStatus, UPDATE_SUBSCRIBER};
+use super::subscribers::{now, StoreError, SubscriberSource, SubscriberStatus, UPDATE_SUBSCRIBER};
 use crate::mail::address::{AddressError, SubscriberEmail, SubscriberName};
 use crate::store;
 
-/// The columns of the import and export CSV, in export order.
-pub const CSV_COLUMNS: [&str; 3] = ["email", "name", "status"];
+/// The columns of the import and export CSV, in export order: the list itself, then the
+/// consent record (how and when each subscriber signed up and confirmed).
+pub const CSV_COLUMNS: [&str; 7] = [
+    "email",
+    "name",
+    "status",
+    "source",
+    "signed_up_at",
+    "confirmed_at",
+    "signup_ip",
+];
 
-/// Writes every subscriber as CSV with the header `email,name,status`, in the order they
-/// joined, streaming. Returns how many were written.
-pub fn export_csv(conn: &Connection, out: impl Write) -> Result<u64, ExportError> {
+/// Whether a cell would be read as a formula by a spreadsheet (OWASP's CSV injection rule:
+/// it starts with `=`, `+`, `-` or `@`), or is an already quoted one, so that the quoting
+/// stays reversible.
+fn looks_like_formula(cell: &str) -> bool {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@') => true,
+        Some(b'\'') => looks_like_formula(&cell[1..]),
+        _ => false,
+    }
+}
+
+/// A cell made safe for spreadsheets: one that looks like a formula gets a leading `'`,
+/// which spreadsheets show as text. [`restore_cell`] undoes it exactly.
+pub fn neutralise_cell(cell: &str) -> std::borrow::Cow<'_, str> {
+    if looks_like_formula(cell) {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
+    }
+}
+
+/// The cell [`neutralise_cell`] was given.
+pub fn restore_cell(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if looks_like_formula(rest) => rest,
+        _ => cell,
+    }
+}
+
+/// Writes every subscriber as CSV with the header of [`CSV_COLUMNS`], in the order they
+/// joined, streaming, with formula-like cells neutralised (see [`neutralise_cell`]) unless
+/// `keep_formulas`. Returns how many were written.
+pub fn export_csv(
+    conn: &Connection,
+    out: impl Write,
+    keep_formulas: bool,
+) -> Result<u64, ExportError> {
+    let cell = |s: &'_ str| -> String {
+        if keep_formulas {
+            s.to_owned()
+        } else {
+            neutralise_cell(s).into_owned()
+        }
+    };
     let mut writer = csv::Writer::from_writer(out);
     writer.write_record(CSV_COLUMNS)?;
     let mut stmt = conn
-        .prepare("SELECT email, name, status FROM subscribers ORDER BY id")
+        .prepare(
+            "SELECT email, name, status, source, signed_up_at, confirmed_at, signup_ip
+             FROM subscribers ORDER BY id",
+        )
         .map_err(StoreError)?;
     let mut rows = stmt.query([]).map_err(StoreError)?;
     let mut written = 0;
     while let Some(row) = rows.next().map_err(StoreError)? {
+        let mut record: [String; CSV_COLUMNS.len()] = Default::default();
         // Stored values were validated on the way in; copy them out as they are.
-        let email = row
-            .get_ref(0)
-            .and_then(|v| Ok(v.as_str()?))
-            .map_err(StoreError)?;
-        let name = row
-            .get_ref(1)
-            .and_then(|v| Ok(v.as_str_or_null()?))
-            .map_err(StoreError)?;
-        let status = row
-            .get_ref(2)
-            .and_then(|v| Ok(v.as_str()?))
-            .map_err(StoreError)?;
-        writer.write_record([email, name.unwrap_or(""), status])?;
+        for (i, field) in record.iter_mut().enumerate() {
+            let value = row
+                .get_ref(i)
+                .and_then(|v| Ok(v.as_str_or_null()?))
+                .map_err(StoreError)?
+                .unwrap_or("");
+            *field = cell(value);
+        }
+        writer.write_record(&record)?;
         written += 1;
     }
     writer.flush()?;
@@ -150,6 +200,10 @@ struct Columns {
     email: usize,
     name: Option<usize>,
     status: Option<usize>,
+    source: Option<usize>,
+    signed_up_at: Option<usize>,
+    confirmed_at: Option<usize>,
+    signup_ip: Option<usize>,
 }
 
 impl Columns {
@@ -184,6 +238,10 @@ impl Columns {
             email,
             name: position("name")?,
             status: position("status")?,
+            source: position("source")?,
+            signed_up_at: position("signed_up_at")?,
+            confirmed_at: position("confirmed_at")?,
+            signup_ip: position("signup_ip")?,
         })
     }
 }
@@ -193,6 +251,11 @@ struct ImportRow {
     email: SubscriberEmail,
     name: Option<SubscriberName>,
     status: Option<SubscriberStatus>,
+    /// The consent record, as exported; used only when the row adds a subscriber.
+    source: Option<SubscriberSource>,
+    signed_up_at: Option<String>,
+    confirmed_at: Option<String>,
+    signup_ip: Option<String>,
 }
 
 impl ImportRow {
@@ -206,8 +269,10 @@ impl ImportRow {
                 columns.len
             ));
         }
+        // Cells an export neutralised for spreadsheets are read back as they were.
         let text = |idx: usize, column: &str| {
             std::str::from_utf8(&record[idx])
+                .map(restore_cell)
                 .map_err(|_| format!("the {column} is not valid UTF-8 text"))
         };
         let email = SubscriberEmail::parse(text(columns.email, "email")?).map_err(|e| match e {
@@ -225,10 +290,53 @@ impl ImportRow {
             },
             None => None,
         };
+        let optional = |idx: Option<usize>, column: &str| -> Result<Option<&str>, String> {
+            match idx {
+                Some(idx) => Ok(Some(text(idx, column)?.trim()).filter(|s| !s.is_empty())),
+                None => Ok(None),
+            }
+        };
+        let source = optional(columns.source, "source")?
+            .map(|s| {
+                SubscriberSource::parse(s).ok_or_else(|| {
+                    format!(
+                        "source `{}` is not one of cli, import, web, api",
+                        s.escape_debug()
+                    )
+                })
+            })
+            .transpose()?;
+        let time = |idx: Option<usize>, column: &str| -> Result<Option<String>, String> {
+            optional(idx, column)?
+                .map(|s| {
+                    store::parse_timestamp(s)
+                        .map(store::timestamp)
+                        .ok_or_else(|| {
+                            format!(
+                            "{column} `{}` is not an RFC 3339 time such as 2026-11-23T09:00:00Z",
+                            s.escape_debug()
+                        )
+                        })
+                })
+                .transpose()
+        };
+        let signed_up_at = time(columns.signed_up_at, "signed_up_at")?;
+        let confirmed_at = time(columns.confirmed_at, "confirmed_at")?;
+        let signup_ip = optional(columns.signup_ip, "signup_ip")?
+            .map(|s| {
+                s.parse::<std::net::IpAddr>()
+                    .map(|ip| ip.to_string())
+                    .map_err(|_| format!("signup_ip `{}` is not an IP address", s.escape_debug()))
+            })
+            .transpose()?;
         Ok(ImportRow {
             email,
             name,
             status,
+            source,
+            signed_up_at,
+            confirmed_at,
+            signup_ip,
         })
     }
 }
@@ -283,33 +391,9 @@ fn import_rows<R: Read>(
     on_reject: &mut impl FnMut(u64, &str),
 ) -> Result<ImportSummary, ImportError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // Which subscriber rows this import has already touched, and from which line: the
-    // duplicate check lives in SQLite so a million-row file needs no in-memory set.
-    tx.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS import_seen (
-             subscriber_id INTEGER PRIMARY KEY,
-             line INTEGER NOT NULL
-         );
-         DELETE FROM temp.import_seen;",
-    )?;
     let mut summary = ImportSummary::default();
     {
-        let mut find =
-            tx.prepare_cached("SELECT id, name, status FROM subscribers WHERE email_norm = ?1")?;
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO subscribers (email, email_norm, name, status, source, created_at,
-                                      updated_at, unsubscribed_at)
-             VALUES (?1, ?2, ?3, ?4, 'import', ?5, ?5, ?6)
-             ON CONFLICT (email_norm) DO NOTHING",
-        )?;
-        let mut update = tx.prepare_cached(UPDATE_SUBSCRIBER)?;
-        let mut seen_line =
-            tx.prepare_cached("SELECT line FROM temp.import_seen WHERE subscriber_id = ?1")?;
-        let mut mark_seen = tx
-            .prepare_cached("INSERT INTO temp.import_seen (subscriber_id, line) VALUES (?1, ?2)")?;
-
-        // One timestamp for the whole import: it is one transaction, it happens at once.
-        let stamp = store::timestamp(now());
+        let mut rows = RowWriter::prepare(&tx, options.resubscribe)?;
         let mut record = csv::ByteRecord::new();
         while reader.read_byte_record(&mut record)? {
             let line = record.position().map_or(0, |p| p.line());
@@ -324,62 +408,26 @@ fn import_rows<R: Read>(
                     continue;
                 }
             };
-            let norm = row.email.normalized();
-            let name = row.name.as_ref().map(SubscriberName::as_str);
-            // Inserting first costs one index lookup for a new address (the bulk of a
-            // first import); only a conflict needs the existing row read.
-            let status = row.status.unwrap_or(SubscriberStatus::Active);
-            let unsubscribed_at =
-                (status == SubscriberStatus::Unsubscribed).then_some(stamp.as_str());
-            let inserted = insert.execute(params![
-                row.email.as_str(),
-                norm,
-                name,
-                status,
-                stamp,
-                unsubscribed_at
-            ])?;
-            if inserted == 1 {
-                mark_seen.execute(params![tx.last_insert_rowid(), line])?;
-                summary.added += 1;
-                continue;
-            }
-            let (id, old_name, old_status) = find.query_row([&norm], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, SubscriberStatus>(2)?,
-                ))
-            })?;
-            if let Some(first) = seen_line
-                .query_row([id], |r| r.get::<_, i64>(0))
-                .optional()?
-            {
-                summary.rejected += 1;
-                on_reject(
-                    line,
-                    &format!("`{}` is a duplicate of line {first}", row.email),
-                );
-                continue;
-            }
-            mark_seen.execute(params![id, line])?;
-
-            let new_name = name.or(old_name.as_deref());
-            let new_status = match row.status {
-                None => old_status,
-                Some(SubscriberStatus::Active)
-                    if old_status != SubscriberStatus::Active && !options.resubscribe =>
-                {
-                    summary.kept_inactive += 1;
-                    old_status
+            match rows.apply(&row, line)? {
+                Applied::Added => summary.added += 1,
+                Applied::Existing {
+                    changed,
+                    kept_inactive,
+                } => {
+                    summary.kept_inactive += u64::from(kept_inactive);
+                    if changed {
+                        summary.updated += 1;
+                    } else {
+                        summary.unchanged += 1;
+                    }
                 }
-                Some(status) => status,
-            };
-            if new_name == old_name.as_deref() && new_status == old_status {
-                summary.unchanged += 1;
-            } else {
-                update.execute(params![id, new_name, new_status, stamp])?;
-                summary.updated += 1;
+                Applied::Duplicate { first } => {
+                    summary.rejected += 1;
+                    on_reject(
+                        line,
+                        &format!("`{}` is a duplicate of line {first}", row.email),
+                    );
+                }
             }
         }
         tx.execute_batch("DELETE FROM temp.import_seen")?;
@@ -393,20 +441,173 @@ fn import_rows<R: Read>(
     Ok(summary)
 }
 
+/// What one valid row did.
+enum Applied {
+    Added,
+    /// The address was listed: its row was `changed` or left alone; `kept_inactive` when the
+    /// row asked for `active` but the subscriber stays unsubscribed or bounced.
+    Existing {
+        changed: bool,
+        kept_inactive: bool,
+    },
+    /// The address already appeared on line `first` of this file.
+    Duplicate {
+        first: i64,
+    },
+}
+
+/// The statements an import runs for each row, prepared once inside its transaction.
+struct RowWriter<'tx> {
+    find: rusqlite::CachedStatement<'tx>,
+    insert: rusqlite::CachedStatement<'tx>,
+    update: rusqlite::CachedStatement<'tx>,
+    seen_line: rusqlite::CachedStatement<'tx>,
+    mark_seen: rusqlite::CachedStatement<'tx>,
+    last_id: Box<dyn Fn() -> i64 + 'tx>,
+    /// One timestamp for the whole import: it is one transaction, it happens at once.
+    stamp: String,
+    resubscribe: bool,
+}
+
+impl<'tx> RowWriter<'tx> {
+    fn prepare(tx: &'tx rusqlite::Transaction<'_>, resubscribe: bool) -> rusqlite::Result<Self> {
+        // Which subscriber rows this import has already touched, and from which line: the
+        // duplicate check lives in SQLite so a million-row file needs no in-memory set.
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS import_seen (
+                 subscriber_id INTEGER PRIMARY KEY,
+                 line INTEGER NOT NULL
+             );
+             DELETE FROM temp.import_seen;",
+        )?;
+        Ok(RowWriter {
+            find: tx
+                .prepare_cached("SELECT id, name, status FROM subscribers WHERE email_norm = ?1")?,
+            insert: tx.prepare_cached(
+                "INSERT INTO subscribers (email, email_norm, name, status, source, created_at,
+                                          updated_at, unsubscribed_at, signed_up_at, confirmed_at,
+                                          signup_ip)
+                 VALUES (?1, ?2, ?3, ?4, ?7, ?5, ?5, ?6, coalesce(?8, ?5), ?9, ?10)
+                 ON CONFLICT (email_norm) DO NOTHING",
+            )?,
+            update: tx.prepare_cached(UPDATE_SUBSCRIBER)?,
+            seen_line: tx
+                .prepare_cached("SELECT line FROM temp.import_seen WHERE subscriber_id = ?1")?,
+            mark_seen: tx.prepare_cached(
+                "INSERT INTO temp.import_seen (subscriber_id, line) VALUES (?1, ?2)",
+            )?,
+            last_id: Box::new(move || tx.last_insert_rowid()),
+            stamp: store::timestamp(now()),
+            resubscribe,
+        })
+    }
+
+    fn apply(&mut self, row: &ImportRow, line: u64) -> rusqlite::Result<Applied> {
+        let norm = row.email.normalized();
+        let name = row.name.as_ref().map(SubscriberName::as_str);
+        // Inserting first costs one index lookup for a new address (the bulk of a first
+        // import); only a conflict needs the existing row read.
+        let status = row.status.unwrap_or(SubscriberStatus::Active);
+        let unsubscribed_at =
+            (status == SubscriberStatus::Unsubscribed).then_some(self.stamp.as_str());
+        let inserted = self.insert.execute(params![
+            row.email.as_str(),
+            norm,
+            name,
+            status,
+            self.stamp,
+            unsubscribed_at,
+            row.source.unwrap_or(SubscriberSource::Import),
+            row.signed_up_at,
+            row.confirmed_at,
+            row.signup_ip,
+        ])?;
+        if inserted == 1 {
+            self.mark_seen.execute(params![(self.last_id)(), line])?;
+            return Ok(Applied::Added);
+        }
+        let (id, old_name, old_status) = self.find.query_row([&norm], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, SubscriberStatus>(2)?,
+            ))
+        })?;
+        if let Some(first) = self
+            .seen_line
+            .query_row([id], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            return Ok(Applied::Duplicate { first });
+        }
+        self.mark_seen.execute(params![id, line])?;
+        self.merge(id, name, old_name.as_deref(), row.status, old_status)
+    }
+
+    /// A listed address: the row's name (when given) and status, except that only
+    /// `--resubscribe` lets a row reactivate an unsubscribed or bounced subscriber.
+    fn merge(
+        &mut self,
+        id: i64,
+        name: Option<&str>,
+        old_name: Option<&str>,
+        status: Option<SubscriberStatus>,
+        old_status: SubscriberStatus,
+    ) -> rusqlite::Result<Applied> {
+        let new_name = name.or(old_name);
+        let mut kept_inactive = false;
+        let new_status = match status {
+            None => old_status,
+            Some(SubscriberStatus::Active)
+                if old_status != SubscriberStatus::Active && !self.resubscribe =>
+            {
+                kept_inactive = true;
+                old_status
+            }
+            Some(status) => status,
+        };
+        let changed = new_name != old_name || new_status != old_status;
+        if changed {
+            self.update
+                .execute(params![id, new_name, new_status, self.stamp])?;
+        }
+        Ok(Applied::Existing {
+            changed,
+            kept_inactive,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formula_cells_are_quoted_and_restored_exactly() {
+        for cell in [
+            "=HYPERLINK(\"http://x\")",
+            "+1",
+            "-2",
+            "@SUM(A1)",
+            "'=already quoted",
+            "''=twice",
+            "'plain",
+            "O'Brien",
+            "plain",
+            "",
+        ] {
+            let safe = neutralise_cell(cell);
+            assert!(
+                !matches!(safe.chars().next(), Some('=' | '+' | '-' | '@')),
+                "{safe}"
+            );
+            assert_eq!(restore_cell(&safe), cell);
+        }
+        assert_eq!(neutralise_cell("=1+1"), "'=1+1");
+        assert_eq!(neutralise_cell("O'Brien"), "O'Brien");
+    }
     use crate::store::subscribers::{add, find, SubscriberSource};
-
-    fn store() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = store::open(&dir.path().join("verdicts.db")).unwrap();
-        (dir, conn)
-    }
-
-    fn email(s: &str) -> SubscriberEmail {
-        SubscriberEmail::parse(s).unwrap()
-    }
+    use crate::store::testing::{email, store};
 
     fn import(
         conn: &mut Connection,
@@ -462,7 +663,7 @@ mod tests {
             rejected,
             [
                 "5: `new@EXAMPLE.com` is a duplicate of line 2",
-                "6: status `paused` is not one of active, unsubscribed, bounced"
+                "6: status `paused` is not one of active, pending, unsubscribed, bounced"
             ]
         );
         let old = find(&conn, &email("old@example.com")).unwrap().unwrap();

@@ -25,32 +25,17 @@ pub struct DaemonLock {
 impl DaemonLock {
     /// Refuses when another daemon runs on the same state folder.
     pub fn acquire(state_dir: &Path) -> anyhow::Result<DaemonLock> {
-        let file = lock_file(
-            state_dir,
-            "daemon.lock",
-            "running the daemon",
-            IfBusy::Refuse,
-        )?;
+        let file = lock_file(state_dir, "daemon.lock", "running the daemon")?;
         Ok(DaemonLock { _file: file })
     }
 }
 
-/// What to do when another process holds the lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IfBusy {
-    Wait,
-    Refuse,
-}
-
 impl SenderLock {
-    pub fn acquire(state_dir: &Path, if_busy: IfBusy) -> anyhow::Result<SenderLock> {
-        let file = lock_file(state_dir, "sender.lock", "sending", if_busy)?;
-        Ok(SenderLock { _file: file })
-    }
-
-    /// The lock if it is free now, `None` if another process holds it.
+    /// The lock if it is free now, `None` if another process holds it. Waiting for it is
+    /// the dispatcher's job (`issue::sender_lock`), so a stop request is noticed.
     pub fn try_acquire(state_dir: &Path) -> anyhow::Result<Option<SenderLock>> {
-        match Self::acquire(state_dir, IfBusy::Refuse) {
+        match lock_file(state_dir, "sender.lock", "sending").map(|file| SenderLock { _file: file })
+        {
             Ok(lock) => Ok(Some(lock)),
             Err(e) if e.is::<UserError>() => Ok(None),
             Err(e) => Err(e),
@@ -58,7 +43,7 @@ impl SenderLock {
     }
 }
 
-fn lock_file(state_dir: &Path, name: &str, doing: &str, if_busy: IfBusy) -> anyhow::Result<File> {
+fn lock_file(state_dir: &Path, name: &str, doing: &str) -> anyhow::Result<File> {
     {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create state folder {}", state_dir.display()))?;
@@ -81,20 +66,11 @@ fn lock_file(state_dir: &Path, name: &str, doing: &str, if_busy: IfBusy) -> anyh
                 } else {
                     format!("another verdicts process (pid {holder})")
                 };
-                match if_busy {
-                    IfBusy::Refuse => {
-                        return Err(UserError::new(format!(
-                        "{who} is already {doing} with {}; only one may use a database at a time",
-                        state_dir.display()
-                    ))
-                        .into())
-                    }
-                    IfBusy::Wait => {
-                        eprintln!("{who} is {doing} with this database; waiting for it to finish…");
-                        file.lock()
-                            .with_context(|| format!("cannot lock {}", path.display()))?;
-                    }
-                }
+                return Err(UserError::new(format!(
+                    "{who} is already {doing} with {}; only one may use a database at a time",
+                    state_dir.display()
+                ))
+                .into());
             }
             Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()))

@@ -2,22 +2,45 @@
 //! daemon and the CLI, whose schema is brought up to date by numbered migrations (the `.sql`
 //! files in `migrations/`) every time it is opened. The other stages call typed functions:
 //! [`subscribers`] (the list), [`csv`] (import and export), [`ledger`] (issues and
-//! deliveries) and [`lock`] (one daemon, one sender).
+//! deliveries) and [`lock`] (one daemon, one sender). Opening never creates a database:
+//! [`open`] needs an existing, intact one; [`create`] is the explicit act, and [`health`]
+//! checks a file before trusting it and copies it for backups.
 
 pub mod csv;
 pub mod events;
+pub mod health;
 pub mod ids;
 pub mod ledger;
 pub mod lock;
+pub mod signup;
 pub mod subscribers;
 
+pub use health::{backup, quick_check};
 pub use ids::{IssueNumber, SubscriberId};
+
+/// Shared by the store's unit tests: a fresh database in a temporary folder.
+#[cfg(test)]
+pub(crate) mod testing {
+    use rusqlite::Connection;
+
+    use crate::mail::address::SubscriberEmail;
+
+    pub fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = super::create(&dir.path().join("verdicts.db")).unwrap();
+        (dir, conn)
+    }
+
+    pub fn email(s: &str) -> SubscriberEmail {
+        SubscriberEmail::parse(s).unwrap()
+    }
+}
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 
 /// How long a connection waits for another process's write to finish before giving up.
 /// Generous, because a million-row import holds the write lock for several seconds and a
@@ -30,6 +53,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_subscribers.sql"),
     include_str!("migrations/002_ledger.sql"),
     include_str!("migrations/003_events.sql"),
+    include_str!("migrations/004_signup.sql"),
 ];
 
 /// The schema version this binary creates and understands.
@@ -39,7 +63,30 @@ pub fn schema_version() -> i64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot create the state folder {path}")]
+    #[error(
+        "the state folder {path} does not exist (state_dir in the config); if it is on a \
+         separate disk, mount it. A new installation starts with `verdicts init` or the first \
+         `verdicts subscribers add`/`import`"
+    )]
+    NoStateDir { path: PathBuf },
+    #[error(
+        "there is no state database at {path}; nothing was created. A new installation \
+         starts with `verdicts init` or the first `verdicts subscribers add`/`import`; an \
+         existing one restores its backup (see docs/operations.md)"
+    )]
+    Missing { path: PathBuf },
+    #[error(
+        "the state database {path} is {problem}, so it is not a verdicts database; nothing \
+         was written. Restore the latest backup (see docs/operations.md), or delete the file \
+         and run `verdicts init` for a new, empty list"
+    )]
+    NotADatabase { path: PathBuf, problem: String },
+    #[error(
+        "the state database {path} is damaged ({detail}); nothing was written. Stop the \
+         daemon and restore the latest backup (see docs/operations.md)"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("cannot create {path}")]
     CreateDir {
         path: PathBuf,
         source: std::io::Error,
@@ -77,31 +124,116 @@ pub enum DbError {
     },
 }
 
-/// Opens (creating if needed) the database at `path`, configures the connection for
-/// concurrent use and applies any pending migrations.
+impl DbError {
+    /// Nothing is where the config points (exit 1: the operator's to fix); the other
+    /// variants are a file that is there but broken, or a failure.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, DbError::NoStateDir { .. } | DbError::Missing { .. })
+    }
+}
+
+/// Opens the existing database at `path`: configures the connection for concurrent use and
+/// applies pending migrations. A missing state folder or file, or a file that is empty,
+/// truncated or not a verdicts database, is an error naming the path; nothing is created.
 pub fn open(path: &Path) -> Result<Connection, DbError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    health::check_file(path)?;
+    let conn = open_file(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    if user_version(&conn).map_err(|e| health::classify(path, e))? == 0 {
+        return Err(DbError::NotADatabase {
+            path: path.to_owned(),
+            problem: "a SQLite file without the verdicts schema".into(),
+        });
+    }
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+/// Whether [`create`] made a new database or opened the one that was there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    Existing,
+    Created,
+}
+
+/// Opens the database at `path`, creating it (and its folder) when there is none: the one
+/// way a database comes into being. An existing file must pass the same checks as [`open`].
+/// The caller announces a creation.
+///
+/// A new database is built and migrated under a temporary name, then linked into place
+/// only if nothing is there yet: another process never sees a half-made file at `path`,
+/// and of two processes creating at once, one wins and the other opens its database.
+pub fn create(path: &Path) -> Result<(Connection, Opened), DbError> {
+    if path.exists() {
+        return open(path).map(|c| (c, Opened::Existing));
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
         std::fs::create_dir_all(parent).map_err(|source| DbError::CreateDir {
             path: parent.to_owned(),
             source,
         })?;
     }
-    let open_err = |source| DbError::Open {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".new-{}", std::process::id()));
+    let fresh = path.with_file_name(name);
+    let remove_fresh = || {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = fresh.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    remove_fresh();
+    let built = open_file(
+        &fresh,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+    )
+    .and_then(|conn| migrate(&conn, path));
+    if let Err(e) = built {
+        remove_fresh();
+        return Err(e);
+    }
+    // The connection is closed: its WAL is checkpointed into the file and removed.
+    let linked = std::fs::hard_link(&fresh, path);
+    remove_fresh();
+    match linked {
+        Ok(()) => open(path).map(|c| (c, Opened::Created)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            open(path).map(|c| (c, Opened::Existing))
+        }
+        Err(source) => Err(DbError::CreateDir {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// An empty database in memory with the current schema: what the read-only commands show
+/// before any database exists.
+pub fn empty_in_memory() -> Result<Connection, DbError> {
+    let path = Path::new(":memory:");
+    let conn = Connection::open_in_memory().map_err(|source| DbError::Open {
         path: path.to_owned(),
         source,
-    };
-    let conn = Connection::open(path).map_err(open_err)?;
-    configure(&conn).map_err(open_err)?;
+    })?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+fn open_file(path: &Path, flags: OpenFlags) -> Result<Connection, DbError> {
+    let flags = flags | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| health::classify(path, e))?;
+    configure(&conn).map_err(|e| health::classify(path, e))?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(open_err)?;
+        .map_err(|e| health::classify(path, e))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(DbError::NoWal {
             path: path.to_owned(),
             mode,
         });
     }
-    migrate(&conn, path)?;
     Ok(conn)
 }
 
@@ -143,6 +275,27 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
     if check(user_version(conn).map_err(open_err)?)? == MIGRATIONS.len() {
         return Ok(());
     }
+    // A migration that rebuilds a table drops the old one, which with foreign keys on would
+    // cascade into every row that references it. SQLite's documented way is to switch them
+    // off outside the transaction, check them before committing, and switch them back on.
+    conn.pragma_update(None, "foreign_keys", "OFF")
+        .map_err(open_err)?;
+    let result = migrate_locked(conn, path, check);
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    result
+}
+
+fn migrate_locked(
+    conn: &Connection,
+    path: &Path,
+    check: impl Fn(i64) -> Result<usize, DbError>,
+) -> Result<(), DbError> {
+    let known = schema_version();
+    let open_err = |source| DbError::Open {
+        path: path.to_owned(),
+        source,
+    };
     // Another process may be migrating at the same moment: take the write lock, then look
     // again, so each migration runs exactly once.
     let tx = write_transaction(conn).map_err(open_err)?;
@@ -158,6 +311,22 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
         tx.pragma_update(None, "user_version", version)
             .map_err(migrate_err)?;
         tracing::debug!(version, path = %path.display(), "applied migration");
+    }
+    let dangling: Option<String> = tx
+        .query_row("PRAGMA foreign_key_check", [], |row| row.get(0))
+        .optional()
+        .map_err(open_err)?;
+    if let Some(table) = dangling {
+        return Err(DbError::Migrate {
+            path: path.to_owned(),
+            version: known,
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                Some(format!(
+                    "table {table} has rows whose references no longer resolve"
+                )),
+            ),
+        });
     }
     tx.commit().map_err(|source| DbError::Migrate {
         path: path.to_owned(),
@@ -211,7 +380,8 @@ mod tests {
     fn fresh_database_is_migrated_in_wal_mode_with_foreign_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/state/verdicts.db");
-        let conn = open(&path).unwrap();
+        let (conn, opened) = create(&path).unwrap();
+        assert_eq!(opened, Opened::Created);
         assert_eq!(user_version(&conn).unwrap(), schema_version());
         let mode: String = conn
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
@@ -231,8 +401,9 @@ mod tests {
     fn newer_schema_is_refused_naming_file_and_versions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("verdicts.db");
-        open(&path)
+        create(&path)
             .unwrap()
+            .0
             .pragma_update(None, "user_version", 99)
             .unwrap();
         let err = open(&path).unwrap_err().to_string();
@@ -245,13 +416,67 @@ mod tests {
     }
 
     #[test]
+    fn signup_migration_keeps_subscribers_and_their_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("verdicts.db");
+        {
+            // A database as the previous release left it.
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO subscribers (id, email, email_norm, status, source, created_at, updated_at)
+                 VALUES (7, 'a@example.com', 'a@example.com', 'active', 'cli',
+                         '2026-01-02T03:04:05Z', '2026-01-02T03:04:05Z');
+                 INSERT INTO issues (number, slot, window_after, cutoff, subject, preheader,
+                                     comparison_count, html_parts, text_parts, state, created_at)
+                 VALUES (1, 's', 'w', 'c', 'subj', 'pre', 1, '[]', '[]', 'complete', 'x');
+                 INSERT INTO deliveries (issue, subscriber_id, state) VALUES (1, 7, 'sent');",
+            )
+            .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let deliveries: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM deliveries WHERE subscriber_id = 7",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            deliveries, 1,
+            "the rebuild must not cascade into deliveries"
+        );
+        let signed_up: String = conn
+            .query_row(
+                "SELECT signed_up_at FROM subscribers WHERE id = 7",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(signed_up, "2026-01-02T03:04:05Z");
+        conn.execute(
+            "UPDATE subscribers SET status = 'pending', source = 'api' WHERE id = 7",
+            [],
+        )
+        .unwrap();
+        let fk: i64 = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1, "foreign keys are back on after migrating");
+    }
+
+    #[test]
     fn failed_write_transaction_rolls_back() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open(&dir.path().join("verdicts.db")).unwrap();
+        let (conn, _) = create(&dir.path().join("verdicts.db")).unwrap();
         let result: Result<(), rusqlite::Error> = in_write_transaction(&conn, |c| {
             c.execute(
-                "INSERT INTO subscribers (email, email_norm, status, source, created_at, updated_at)
-                 VALUES ('a@example.com', 'a@example.com', 'active', 'cli', 'x', 'x')",
+                "INSERT INTO subscribers
+                     (email, email_norm, status, source, created_at, updated_at, signed_up_at)
+                 VALUES ('a@example.com', 'a@example.com', 'active', 'cli', 'x', 'x', 'x')",
                 [],
             )?;
             c.execute(

@@ -3,90 +3,54 @@
 //! real HTTP client.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{fixture, http, wait_for_http, TempSite, TEST_SECRET};
-use crate::smtp::{closed_port, Behaviour, TestSmtp};
+use crate::common::{fixture, seed_subscribers, Process, TempSite, TestConfig};
+use crate::smtp::{Behaviour, TestSmtp};
 use mailparse::MailHeaderMap;
 use predicates::prelude::*;
 
-/// A site whose content is one comparison published an hour ago, with `n` subscribers,
-/// SMTP on `smtp_port`, the endpoint on `web_port`, and the given schedule lines.
-fn daemon_site(
-    n: usize,
-    smtp_port: u16,
-    web_port: u16,
-    schedule: &str,
-    smtp_extra: &str,
-) -> TempSite {
+/// A site whose content is one comparison published an hour ago, with `n` subscribers and
+/// `config` (SMTP, schedule).
+fn daemon_site(n: usize, config: TestConfig) -> TempSite {
     let site = TempSite::new();
     let published = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
     site.add_comparison(
         "fresh.md",
         &fixture("valid.md").replace("2026-11-17T12:00:00+00:00", &published),
     );
-    let config = crate::common::config_yaml(smtp_port, smtp_extra)
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{web_port}"))
-        .replace(
-            "schedule:\n  cron: \"0 0 9 * * Mon\"\n  timezone: Europe/London\n",
-            &format!("schedule:\n{schedule}"),
-        );
-    std::fs::write(site.config_path(), config).unwrap();
-    let mut csv = String::from("email\n");
-    for i in 0..n {
-        csv.push_str(&format!("reader{i}@example.com\n"));
-    }
-    std::fs::write(site.path().join("subs.csv"), csv).unwrap();
-    site.cmd()
-        .args(["subscribers", "import", "subs.csv"])
-        .assert()
-        .success();
+    site.configure(&config);
+    seed_subscribers(&site, n);
     site
 }
 
-fn start_daemon(site: &TempSite) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
-        .arg("run")
-        .current_dir(site.path())
-        .env("VERDICTS_CONFIG", site.config_path())
-        .env("VERDICTS_SECRET", TEST_SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// Every two seconds, in UTC.
+fn fast(smtp_port: u16) -> TestConfig {
+    TestConfig::default()
+        .smtp_port(smtp_port)
+        .schedule("*/2 * * * * *", "UTC")
 }
 
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -TERM failed");
+pub(crate) fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
 }
 
-/// Waits for the child to exit; returns its exit code and stderr.
-fn wait_exit(mut child: Child, limit: Duration) -> (Option<i32>, String) {
+fn wait_for_http(port: u16) {
     let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return (status.code(), err);
-        }
-        if started.elapsed() > limit {
-            child.kill().unwrap();
-            panic!("process did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    while http()
+        .get(&format!("http://127.0.0.1:{port}/healthz"))
+        .call()
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "endpoint never came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -115,16 +79,9 @@ fn message_ids(server: &TestSmtp) -> Vec<String> {
 #[test]
 fn every_slot_is_sent_exactly_once_and_sigterm_exits_cleanly() {
     let server = TestSmtp::start();
-    let web = closed_port();
-    let site = daemon_site(
-        4,
-        server.port(),
-        web,
-        "  cron: \"*/2 * * * * *\"\n  timezone: UTC\n  on_empty: send\n",
-        "",
-    );
-    let daemon = start_daemon(&site);
-    wait_for_http(web);
+    let site = daemon_site(4, fast(server.port()).schedule_key("on_empty", "send"));
+    let mut daemon = Process::start(&site, &["run"]);
+    wait_for_http(daemon.web_port());
 
     // A second daemon on the same database refuses to start.
     site.cmd()
@@ -138,8 +95,21 @@ fn every_slot_is_sent_exactly_once_and_sigterm_exits_cleanly() {
         server.wait_for(12, Duration::from_secs(30)) >= 12,
         "three slots' worth"
     );
-    sigterm(&daemon);
-    let (code, stderr) = wait_exit(daemon, Duration::from_secs(30));
+    // The last outcomes reach the ledger a moment after the server has the messages.
+    let started = Instant::now();
+    while count(
+        &site,
+        "SELECT count(*) FROM issues WHERE state = 'complete'",
+    ) < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "three issues complete"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.sigterm();
+    let (code, stderr) = daemon.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("daemon started"), "{stderr}");
     assert!(
@@ -184,21 +154,13 @@ fn every_slot_is_sent_exactly_once_and_sigterm_exits_cleanly() {
 fn kill_9_mid_send_then_restart_completes_the_slot() {
     const N: usize = 150;
     let server = TestSmtp::start_with(Behaviour::default().delay(Duration::from_millis(20)));
-    let web = closed_port();
-    let site = daemon_site(
-        N,
-        server.port(),
-        web,
-        "  cron: \"*/2 * * * * *\"\n  timezone: UTC\n",
-        "  concurrency: 2",
-    );
-    let mut daemon = start_daemon(&site);
+    let site = daemon_site(N, fast(server.port()).smtp("concurrency", 2));
+    let daemon = Process::start(&site, &["run"]);
     assert!(server.wait_for(30, Duration::from_secs(60)) >= 30);
-    daemon.kill().unwrap(); // SIGKILL
-    daemon.wait().unwrap();
+    daemon.kill(); // SIGKILL
     assert!(server.received().len() < N, "killed mid-send");
 
-    let daemon = start_daemon(&site);
+    let daemon = Process::start(&site, &["run"]);
     assert!(server.wait_for(N, Duration::from_secs(60)) >= N);
     // Give the ledger a moment to record the last outcomes, then stop.
     let started = Instant::now();
@@ -210,8 +172,8 @@ fn kill_9_mid_send_then_restart_completes_the_slot() {
         assert!(started.elapsed() < Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(100));
     }
-    sigterm(&daemon);
-    let (code, stderr) = wait_exit(daemon, Duration::from_secs(30));
+    daemon.sigterm();
+    let (code, stderr) = daemon.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("resuming an unfinished issue"), "{stderr}");
 
@@ -233,18 +195,11 @@ fn kill_9_mid_send_then_restart_completes_the_slot() {
 #[test]
 fn sigterm_mid_send_finishes_in_flight_and_leaves_nothing_sending() {
     let server = TestSmtp::start_with(Behaviour::default().delay(Duration::from_millis(40)));
-    let web = closed_port();
-    let site = daemon_site(
-        200,
-        server.port(),
-        web,
-        "  cron: \"*/2 * * * * *\"\n  timezone: UTC\n",
-        "  concurrency: 3",
-    );
-    let daemon = start_daemon(&site);
+    let site = daemon_site(200, fast(server.port()).smtp("concurrency", 3));
+    let daemon = Process::start(&site, &["run"]);
     assert!(server.wait_for(20, Duration::from_secs(60)) >= 20);
-    sigterm(&daemon);
-    let (code, stderr) = wait_exit(daemon, Duration::from_secs(30));
+    daemon.sigterm();
+    let (code, stderr) = daemon.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
         count(
@@ -268,16 +223,16 @@ fn sigterm_mid_send_finishes_in_flight_and_leaves_nothing_sending() {
 #[test]
 fn a_stale_missed_slot_is_named_and_not_sent() {
     let server = TestSmtp::start();
-    let web = closed_port();
     // Once a year on 1 January: the latest slot is months old (unless run that very morning).
     let site = daemon_site(
         2,
-        server.port(),
-        web,
-        "  cron: \"0 0 9 1 Jan *\"\n  timezone: UTC\n  catch_up: 6h\n",
-        "",
+        TestConfig::default()
+            .smtp_port(server.port())
+            .schedule("0 0 9 1 Jan *", "UTC")
+            .schedule_key("catch_up", "6h"),
     );
-    let daemon = start_daemon(&site);
+    let mut daemon = Process::start(&site, &["run"]);
+    let web = daemon.web_port();
     wait_for_http(web);
     let health = http()
         .get(&format!("http://127.0.0.1:{web}/healthz"))
@@ -288,8 +243,8 @@ fn a_stale_missed_slot_is_named_and_not_sent() {
         .unwrap();
     assert!(health.contains("\"status\":\"ok\""), "{health}");
     assert!(health.contains("-01-01T09:00:00Z"), "{health}");
-    sigterm(&daemon);
-    let (code, stderr) = wait_exit(daemon, Duration::from_secs(30));
+    daemon.sigterm();
+    let (code, stderr) = daemon.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0));
     assert!(
         stderr.contains("missed slot is older than schedule.catch_up")
@@ -303,14 +258,8 @@ fn a_stale_missed_slot_is_named_and_not_sent() {
 #[test]
 fn one_click_unsubscribe_from_a_sent_message() {
     let server = TestSmtp::start();
-    let web = closed_port();
     let site = TempSite::with_bundled_content();
-    std::fs::write(
-        site.config_path(),
-        crate::common::config_yaml(server.port(), "")
-            .replace("127.0.0.1:8080", &format!("127.0.0.1:{web}")),
-    )
-    .unwrap();
+    site.configure(&TestConfig::default().smtp_port(server.port()));
     for who in ["ada@example.com", "bob@example.com", "cy@example.com"] {
         site.cmd()
             .args(["subscribers", "add", who])
@@ -322,6 +271,9 @@ fn one_click_unsubscribe_from_a_sent_message() {
         .assert()
         .success();
 
+    let mut serve = Process::start(&site, &["serve"]);
+    let web = serve.web_port();
+    wait_for_http(web);
     // The https link of each message, pointed at the local endpoint.
     let links: HashMap<String, String> = server
         .received()
@@ -346,16 +298,6 @@ fn one_click_unsubscribe_from_a_sent_message() {
         })
         .collect();
 
-    let mut serve = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
-        .arg("serve")
-        .current_dir(site.path())
-        .env("VERDICTS_CONFIG", site.config_path())
-        .env("VERDICTS_SECRET", TEST_SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_http(web);
     let agent = http();
 
     // GET shows a confirmation page with a button, and changes nothing.
@@ -445,7 +387,7 @@ fn one_click_unsubscribe_from_a_sent_message() {
     assert_eq!(counts["bob@example.com"], 2);
     assert_eq!(counts["cy@example.com"], 2);
 
-    sigterm(&serve);
-    let status = serve.wait().unwrap();
-    assert!(status.success());
+    serve.sigterm();
+    let (code, log) = serve.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::common::{TempSite, TEST_SECRET};
+use crate::common::{seed_subscribers, TempSite, TestConfig, TEST_SECRET};
 use crate::smtp::{closed_port, Behaviour, Received, SilentServer, TestSmtp};
 use mailparse::MailHeaderMap;
 use predicates::prelude::*;
@@ -13,25 +13,15 @@ use verdicts::store::SubscriberId;
 
 const AT: &str = "2026-11-23T09:00:00Z";
 
-/// A site with the bundled content, `n` subscribers (reader{i}@example.com) and SMTP on `port`.
-fn site_with_subscribers(n: usize, port: u16, smtp_extra: &str) -> TempSite {
+/// A site with the bundled content, `n` subscribers (reader{i}@example.com) and `config`.
+fn site_with_subscribers(n: usize, config: TestConfig) -> TempSite {
     let site = TempSite::with_bundled_content();
-    site.write_config(port, smtp_extra);
-    let mut csv = String::from("email,name,status\n");
-    for i in 0..n {
-        csv.push_str(&format!("reader{i}@example.com,Reader {i},active\n"));
-    }
-    let file = site.path().join("subs.csv");
-    std::fs::write(&file, csv).unwrap();
-    site.cmd()
-        .args(["subscribers", "import"])
-        .arg(&file)
-        .assert()
-        .success();
+    site.configure(&config);
+    seed_subscribers(&site, n);
     site
 }
 
-fn send(site: &TempSite) -> assert_cmd::assert::Assert {
+pub(crate) fn send(site: &TempSite) -> assert_cmd::assert::Assert {
     site.cmd()
         .args(["send", "--at", AT, "--yes"])
         .timeout(Duration::from_secs(120))
@@ -57,7 +47,7 @@ fn deliveries(site: &TempSite) -> HashMap<String, (String, u32)> {
         .collect()
 }
 
-fn header(m: &Received, name: &str) -> String {
+pub(crate) fn header(m: &Received, name: &str) -> String {
     mailparse::parse_mail(&m.raw)
         .unwrap()
         .headers
@@ -65,14 +55,22 @@ fn header(m: &Received, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} header"))
 }
 
-fn fast_retries() -> &'static str {
-    "  timeout: 5s\n  retry_base: 50ms\n  max_attempts: 4"
+fn fast_retries(config: TestConfig) -> TestConfig {
+    config
+        .smtp("timeout", "5s")
+        .smtp("retry_base", "50ms")
+        .smtp("max_attempts", 4)
 }
 
 #[test]
 fn two_hundred_subscribers_each_get_exactly_one_correct_message() {
     let server = TestSmtp::start();
-    let site = site_with_subscribers(200, server.port(), "  concurrency: 8");
+    let site = site_with_subscribers(
+        200,
+        TestConfig::default()
+            .smtp_port(server.port())
+            .smtp("concurrency", "8"),
+    );
     send(&site)
         .success()
         .stdout(predicate::str::contains("Created issue 1"))
@@ -155,7 +153,7 @@ fn two_hundred_subscribers_each_get_exactly_one_correct_message() {
 #[test]
 fn a_second_send_for_a_completed_slot_sends_nothing() {
     let server = TestSmtp::start();
-    let site = site_with_subscribers(5, server.port(), "");
+    let site = site_with_subscribers(5, TestConfig::default().smtp_port(server.port()));
     send(&site).success();
     send(&site).success().stdout(predicate::str::contains(
         "was already sent (5 sent, 0 failed, 0 skipped). Nothing to send.",
@@ -169,7 +167,10 @@ fn temporary_failures_are_retried_until_sent() {
         .temp_fail("reader1@example.com", 2)
         .temp_fail("reader7@example.com", 1);
     let server = TestSmtp::start_with(behaviour);
-    let site = site_with_subscribers(10, server.port(), fast_retries());
+    let site = site_with_subscribers(
+        10,
+        fast_retries(TestConfig::default().smtp_port(server.port())),
+    );
     send(&site)
         .success()
         .stdout(predicate::str::contains("Totals: 10 sent, 0 failed"));
@@ -186,7 +187,10 @@ fn temporary_failures_are_retried_until_sent() {
 #[test]
 fn temporary_failures_give_up_after_max_attempts() {
     let server = TestSmtp::start_with(Behaviour::default().temp_fail("reader3@example.com", 100));
-    let site = site_with_subscribers(4, server.port(), fast_retries());
+    let site = site_with_subscribers(
+        4,
+        fast_retries(TestConfig::default().smtp_port(server.port())),
+    );
     send(&site)
         .success()
         .stdout(predicate::str::contains("Totals: 3 sent, 1 failed"));
@@ -212,7 +216,7 @@ fn user_unknown_bounces_and_retry_requeues_only_the_eligible() {
         .reject("reader8@example.com");
     let server = TestSmtp::start_with(behaviour);
     let port = server.port();
-    let site = site_with_subscribers(10, port, fast_retries());
+    let site = site_with_subscribers(10, fast_retries(TestConfig::default().smtp_port(port)));
     send(&site)
         .success()
         .stdout(predicate::str::contains("Totals: 7 sent, 3 failed"));
@@ -281,8 +285,11 @@ fn a_server_that_never_answers_does_not_hang_send() {
     let silent = SilentServer::start();
     let site = site_with_subscribers(
         6,
-        silent.port(),
-        "  concurrency: 2\n  timeout: 1s\n  retry_base: 50ms",
+        TestConfig::default()
+            .smtp_port(silent.port())
+            .smtp("concurrency", "2")
+            .smtp("timeout", "1s")
+            .smtp("retry_base", "50ms"),
     );
     let started = Instant::now();
     send(&site)
@@ -305,7 +312,12 @@ fn a_server_that_never_answers_does_not_hang_send() {
 #[test]
 fn server_down_at_start_then_back_completes_on_the_next_send() {
     let port = closed_port();
-    let site = site_with_subscribers(12, port, "  retry_base: 50ms");
+    let site = site_with_subscribers(
+        12,
+        TestConfig::default()
+            .smtp_port(port)
+            .smtp("retry_base", "50ms"),
+    );
     send(&site)
         .code(75)
         .stderr(predicate::str::contains("cannot connect"))
@@ -342,7 +354,12 @@ fn kill_9_mid_send_then_resume_misses_nobody() {
     const N: usize = 300;
     const CONCURRENCY: usize = 4;
     let server = TestSmtp::start_with(Behaviour::default().delay(Duration::from_millis(15)));
-    let site = site_with_subscribers(N, server.port(), &format!("  concurrency: {CONCURRENCY}"));
+    let site = site_with_subscribers(
+        N,
+        TestConfig::default()
+            .smtp_port(server.port())
+            .smtp("concurrency", CONCURRENCY),
+    );
 
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
         .args(["send", "--at", AT, "--yes"])
@@ -391,7 +408,7 @@ fn kill_9_mid_send_then_resume_misses_nobody() {
 #[test]
 fn send_refuses_without_a_signing_key() {
     let server = TestSmtp::start();
-    let site = site_with_subscribers(3, server.port(), "");
+    let site = site_with_subscribers(3, TestConfig::default().smtp_port(server.port()));
     site.cmd()
         .env_remove("VERDICTS_SECRET")
         .args(["send", "--at", AT, "--yes"])
@@ -408,7 +425,7 @@ fn send_refuses_without_a_signing_key() {
 #[test]
 fn send_without_yes_off_a_terminal_refuses_and_creates_nothing() {
     let server = TestSmtp::start();
-    let site = site_with_subscribers(3, server.port(), "");
+    let site = site_with_subscribers(3, TestConfig::default().smtp_port(server.port()));
     site.cmd()
         .args(["send", "--at", AT])
         .assert()
@@ -423,7 +440,7 @@ fn send_without_yes_off_a_terminal_refuses_and_creates_nothing() {
 
 #[test]
 fn dry_run_writes_each_exact_message_and_leaves_the_ledger_alone() {
-    let site = site_with_subscribers(3, closed_port(), "");
+    let site = site_with_subscribers(3, TestConfig::default().smtp_port(closed_port()));
     let out = site.path().join("dry");
     site.cmd()
         .args(["send", "--at", AT, "--dry-run", "--out"])
@@ -461,7 +478,7 @@ fn dry_run_writes_each_exact_message_and_leaves_the_ledger_alone() {
 #[test]
 fn a_comparison_is_never_in_two_issues() {
     let server = TestSmtp::start();
-    let site = site_with_subscribers(2, server.port(), "");
+    let site = site_with_subscribers(2, TestConfig::default().smtp_port(server.port()));
     send(&site).success();
     // The preview knows the week has gone out.
     site.cmd()
@@ -496,7 +513,13 @@ fn a_comparison_is_never_in_two_issues() {
 
 #[test]
 fn a_list_smaller_than_the_connection_count_also_pauses_when_the_server_is_down() {
-    let site = site_with_subscribers(2, closed_port(), "  concurrency: 8\n  retry_base: 50ms");
+    let site = site_with_subscribers(
+        2,
+        TestConfig::default()
+            .smtp_port(closed_port())
+            .smtp("concurrency", "8")
+            .smtp("retry_base", "50ms"),
+    );
     send(&site)
         .code(75)
         .stderr(predicate::str::contains("issue 1 paused"));
@@ -508,7 +531,10 @@ fn a_list_smaller_than_the_connection_count_also_pauses_when_the_server_is_down(
 #[test]
 fn a_relay_refusing_our_sender_pauses_instead_of_bouncing_everyone() {
     let server = TestSmtp::start_with(Behaviour::default().refuse_sender());
-    let site = site_with_subscribers(5, server.port(), fast_retries());
+    let site = site_with_subscribers(
+        5,
+        fast_retries(TestConfig::default().smtp_port(server.port())),
+    );
     send(&site)
         .code(75)
         .stderr(predicate::str::contains("issue 1 paused"))
@@ -527,7 +553,13 @@ fn a_relay_refusing_our_sender_pauses_instead_of_bouncing_everyone() {
 fn a_subscriber_who_leaves_mid_send_is_not_mailed() {
     let server = TestSmtp::start();
     // One connection at two messages a second: reader3's turn comes about 1.5 s in.
-    let site = site_with_subscribers(4, server.port(), "  concurrency: 1\n  rate_per_second: 2");
+    let site = site_with_subscribers(
+        4,
+        TestConfig::default()
+            .smtp_port(server.port())
+            .smtp("concurrency", "1")
+            .smtp("rate_per_second", "2"),
+    );
     let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
         .args(["send", "--at", AT, "--yes"])
         .current_dir(site.path())
