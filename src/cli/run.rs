@@ -42,13 +42,14 @@ pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
     let mailbox = super::inbound::imap_mailbox(config)?;
     runtime::block_on_until_signal(None, |stop| async move {
         let mails = tokio::spawn(outbox.run(stop.clone()));
+        // Listening first: a daemon whose unsubscribe links cannot be served must not start.
+        let listener = web::server::bind(config.web_listen).await?;
+        let (limits, stop_web) = (config.web.clone(), stop.clone());
+        let web = tokio::spawn(async move {
+            web::server::serve_on(listener, &limits, web::router(state), stopped(stop_web)).await
+        });
         // The hosted mailbox, when there is one, is polled beside the schedule.
         let imap = mailbox.map(|m| tokio::spawn(m.run(stop.clone())));
-        let (listen, limits, stop_web) = (config.web_listen, config.web.clone(), stop.clone());
-        let web =
-            tokio::spawn(
-                async move { web::serve(listen, &limits, state, stopped(stop_web)).await },
-            );
         let result = crate::daemon::run(dispatcher, stop).await;
         web.abort();
         let _ = web.await;

@@ -106,6 +106,22 @@ pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
                 .map_err(|e| UserError::new(format!("invalid name for {email}: {e}")))?;
         }
     }
+    if let SubscribersCommand::Import {
+        file,
+        dry_run: false,
+        skip_invalid,
+        resubscribe,
+    } = &cmd
+    {
+        if !config.database_path().exists() {
+            let options = ImportOptions {
+                dry_run: false,
+                skip_invalid: *skip_invalid,
+                resubscribe: *resubscribe,
+            };
+            return first_import(config, file, options);
+        }
+    }
     let mut conn = open_for(&cmd, config)?;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -191,6 +207,28 @@ fn open_for(cmd: &SubscribersCommand, config: &Config) -> anyhow::Result<Connect
     // Writing into a damaged file would bury the damage under new pages.
     store::quick_check(&writes, &path)?;
     Ok(writes)
+}
+
+/// An import that starts a list: it fills a new database that is put in place only when
+/// the import succeeds, so a refused file leaves no database behind.
+fn first_import(config: &Config, file: &Path, options: ImportOptions) -> anyhow::Result<()> {
+    let path = config.database_path();
+    let mut fresh = store::Fresh::build(&path)?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    run_import(fresh.conn(), &mut out, file, options)?;
+    match fresh.publish()? {
+        store::Opened::Created => {
+            out.flush()?;
+            eprintln!("Created a new state database at {}.", path.display());
+            Ok(())
+        }
+        store::Opened::Existing => Err(UserError::new(format!(
+            "another process created {} while this import ran; nothing was imported. Run the import again",
+            path.display()
+        ))
+        .into()),
+    }
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -158,54 +158,83 @@ pub enum Opened {
 /// Opens the database at `path`, creating it (and its folder) when there is none: the one
 /// way a database comes into being. An existing file must pass the same checks as [`open`].
 /// The caller announces a creation.
-///
-/// A new database is built and migrated under a temporary name, then linked into place
-/// only if nothing is there yet: another process never sees a half-made file at `path`,
-/// and of two processes creating at once, one wins and the other opens its database.
 pub fn create(path: &Path) -> Result<(Connection, Opened), DbError> {
     if path.exists() {
         return open(path).map(|c| (c, Opened::Existing));
     }
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(parent) = parent {
-        std::fs::create_dir_all(parent).map_err(|source| DbError::CreateDir {
-            path: parent.to_owned(),
-            source,
-        })?;
+    let opened = Fresh::build(path)?.publish()?;
+    open(path).map(|c| (c, opened))
+}
+
+/// A new database built and migrated under a temporary name beside `path`, put in place
+/// by [`Fresh::publish`] only if nothing is there yet: no other process ever sees a
+/// half-made file at `path`, and of two processes creating at once, one wins and the other
+/// uses its database. Dropped unpublished, it is deleted.
+pub struct Fresh {
+    conn: Option<Connection>,
+    temp: PathBuf,
+    path: PathBuf,
+}
+
+impl Fresh {
+    pub fn build(path: &Path) -> Result<Fresh, DbError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| DbError::CreateDir {
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        let mut name = std::ffi::OsString::from(".");
+        name.push(path.file_name().unwrap_or_default());
+        name.push(format!(".new-{}", std::process::id()));
+        let mut fresh = Fresh {
+            conn: None,
+            temp: path.with_file_name(name),
+            path: path.to_owned(),
+        };
+        fresh.remove_temp();
+        let conn = open_file(
+            &fresh.temp,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
+        migrate(&conn, path)?;
+        fresh.conn = Some(conn);
+        Ok(fresh)
     }
-    let mut name = std::ffi::OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(format!(".new-{}", std::process::id()));
-    let fresh = path.with_file_name(name);
-    let remove_fresh = || {
+
+    /// The new database, to fill before it is published.
+    pub fn conn(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("open until published")
+    }
+
+    /// Puts the database in place; `Existing` if another process created one first (this
+    /// one is then discarded).
+    pub fn publish(mut self) -> Result<Opened, DbError> {
+        // Closing checkpoints the WAL into the file and removes it: the file is complete.
+        drop(self.conn.take());
+        match std::fs::hard_link(&self.temp, &self.path) {
+            Ok(()) => Ok(Opened::Created),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Opened::Existing),
+            Err(source) => Err(DbError::CreateDir {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn remove_temp(&self) {
         for suffix in ["", "-wal", "-shm"] {
-            let mut p = fresh.clone().into_os_string();
+            let mut p = self.temp.clone().into_os_string();
             p.push(suffix);
             let _ = std::fs::remove_file(p);
         }
-    };
-    remove_fresh();
-    let built = open_file(
-        &fresh,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
-    )
-    .and_then(|conn| migrate(&conn, path));
-    if let Err(e) = built {
-        remove_fresh();
-        return Err(e);
     }
-    // The connection is closed: its WAL is checkpointed into the file and removed.
-    let linked = std::fs::hard_link(&fresh, path);
-    remove_fresh();
-    match linked {
-        Ok(()) => open(path).map(|c| (c, Opened::Created)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            open(path).map(|c| (c, Opened::Existing))
-        }
-        Err(source) => Err(DbError::CreateDir {
-            path: path.to_owned(),
-            source,
-        }),
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        drop(self.conn.take());
+        self.remove_temp();
     }
 }
 
