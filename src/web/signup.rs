@@ -224,10 +224,8 @@ async fn subscribe(State(state): State<Arc<WebState>>, req: Request) -> Response
         forwarded.as_deref(),
         &svc.config.trusted_proxies,
     );
-    if let Err(limited) = svc.limits.check_client(client) {
-        debug!(%client, "signup refused: client over its limit");
-        return too_many(kind, limited);
-    }
+    // The body is read before any refusal: answering with a request body left unread would
+    // close a kept-alive connection under the client's next request.
     let body: Bytes = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
@@ -241,6 +239,10 @@ async fn subscribe(State(state): State<Arc<WebState>>, req: Request) -> Response
             )
         }
     };
+    if let Err(limited) = svc.limits.check_client(client) {
+        debug!(%client, "signup refused: client over its limit");
+        return too_many(kind, limited);
+    }
     let fields: SignupFields = match kind {
         Kind::Json => serde_json::from_slice(&body).ok(),
         Kind::Form => serde_urlencoded::from_bytes(&body).ok(),

@@ -667,7 +667,7 @@ fn web_unsubscribes_count_by_channel_against_the_issue() {
 
     let mut serve = Process::start(&site, &["serve"]);
     let web = serve.web_port();
-    let agent = crate::daemon::http();
+    let agent = crate::common::http();
     let post = |url: &str| {
         agent
             .post(url)
