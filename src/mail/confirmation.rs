@@ -71,9 +71,8 @@ pub fn verify_token(
         .is_ok()
 }
 
-#[derive(Template)]
-#[template(path = "confirm.txt")]
-struct TextMail<'a> {
+/// What both parts of the confirmation mail show.
+struct MailView<'a> {
     newsletter_name: &'a str,
     confirm_url: &'a str,
     expires: &'a str,
@@ -82,13 +81,15 @@ struct TextMail<'a> {
 }
 
 #[derive(Template)]
+#[template(path = "confirm.txt")]
+struct TextMail<'a> {
+    m: &'a MailView<'a>,
+}
+
+#[derive(Template)]
 #[template(path = "confirm.html")]
 struct HtmlMail<'a> {
-    newsletter_name: &'a str,
-    confirm_url: &'a str,
-    expires: &'a str,
-    base_url: &'a str,
-    postal_address: &'a str,
+    m: &'a MailView<'a>,
 }
 
 /// One confirmation mail to build.
@@ -134,24 +135,15 @@ impl ConfirmationMail<'_> {
             recipient: self.email.to_string(),
             source: lettre::error::Error::Io(std::io::Error::other(e.to_string())),
         };
-        let text = TextMail {
+        let view = MailView {
             newsletter_name: &newsletter.name,
             confirm_url: &url,
             expires: &expires,
             base_url: &newsletter.base_url,
             postal_address: &newsletter.postal_address,
-        }
-        .render()
-        .map_err(render_err)?;
-        let html = HtmlMail {
-            newsletter_name: &newsletter.name,
-            confirm_url: &url,
-            expires: &expires,
-            base_url: &newsletter.base_url,
-            postal_address: &newsletter.postal_address,
-        }
-        .render()
-        .map_err(render_err)?;
+        };
+        let text = TextMail { m: &view }.render().map_err(render_err)?;
+        let html = HtmlMail { m: &view }.render().map_err(render_err)?;
         let to = Mailbox::new(
             self.name.map(|n| n.as_str().to_owned()),
             self.email.address().clone(),
@@ -194,5 +186,54 @@ mod tests {
         // An unsubscribe token for the same numbers is not a confirmation token.
         let unsub = key.issue(crate::store::SubscriberId(5), "ada@example.com");
         assert!(!verify_token(&key, &unsub, 5, exp, "ada@example.com"));
+    }
+
+    #[test]
+    fn the_mail_is_signed_transactional_and_links_to_the_confirm_page() {
+        let text = crate::config::Config::parse(
+            std::path::Path::new("config/newsletter.yaml"),
+            include_str!("../../config/newsletter.yaml"),
+        )
+        .unwrap();
+        let signer = DkimSigner::load(&crate::config::DkimConfig {
+            domain: "example.com".into(),
+            selector: "s1".into(),
+            key_file: concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/dkim/ed25519.pem"
+            )
+            .into(),
+            algorithm: crate::config::DkimAlgorithm::Ed25519,
+        })
+        .unwrap();
+        let key = TokenKey::new(b"0123456789abcdef0123");
+        let email = SubscriberEmail::parse("ada@example.com").unwrap();
+        let created = store::parse_timestamp("2026-11-23T09:00:00Z").unwrap();
+        let mail = ConfirmationMail {
+            id: 42,
+            email: &email,
+            name: None,
+            created_at: created,
+            expires_at: created + chrono::Duration::days(7),
+        };
+        let raw = String::from_utf8(
+            mail.build(&text.newsletter, &key, Some(&signer))
+                .unwrap()
+                .formatted(),
+        )
+        .unwrap();
+        assert!(raw.contains("DKIM-Signature: "), "{raw}");
+        assert!(raw.contains("Message-ID: <verdicts.confirm.20261123T090000Z.42@"));
+        assert!(!raw.contains("List-Unsubscribe"));
+        let url = mail.confirm_url(&text.newsletter, &key);
+        assert!(url.starts_with(&format!("{}/confirm?token=42.", text.newsletter.base_url)));
+        let token = url.split("token=").nth(1).unwrap();
+        assert!(verify_token(
+            &key,
+            token,
+            42,
+            mail.expires_at,
+            "ada@example.com"
+        ));
     }
 }

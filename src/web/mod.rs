@@ -1,7 +1,8 @@
 //! The unsubscribe endpoint: `GET /unsubscribe?token=…` shows a confirmation page,
 //! `POST /unsubscribe?token=…` (RFC 8058 one-click, or the page's button) unsubscribes,
 //! idempotently. Tokens are HMAC-signed; a forged or altered one is a 400 and changes nothing.
-//! `GET /healthz` reports ok and the next slot. [`server`] is the listener and its limits.
+//! `GET /healthz` reports ok and the next slot. The signup routes (`/subscribe`, `/confirm`)
+//! are in [`signup`]; [`server`] is the listener and its limits.
 
 pub mod server;
 

@@ -224,19 +224,25 @@ async fn subscribe(State(state): State<Arc<WebState>>, req: Request) -> Response
         forwarded.as_deref(),
         &svc.config.trusted_proxies,
     );
-    // The body is read before any refusal: answering with a request body left unread would
-    // close a kept-alive connection under the client's next request.
+    // The body is read (at most 8 KB) before any answer: a response that leaves the body
+    // unread makes the server close the connection, which a keep-alive client may be
+    // reusing at that very moment.
     let body: Bytes = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
-            return kind.error(
+            let mut response = kind.error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Too much data",
                 &format!(
                     "A signup is an address and a name; requests over {} KB are refused.",
                     MAX_BODY / 1024
                 ),
-            )
+            );
+            // The rest of the body is never read, so this connection cannot serve another.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
     };
     if let Err(limited) = svc.limits.check_client(client) {

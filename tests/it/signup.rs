@@ -32,8 +32,13 @@ struct Served {
 
 impl Served {
     fn start(site: &TempSite, port: u16) -> Served {
+        Self::start_command(site, port, "serve")
+    }
+
+    /// `verdicts run` (the daemon) or `verdicts serve`.
+    fn start_command(site: &TempSite, port: u16, command: &str) -> Served {
         let child = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
-            .arg("serve")
+            .arg(command)
             .current_dir(site.path())
             .env("VERDICTS_CONFIG", site.config_path())
             .env("VERDICTS_SECRET", TEST_SECRET)
@@ -270,6 +275,31 @@ fn a_visitor_signs_up_confirms_by_button_and_gets_the_next_issue() {
         .args(["subscribers", "export"])
         .assert()
         .stdout(contains("Reader@Example.com,New Reader,active,web,"));
+
+    // The consent record survives an export and an import into a fresh install.
+    let exported = site
+        .cmd()
+        .args(["subscribers", "export"])
+        .output()
+        .unwrap()
+        .stdout;
+    let fresh = TempSite::new();
+    std::fs::write(fresh.path().join("backup.csv"), &exported).unwrap();
+    fresh
+        .cmd()
+        .args(["subscribers", "import", "backup.csv"])
+        .assert()
+        .success();
+    let again = fresh
+        .cmd()
+        .args(["subscribers", "export"])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        String::from_utf8(again).unwrap(),
+        String::from_utf8(exported).unwrap()
+    );
 
     // The next issue goes to the new subscriber too.
     site.cmd()
@@ -548,7 +578,7 @@ fn one_client_and_one_address_hit_their_limits_and_get_429() {
                 .header("Content-Type", "application/x-www-form-urlencoded")
                 .header("X-Forwarded-For", &format!("198.51.100.{}", i % 250))
                 .send(&format!("email=bulk{i}%40example.com"))
-                .unwrap(),
+                .unwrap_or_else(|e| panic!("signup {i}: {e}")),
         );
         if a.status == 429 {
             let secs: u64 = a.retry_after.expect("Retry-After").parse().unwrap();
@@ -665,6 +695,43 @@ fn a_confirmation_queued_before_a_crash_is_sent_after_the_restart() {
         .query_row("SELECT mail_state FROM confirmations", [], |r| r.get(0))
         .unwrap();
     assert_eq!(state, "sent");
+}
+
+#[test]
+fn the_daemon_removes_signups_never_confirmed() {
+    let server = TestSmtp::start();
+    let web = closed_port();
+    let site = signup_site(server.port(), web, "");
+    site.cmd().args(["subscribers", "count"]).assert().success();
+    let conn = db(&site);
+    let days_ago = |d: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(d))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    for (email, status, signed_up) in [
+        ("stale@example.com", "pending", days_ago(8)),
+        ("fresh@example.com", "pending", days_ago(6)),
+        ("reader@example.com", "active", days_ago(30)),
+    ] {
+        conn.execute(
+            "INSERT INTO subscribers (email, email_norm, status, source, created_at, updated_at,
+                 signed_up_at) VALUES (?1, ?1, ?2, 'web', ?3, ?3, ?3)",
+            [email, status, &signed_up],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let _daemon = Served::start_command(&site, web, "run");
+    assert!(
+        wait_until(Duration::from_secs(20), || status_of(
+            &site,
+            "stale@example.com"
+        ) == "absent"),
+        "a pending signup older than expire_after (7 days) is removed"
+    );
+    assert_eq!(status_of(&site, "fresh@example.com"), "pending");
+    assert_eq!(status_of(&site, "reader@example.com"), "active");
 }
 
 #[test]
