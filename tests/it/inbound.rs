@@ -134,7 +134,7 @@ fn another_newsletters_secret_attributes_nothing() {
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::common::{fixture, http, wait_for_http, TempSite, TEST_SECRET};
+use crate::common::{fixture, Process, TempSite, TEST_SECRET};
 use crate::smtp::{Behaviour, Received, TestSmtp};
 use verdicts::mail::verp::Purpose;
 
@@ -661,14 +661,13 @@ fn one_click_url(message: &Received, web: u16) -> String {
 #[test]
 fn web_unsubscribes_count_by_channel_against_the_issue() {
     let server = TestSmtp::start();
-    let web = crate::smtp::closed_port();
     let site = inbound_site(server.port());
-    site.edit_config(|t| t.replace("127.0.0.1:8080", &format!("127.0.0.1:{web}")));
+    site.edit_config(|t| t.replace("127.0.0.1:8080", "127.0.0.1:0"));
     let week1 = send_week(&site, &server, 0);
 
-    let mut serve = site.spawn("serve");
-    wait_for_http(web);
-    let agent = http();
+    let mut serve = Process::start(&site, &["serve"]);
+    let web = serve.web_port();
+    let agent = crate::common::http();
     let post = |url: &str| {
         agent
             .post(url)
@@ -702,8 +701,7 @@ fn web_unsubscribes_count_by_channel_against_the_issue() {
     assert_eq!(post(&format!("http://127.0.0.1:{web}{action}")), 200);
     // Again: already unsubscribed, nothing more recorded.
     assert_eq!(post(&format!("http://127.0.0.1:{web}{action}")), 200);
-    serve.kill().unwrap();
-    serve.wait().unwrap();
+    serve.kill();
 
     let show = site.cmd().args(["issues", "show", "1"]).assert().success();
     let show = String::from_utf8(show.get_output().stdout.clone()).unwrap();
@@ -722,9 +720,8 @@ use crate::dovecot::{Dovecot, Mailbox};
 /// mailbox password is the newsletter secret, so the test needs one variable only.
 fn imap_site(smtp: u16, dovecot: &Dovecot) -> TempSite {
     let site = inbound_site(smtp);
-    let web = crate::smtp::closed_port();
     site.edit_config(|t| {
-        t.replace("127.0.0.1:8080", &format!("127.0.0.1:{web}"))
+        t.replace("127.0.0.1:8080", "127.0.0.1:0")
             + &format!(
                 "  imap:\n    host: 127.0.0.1\n    port: {}\n    tls: none\n    username: {}\n    password_env: VERDICTS_SECRET\n    poll: 1s\n",
                 dovecot.port,
@@ -745,25 +742,27 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn stop(mut daemon: std::process::Child) {
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    daemon.wait().unwrap();
+fn stop(daemon: Process) {
+    daemon.sigterm();
+    let (code, log) = daemon.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{log}");
 }
 
-#[test]
-fn the_daemon_reads_a_hosted_mailbox_once_and_files_what_it_read() {
-    let Some(dovecot) = Dovecot::start(TEST_SECRET) else {
-        return;
-    };
+/// A Dovecot, its mailbox, and an inbound site that sent week 1 and reads that mailbox.
+fn imap_setup() -> Option<(Dovecot, Mailbox, TestSmtp, TempSite, Vec<Received>)> {
+    let dovecot = Dovecot::start(TEST_SECRET)?;
     let mailbox = Mailbox::new(&dovecot, TEST_SECRET);
     let server = TestSmtp::start();
     let site = imap_site(server.port(), &dovecot);
     let week1 = send_week(&site, &server, 0);
+    Some((dovecot, mailbox, server, site, week1))
+}
+
+#[test]
+fn the_daemon_reads_a_hosted_mailbox_once_and_files_what_it_read() {
+    let Some((_dovecot, mailbox, _smtp, site, week1)) = imap_setup() else {
+        return;
+    };
     let dead = to(&week1, "dead@example.net");
     let bounce = dsn(&dead.mail_from, "dead@example.net", "failed", "5.1.1");
     mailbox.append("INBOX", bounce.as_bytes());
@@ -773,7 +772,7 @@ fn the_daemon_reads_a_hosted_mailbox_once_and_files_what_it_read() {
         fixture("inbound/outlook-out-of-office.eml").as_bytes(),
     );
 
-    let daemon = site.spawn("run");
+    let daemon = Process::start(&site, &["run"]);
     wait_until("the three messages moving to Processed", || {
         mailbox.count("Processed") == 3
     });
@@ -787,7 +786,7 @@ fn the_daemon_reads_a_hosted_mailbox_once_and_files_what_it_read() {
 
     // After a restart, what was filed stays filed and unread; the same bounce arriving
     // again is moved without changing anything.
-    let daemon = site.spawn("run");
+    let daemon = Process::start(&site, &["run"]);
     mailbox.append("INBOX", bounce.as_bytes());
     wait_until("the repeated bounce moving to Processed", || {
         mailbox.count("Processed") == 4
@@ -799,13 +798,9 @@ fn the_daemon_reads_a_hosted_mailbox_once_and_files_what_it_read() {
 
 #[test]
 fn a_database_failure_leaves_the_message_in_the_mailbox() {
-    let Some(dovecot) = Dovecot::start(TEST_SECRET) else {
+    let Some((_dovecot, mailbox, _smtp, site, week1)) = imap_setup() else {
         return;
     };
-    let mailbox = Mailbox::new(&dovecot, TEST_SECRET);
-    let server = TestSmtp::start();
-    let site = imap_site(server.port(), &dovecot);
-    let week1 = send_week(&site, &server, 0);
     let dead = to(&week1, "dead@example.net");
     mailbox.append(
         "INBOX",
