@@ -97,6 +97,10 @@ struct RawSmtp {
     max_attempts: u32,
     #[serde(default = "default_retry_base")]
     retry_base: String,
+    #[serde(default = "default_give_up_after")]
+    give_up_after: String,
+    #[serde(default = "default_pause_max")]
+    pause_max: String,
 }
 
 fn default_password_env() -> String {
@@ -113,6 +117,12 @@ fn default_max_attempts() -> u32 {
 }
 fn default_retry_base() -> String {
     "2s".into()
+}
+fn default_give_up_after() -> String {
+    "72h".into()
+}
+fn default_pause_max() -> String {
+    "15m".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -207,6 +217,11 @@ pub struct SmtpConfig {
     pub timeout: Duration,
     pub max_attempts: u32,
     pub retry_base: Duration,
+    /// How long after its creation an issue keeps retrying temporary failures (see
+    /// docs/delivery-faults.md).
+    pub give_up_after: Duration,
+    /// The longest wait before the daemon resumes a paused issue.
+    pub pause_max: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -305,6 +320,13 @@ impl Config {
         let timeout = parse_duration(&raw.smtp.timeout).map_err(|e| invalid("smtp.timeout", e))?;
         let retry_base =
             parse_duration(&raw.smtp.retry_base).map_err(|e| invalid("smtp.retry_base", e))?;
+        let give_up_after = parse_duration(&raw.smtp.give_up_after)
+            .map_err(|e| invalid("smtp.give_up_after", e))?;
+        let pause_max =
+            parse_duration(&raw.smtp.pause_max).map_err(|e| invalid("smtp.pause_max", e))?;
+        if pause_max.is_zero() {
+            return Err(invalid("smtp.pause_max", "must be longer than 0s".into()));
+        }
         if raw.smtp.host.trim().is_empty() {
             return Err(invalid("smtp.host", "must not be empty".into()));
         }
@@ -356,6 +378,8 @@ impl Config {
                 timeout,
                 max_attempts: raw.smtp.max_attempts,
                 retry_base,
+                give_up_after,
+                pause_max,
             },
             web_listen,
             secret_env: raw.secret_env,

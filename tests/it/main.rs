@@ -11,6 +11,7 @@ mod daemon;
 mod deliverability;
 mod delivery;
 mod docs;
+mod faults;
 mod render;
 mod smtp_harness;
 mod subscribers;
