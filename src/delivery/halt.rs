@@ -130,13 +130,19 @@ pub(super) async fn unless_failed<T>(
 
 /// A run's heartbeat: every finished attempt (and every dispatched one) beats it, and the
 /// dispatcher says what it is waiting for.
-#[derive(Default)]
 pub(super) struct Progress {
     beats: AtomicU64,
     waiting_for: Mutex<String>,
 }
 
 impl Progress {
+    pub(super) fn new(waiting_for: &str) -> Self {
+        Progress {
+            beats: AtomicU64::new(0),
+            waiting_for: Mutex::new(waiting_for.to_owned()),
+        }
+    }
+
     pub(super) fn beat(&self) {
         self.beats.fetch_add(1, Ordering::Relaxed);
     }

@@ -125,7 +125,9 @@ pub(super) fn spawn<T: Transport>(
         // pass with nothing but such failures also trips it, so a small list pauses too.
         breaker: Mutex::new(Breaker::new(concurrency.max(3))),
         fault,
-        progress: Arc::new(Progress::default()),
+        progress: Arc::new(Progress::new(
+            "the first deliveries to be read from the ledger",
+        )),
         stop: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
         sent: AtomicU64::new(0),
@@ -241,6 +243,11 @@ impl<T: Transport> Run<T> {
             if batch.is_empty() {
                 return Ok(Pass::Done);
             }
+            self.engine.progress.waiting_for(format!(
+                "a free connection: all {} exchanges with {} are in flight",
+                self.concurrency,
+                self.engine.transport.describe()
+            ));
             for d in batch {
                 self.cursor = d.subscriber_id;
                 if !d.active {
@@ -258,11 +265,6 @@ impl<T: Transport> Run<T> {
                         continue;
                     }
                 };
-                self.engine.progress.waiting_for(format!(
-                    "a free connection: all {} exchanges with {} are in flight",
-                    self.concurrency,
-                    self.engine.transport.describe()
-                ));
                 let permits = self.permits.clone();
                 let permit = self
                     .wait(permits.acquire_owned())

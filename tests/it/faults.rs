@@ -307,3 +307,58 @@ fn a_disk_filling_mid_send_stops_it_with_the_cause_and_the_resume_misses_nobody(
     let twice = counts.values().filter(|&&n| n > 1).count();
     assert!(twice <= 2, "{twice} got two copies");
 }
+
+#[test]
+fn the_daemon_resumes_a_throttled_issue_by_itself_once_the_relay_lifts() {
+    let server = TestSmtp::start_with(Behaviour::default().every_rcpt(GMAIL_THROTTLE));
+    let site = site_with_subscribers(
+        10,
+        server.port(),
+        "  retry_base: 50ms\n  max_attempts: 3\n  pause_max: 1s",
+    );
+    let web = crate::smtp::closed_port();
+    site.edit_config(|c| c.replace("127.0.0.1:8080", &format!("127.0.0.1:{web}")));
+    send(&site).code(75);
+    let tried = server.rcpt_attempts().values().sum::<usize>();
+
+    let log = site.path().join("daemon.log");
+    let mut daemon = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
+        .arg("run")
+        .current_dir(site.path())
+        .env("VERDICTS_CONFIG", site.config_path())
+        .env("VERDICTS_SECRET", TEST_SECRET)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Still throttled: the daemon tries again on its own, pauses again, sends nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.rcpt_attempts().values().sum::<usize>() <= tried {
+        assert!(Instant::now() < deadline, "the daemon never retried");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(server.received().is_empty());
+
+    server.lift();
+    let delivered = server.wait_for(10, Duration::from_secs(30));
+    let complete = (0..100).any(|_| {
+        let out = site.cmd().arg("issues").output().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        String::from_utf8_lossy(&out.stdout).contains("complete")
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(delivered, 10, "{logged}");
+    assert!(complete, "{logged}");
+    assert!(
+        logged.contains("issue paused; resuming it later"),
+        "{logged}"
+    );
+    assert!(server.count_by_recipient().values().all(|&n| n == 1));
+    let d = deliveries(&site.path().join("state/verdicts.db"));
+    assert!(d.values().all(|(s, _, _)| s == "sent"), "{d:?}");
+}
