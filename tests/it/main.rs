@@ -14,6 +14,7 @@ mod deliverability;
 mod delivery;
 mod digest_browser;
 mod docs;
+mod faults;
 mod inbound;
 mod render;
 mod smtp_harness;
