@@ -19,7 +19,10 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{SmtpConfig, TlsMode};
 use crate::db;
+use crate::delivery::build_pool::BuildPool;
+use crate::delivery::data::DataContent;
 use crate::ledger::{self, DeliveryCounts, IssueState, Outcome};
+use crate::mail::outgoing::OutgoingMessage;
 use crate::message::{IssueMessages, Recipient};
 
 /// Longest wait before a retry, whatever the attempt number.
@@ -74,8 +77,7 @@ enum TxError {
 /// has accepted. The wait for the ledger is not charged to the server's timeout.
 async fn transaction(
     conn: &mut AsyncSmtpConnection,
-    envelope: &lettre::address::Envelope,
-    body: &[u8],
+    message: &OutgoingMessage,
     durable: &mut Option<oneshot::Receiver<bool>>,
     timeout: Duration,
 ) -> Result<lettre::transport::smtp::response::Response, TxError> {
@@ -89,6 +91,7 @@ async fn transaction(
             Err(_) => Err(TxError::Timeout),
         }
     }
+    let envelope = message.envelope();
     let mut params = Vec::new();
     let non_ascii = envelope
         .to()
@@ -103,7 +106,7 @@ async fn transaction(
         }
         params.push(MailParameter::SmtpUtfEight);
     }
-    if !body.is_ascii() {
+    if !message.is_ascii() {
         if !conn.server_info().supports_feature(Extension::EightBitMime) {
             return Err(TxError::Unsupported(
                 "the message is not 7-bit and the server does not offer 8BITMIME".into(),
@@ -133,7 +136,13 @@ async fn transaction(
             Err(_) => return Err(TxError::Ledger),
         }
     }
-    step(Stage::Message, timeout, conn.message(body)).await
+    // One write of the dot-stuffed content and its terminator (see `DataContent`).
+    step(
+        Stage::Message,
+        timeout,
+        conn.command(DataContent::new(message)),
+    )
+    .await
 }
 
 /// True for 550/551/553 replies that say the mailbox does not exist (RFC 3463 5.1.x, or
@@ -415,6 +424,8 @@ struct Job {
 
 struct Shared {
     messages: Arc<IssueMessages>,
+    /// Where signed messages are built (signing is CPU work; building alone is not).
+    builders: Option<BuildPool>,
     smtp: SmtpConfig,
     password: Option<String>,
     hello: ClientId,
@@ -444,14 +455,14 @@ impl Shared {
         durable: oneshot::Receiver<bool>,
     ) -> Attempt {
         let mut durable = Some(durable);
-        let built = if self.messages.signs() {
-            // An RSA signature takes milliseconds: keep it off the async workers.
+        let built = if let Some(pool) = &self.builders {
+            // A signature costs up to a millisecond: keep it off the async workers.
             let (messages, r) = (self.messages.clone(), r.clone());
-            match tokio::task::spawn_blocking(move || messages.build(&r)).await {
-                Ok(built) => built,
-                Err(e) => {
+            match pool.run(move || messages.build(&r)).await {
+                Some(built) => built,
+                None => {
                     return Attempt::Permanent {
-                        reply: format!("building the message failed: {e}"),
+                        reply: "building the message failed (the signer panicked)".into(),
                         user_unknown: false,
                     }
                 }
@@ -468,8 +479,6 @@ impl Shared {
                 }
             }
         };
-        let bytes = message.formatted();
-        let envelope = message.envelope();
         // A reused connection may have been closed by the server while idle; that is not
         // the recipient's fault, so it gets one fresh connection before anything counts.
         for fresh_try in [false, true] {
@@ -495,7 +504,7 @@ impl Shared {
                 }
             }
             let c = conn.as_mut().expect("connected above");
-            let result = transaction(c, envelope, &bytes, &mut durable, self.smtp.timeout).await;
+            let result = transaction(c, &message, &mut durable, self.smtp.timeout).await;
             match result {
                 Ok(resp) => return Attempt::Sent(response_text(&resp)),
                 Err(TxError::Ledger) => return Attempt::LedgerGone,
@@ -674,8 +683,14 @@ pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::
     };
     let limiter = NonZeroU32::new(job.smtp.rate_per_second)
         .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
+    let builders = if job.messages.signs() {
+        Some(BuildPool::per_core()?)
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         messages: job.messages.clone(),
+        builders,
         hello: ClientId::default(),
         // As many faults in a row as there are connections (at least 3); a pass with
         // nothing but faults also trips it (see the end of a pass below), so a small list
