@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use verdicts::config::{Config, DkimAlgorithm, DkimConfig};
 use verdicts::content::load_dir;
-use verdicts::dkim::DkimSigner;
-use verdicts::message::{IssueMessages, Recipient};
-use verdicts::render::render_digest;
-use verdicts::token::TokenKey;
+use verdicts::digest::render::render_digest;
+use verdicts::mail::dkim::DkimSigner;
+use verdicts::mail::message::{IssueMessages, Recipient};
+use verdicts::mail::token::TokenKey;
+use verdicts::store::{IssueNumber, SubscriberId};
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -34,13 +35,13 @@ fn main() {
 
     let messages = IssueMessages::new(
         &config.newsletter,
-        1,
+        IssueNumber(1),
         slot,
         &digest,
         TokenKey::new(b"bench-key-0123456789"),
     );
     let recipient = |id: i64| Recipient {
-        subscriber_id: id,
+        subscriber_id: SubscriberId(id),
         email: format!("reader{id}@bench.example.com")
             .parse()
             .expect("address"),

@@ -26,3 +26,21 @@ pub fn is_user_error(err: &anyhow::Error) -> bool {
             || e.is::<crate::config::ConfigError>()
     })
 }
+
+/// A send that stopped short but is resumable: the server was unreachable or throttling, or
+/// a stop was requested. Exit code 75 (EX_TEMPFAIL): run the same command again later.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Resumable(pub String);
+
+/// The exit code for an error: 1 for the operator's mistakes, 75 for a resumable send, 3
+/// for anything else.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if is_user_error(err) {
+        1
+    } else if err.chain().any(|e| e.is::<Resumable>()) {
+        75
+    } else {
+        3
+    }
+}

@@ -1,30 +1,24 @@
 //! `verdicts`: a self-hosted weekly digest generator and mailer for AI tool comparisons.
 //!
-//! Data flows one way: content + config → digest model → rendered digest → per-recipient
-//! message → transport, with the SQLite ledger beside the sender.
+//! The modules are the pipeline's stages, in the order data flows through them:
+//! [`content`] (comparison files) → [`digest`] (which comparisons an issue holds, rendered
+//! once) → [`mail`] (each recipient's message) → [`delivery`] (the SMTP engine), with
+//! [`store`] (the only place that speaks SQL) beside them. [`issue`] is the one dispatcher
+//! that sends an issue; [`daemon`], [`web`] and [`cli`] are the ways in.
+//! `ARCHITECTURE.md` at the repository root is the map.
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, clippy::dbg_macro)]
 
-pub mod address;
 pub mod cli;
-pub mod commands;
 pub mod config;
 pub mod content;
 pub mod daemon;
-pub mod db;
+pub mod deliverability;
 pub mod delivery;
 pub mod digest;
-pub mod dkim;
 pub mod error;
+pub mod inbound;
 pub mod issue;
-pub mod ledger;
-pub mod lint;
-pub mod lock;
 pub mod mail;
-pub mod message;
-pub mod render;
-pub mod schedule;
-pub mod sender;
-pub mod subscribers;
-pub mod token;
+pub mod store;
 pub mod web;

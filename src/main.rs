@@ -8,16 +8,11 @@ use verdicts::cli::{Cli, LogFormat};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    match verdicts::commands::run(cli) {
+    match verdicts::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            if verdicts::error::is_user_error(&err) {
-                eprintln!("error: {err:#}");
-                ExitCode::from(1)
-            } else {
-                eprintln!("error: {err:#}");
-                ExitCode::from(3)
-            }
+            eprintln!("error: {err:#}");
+            ExitCode::from(verdicts::error::exit_code(&err))
         }
     }
 }
@@ -27,7 +22,9 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal; journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

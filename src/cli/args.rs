@@ -1,0 +1,135 @@
+//! The command line, as a clap derive tree; the `///` comments are the help text.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::store::IssueNumber;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "verdicts",
+    version,
+    about = "Weekly AI Tool Verdicts: build, preview and send the weekly digest"
+)]
+pub struct Cli {
+    /// Config file [default: config/newsletter.yaml]
+    #[arg(long, global = true, env = "VERDICTS_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// An instant given on the command line: RFC 3339 with offset (2026-11-23T09:00:00Z).
+pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time such as 2026-11-23T09:00:00Z: {e}"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Render the issue that would go out at --at to files (digest.html, digest.txt, digest.eml)
+    Preview {
+        /// The moment to preview (RFC 3339) [default: now]
+        #[arg(long, value_parser = parse_instant)]
+        at: Option<DateTime<Utc>>,
+        /// Output folder
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Exit 0 despite deliverability warnings (as `send --force` would send); errors still fail
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate the config and every content file; exit 1 listing every problem
+    Check,
+    /// Create (or resume) the issue for the slot at or before --at and deliver it
+    Send {
+        /// The moment to send for (RFC 3339) [default: now]
+        #[arg(long, value_parser = parse_instant)]
+        at: Option<DateTime<Utc>>,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Write each recipient's exact message to --out instead of sending; the ledger is untouched
+        #[arg(long)]
+        dry_run: bool,
+        /// Output folder for --dry-run
+        #[arg(long, default_value = "out/dry-run", requires = "dry_run")]
+        out: PathBuf,
+        /// Send despite deliverability warnings; errors are never overridden
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue history and delivery counts; `issues show N`, `issues retry N`
+    Issues {
+        #[command(subcommand)]
+        command: Option<IssuesCommand>,
+    },
+    /// Run the daemon: send each slot's issue on schedule and serve the unsubscribe endpoint
+    Run,
+    /// Serve only the unsubscribe endpoint (web.listen)
+    Serve,
+    /// Check the issue that would go out at --at for deliverability problems
+    Lint {
+        /// The moment to check (RFC 3339) [default: the next slot]
+        #[arg(long, value_parser = parse_instant)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// Print the DNS TXT record to publish for the configured DKIM key
+    DkimRecord,
+    /// Manage the subscriber list
+    #[command(subcommand)]
+    Subscribers(super::subscribers::SubscribersCommand),
+    /// Read bounces, complaints and mailto unsubscribes: one message on standard input (for a
+    /// mail server's pipe), or a whole mailbox. Exit 0 when handled or ignored, 75 when the
+    /// database is busy or unavailable (the mail server retries)
+    Inbound {
+        /// Every message of this mbox file
+        #[arg(long, value_name = "FILE", conflicts_with = "maildir")]
+        mbox: Option<PathBuf>,
+        /// Every message of this Maildir (its new/ and cur/ folders)
+        #[arg(long, value_name = "DIR")]
+        maildir: Option<PathBuf>,
+        /// The address the message was delivered to, when the mail server passes it
+        /// (Postfix's local delivery sets ORIGINAL_RECIPIENT); else read from Delivered-To
+        #[arg(long, env = "ORIGINAL_RECIPIENT", value_name = "ADDRESS")]
+        recipient: Option<String>,
+    },
+}
+
+fn parse_issue_number(s: &str) -> Result<IssueNumber, String> {
+    s.parse::<i64>()
+        .map(IssueNumber)
+        .map_err(|_| format!("`{s}` is not an issue number (see `verdicts issues`)"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IssuesCommand {
+    /// Every issue with its delivery counts (the default)
+    List,
+    /// One issue: per-state counts and the failed recipients with their last reply
+    Show {
+        /// Issue number
+        #[arg(value_parser = parse_issue_number)]
+        number: IssueNumber,
+    },
+    /// Re-queue the failed deliveries of an issue whose subscribers are still active
+    Retry {
+        /// Issue number
+        #[arg(value_parser = parse_issue_number)]
+        number: IssueNumber,
+    },
+}

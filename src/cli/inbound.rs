@@ -1,0 +1,228 @@
+//! `verdicts inbound`: bounces, complaints and mailto unsubscribes, one message on standard
+//! input (a mail pipe) or a whole mbox / Maildir. Built for a mail server's pipe: a message
+//! that cannot be used is ignored (exit 0, never bounce a bounce); only a problem on our
+//! side (database busy or unreadable, config or secret missing) exits 75 so the mail server
+//! keeps the message and tries again.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rusqlite::Connection;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::error::Resumable;
+use crate::inbound::process::{process, Applied, Outcome, Settings};
+use crate::inbound::{mailbox, Inbound, MAX_MESSAGE_BYTES};
+use crate::mail::token::TokenKey;
+use crate::mail::verp::VerpKey;
+use crate::store::events::{Effect, EventKind};
+use crate::store::{self};
+
+/// Where the messages come from.
+pub enum Source {
+    Stdin { recipient: Option<String> },
+    Mbox(PathBuf),
+    Maildir(PathBuf),
+}
+
+/// Everything below is our side's problem: the message must be kept and retried.
+fn retry_later(what: &str, err: impl std::fmt::Display) -> anyhow::Error {
+    Resumable(format!(
+        "{what}: {err}; the message was not handled and should be delivered again later"
+    ))
+    .into()
+}
+
+pub fn run(config_path: &Path, source: Source) -> anyhow::Result<()> {
+    let config = Config::load(config_path).map_err(|e| retry_later("cannot load the config", e))?;
+    let key = TokenKey::from_env(&config.secret_env)
+        .map_err(|e| retry_later("cannot read the signing secret", e))?
+        .verp_key();
+    let conn = store::open(&config.database_path())
+        .map_err(|e| retry_later("cannot open the state database", format!("{e:#}")))?;
+    match source {
+        Source::Stdin { recipient } => {
+            let raw = read_bounded(std::io::stdin().lock())
+                .map_err(|e| retry_later("cannot read the message", e))?;
+            let settings = settings(&config, &key, recipient.as_deref());
+            let (inbound, outcome) = process(&conn, &raw, settings)
+                .map_err(|e| retry_later("the state database refused the update", e))?;
+            println!("{}", describe(&inbound, &outcome));
+            Ok(())
+        }
+        Source::Mbox(path) => {
+            let data = std::fs::read(&path).map_err(|e| {
+                crate::error::UserError::new(format!("cannot read {}: {e}", path.display()))
+            })?;
+            let messages = mailbox::split_mbox(&data);
+            batch(&conn, &config, &key, &path, messages.into_iter().map(Ok))
+        }
+        Source::Maildir(dir) => {
+            let files = mailbox::maildir_files(&dir).map_err(|e| {
+                crate::error::UserError::new(format!("cannot list {}: {e}", dir.display()))
+            })?;
+            batch(
+                &conn,
+                &config,
+                &key,
+                &dir,
+                files
+                    .into_iter()
+                    .map(|f| std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))),
+            )
+        }
+    }
+}
+
+fn settings<'a>(config: &Config, key: &'a VerpKey, recipient: Option<&'a str>) -> Settings<'a> {
+    Settings {
+        key: Some(key),
+        hygiene: config.inbound.hygiene,
+        envelope_recipient: recipient,
+    }
+}
+
+/// Reads at most one byte past the limit, then drains the rest so the writer sees its whole
+/// message taken (a mail server treats a pipe closed early as a failed delivery).
+fn read_bounded(mut input: impl Read) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    (&mut input)
+        .take(MAX_MESSAGE_BYTES as u64 + 1)
+        .read_to_end(&mut raw)?;
+    std::io::copy(&mut input, &mut std::io::sink())?;
+    Ok(raw)
+}
+
+#[derive(Default)]
+struct Tally {
+    messages: u64,
+    hard: u64,
+    soft: u64,
+    complaints: u64,
+    unsubscribes: u64,
+    ignored: u64,
+    duplicates: u64,
+    unattributed: u64,
+    unreadable: u64,
+    bounced: u64,
+    unsubscribed: u64,
+}
+
+fn batch(
+    conn: &Connection,
+    config: &Config,
+    key: &VerpKey,
+    source: &Path,
+    messages: impl Iterator<Item = Result<Vec<u8>, String>>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut t = Tally::default();
+    for raw in messages {
+        t.messages += 1;
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => {
+                warn!(error = %e, "cannot read a message; skipped");
+                t.unreadable += 1;
+                continue;
+            }
+        };
+        let (inbound, outcome) = process(conn, &raw, settings(config, key, None))
+            .map_err(|e| retry_later("the state database refused the update", e))?;
+        info!(result = %describe(&inbound, &outcome), "inbound message");
+        match &outcome {
+            Outcome::Applied { events, .. } => {
+                for e in events {
+                    match e.kind {
+                        EventKind::HardBounce => t.hard += 1,
+                        EventKind::SoftBounce => t.soft += 1,
+                        EventKind::Complaint => t.complaints += 1,
+                        EventKind::Unsubscribe(_) => t.unsubscribes += 1,
+                    }
+                    match e.effect {
+                        Effect::Bounced => t.bounced += 1,
+                        Effect::Unsubscribed => t.unsubscribed += 1,
+                        Effect::Recorded => {}
+                    }
+                }
+            }
+            Outcome::Duplicate => t.duplicates += 1,
+            Outcome::Ignored(_) => t.ignored += 1,
+            Outcome::Unattributed(_) => t.unattributed += 1,
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}: {} message{} in {:.2} s ({:.0} messages/s).",
+        source.display(),
+        t.messages,
+        plural(t.messages),
+        secs,
+        t.messages as f64 / secs.max(1e-9)
+    );
+    println!(
+        "  {} hard bounce{}, {} soft, {} complaint{}, {} mailto unsubscribe{}; {} ignored, {} already handled, {} matching no delivery{}.",
+        t.hard,
+        plural(t.hard),
+        t.soft,
+        t.complaints,
+        plural(t.complaints),
+        t.unsubscribes,
+        plural(t.unsubscribes),
+        t.ignored,
+        t.duplicates,
+        t.unattributed,
+        if t.unreadable > 0 {
+            format!(", {} unreadable", t.unreadable)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  Now bounced: {}; now unsubscribed: {}.",
+        t.bounced, t.unsubscribed
+    );
+    Ok(())
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// One line saying what a message was and what it did.
+fn describe(inbound: &Inbound, outcome: &Outcome) -> String {
+    let kind = inbound.kind.label();
+    match outcome {
+        Outcome::Applied {
+            events,
+            attributed_by,
+        } => {
+            let each: Vec<String> = events.iter().map(describe_event).collect();
+            format!("{kind}: {} (by {attributed_by})", each.join("; "))
+        }
+        Outcome::Duplicate => format!("{kind}: already handled, nothing changed"),
+        Outcome::Ignored(why) => format!("ignored: {why}"),
+        Outcome::Unattributed(why) => {
+            format!("{kind} for no delivery of ours: {why}; nothing changed")
+        }
+    }
+}
+
+fn describe_event(a: &Applied) -> String {
+    let issue = a
+        .issue
+        .map(|i| format!(" of issue {i}"))
+        .unwrap_or_default();
+    let effect = match a.effect {
+        Effect::Bounced => ", now bounced",
+        Effect::Unsubscribed => ", now unsubscribed",
+        Effect::Recorded => "",
+    };
+    format!("subscriber {}{issue}{effect}", a.subscriber_id)
+}

@@ -1,0 +1,300 @@
+//! The commands behind the CLI: each loads what it needs and calls into the library.
+
+mod args;
+mod deliverability;
+mod inbound;
+mod issues;
+mod run;
+mod runtime;
+mod send;
+mod subscribers;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::content::{self, Comparison};
+use crate::digest::render::{self, RenderedDigest, GMAIL_CLIP_BYTES};
+use crate::digest::Window;
+use crate::error::user_error;
+use crate::mail::message::{IssueMessages, Recipient};
+use crate::mail::token::TokenKey;
+use crate::store::IssueNumber;
+pub use args::*;
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // clap has already applied VERDICTS_CONFIG to `--config`.
+    let config_path = cli
+        .config
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    match cli.command {
+        Command::Preview { at, out, force } => {
+            let config = Config::load(&config_path)?;
+            // Without --at, preview the next issue to go out: what an editor wants to see.
+            let at = match at {
+                Some(at) => at,
+                None => config
+                    .schedule
+                    .slots
+                    .next_after(Utc::now())
+                    .unwrap_or_else(Utc::now),
+            };
+            preview(&config, at, &out, force)
+        }
+        Command::Check => check(&config_path),
+        Command::Send {
+            at,
+            yes,
+            dry_run,
+            out,
+            force,
+        } => {
+            let config = Config::load(&config_path)?;
+            let at = at.unwrap_or_else(Utc::now);
+            if dry_run {
+                send::dry_run(&config, at, &out, force)
+            } else {
+                send::send(&config, at, yes, force)
+            }
+        }
+        Command::Run => {
+            let config = Config::load(&config_path)?;
+            run::run(&config, cli.log_format)
+        }
+        Command::Serve => {
+            let config = Config::load(&config_path)?;
+            run::serve(&config)
+        }
+        Command::Lint { at } => {
+            let config = Config::load(&config_path)?;
+            deliverability::lint(&config, at)
+        }
+        Command::DkimRecord => {
+            let config = Config::load(&config_path)?;
+            deliverability::dkim_record(&config)
+        }
+        Command::Issues { command } => {
+            let config = Config::load(&config_path)?;
+            issues::run(&config, command)
+        }
+        Command::Subscribers(cmd) => {
+            let config = Config::load(&config_path)?;
+            subscribers::run(cmd, &config)
+        }
+        Command::Inbound {
+            mbox,
+            maildir,
+            recipient,
+        } => {
+            let source = match (mbox, maildir) {
+                (Some(file), _) => inbound::Source::Mbox(file),
+                (None, Some(dir)) => inbound::Source::Maildir(dir),
+                (None, None) => inbound::Source::Stdin { recipient },
+            };
+            inbound::run(&config_path, source)
+        }
+    }
+}
+
+/// The issue an operator would get at a moment: its slot, window and comparisons.
+pub struct PlannedIssue<'a> {
+    pub slot: DateTime<Utc>,
+    pub window: Window,
+    pub comparisons: Vec<&'a Comparison>,
+}
+
+/// Plans the issue for the slot at or before `at`, against the ledger when there is one.
+fn plan_issue<'a>(
+    config: &Config,
+    conn: Option<&rusqlite::Connection>,
+    comparisons: &'a [Comparison],
+    at: DateTime<Utc>,
+) -> anyhow::Result<PlannedIssue<'a>> {
+    let Some(slot) = config.schedule.slots.slot_at_or_before(at) else {
+        return user_error(format!(
+            "the schedule `{}` has no slot at or before {at}",
+            config.schedule.slots.expression()
+        ));
+    };
+    let (window, comparisons) = crate::issue::plan(conn, comparisons, slot)?;
+    Ok(PlannedIssue {
+        slot,
+        window,
+        comparisons,
+    })
+}
+
+/// A human label for a slot: local time and UTC.
+pub fn describe_slot(config: &Config, slot: DateTime<Utc>) -> String {
+    let tz = config.schedule.slots.timezone();
+    format!(
+        "{} ({})",
+        slot.with_timezone(&tz).format("%A %-d %B %Y %H:%M %Z"),
+        slot.format("%Y-%m-%dT%H:%M:%SZ")
+    )
+}
+
+/// The signing key, or for previews a stand-in when none is configured.
+fn preview_key(config: &Config) -> (TokenKey, bool) {
+    match TokenKey::from_env(&config.secret_env) {
+        Ok(k) => (k, true),
+        Err(_) => (TokenKey::new(b"preview-only-key-not-for-sending"), false),
+    }
+}
+
+/// The issue `preview` and `lint` show for `at`: the slot's own, or when that week is empty
+/// the latest week that has content (saying so).
+pub fn plan_preview<'a>(
+    config: &Config,
+    comparisons: &'a [Comparison],
+    at: DateTime<Utc>,
+) -> anyhow::Result<PlannedIssue<'a>> {
+    // With a ledger, the window starts at the previous issue's cutoff and skips what was
+    // already sent, exactly as `send` would; without one, this is the first issue.
+    let conn = if config.database_path().exists() {
+        Some(crate::store::open(&config.database_path())?)
+    } else {
+        None
+    };
+    let mut plan = plan_issue(config, conn.as_ref(), comparisons, at)?;
+    if plan.comparisons.is_empty() {
+        println!(
+            "The issue for {} has no new comparisons (window {} to {}).",
+            describe_slot(config, plan.slot),
+            plan.window.after.format("%Y-%m-%d %H:%M UTC"),
+            plan.window.cutoff.format("%Y-%m-%d %H:%M UTC"),
+        );
+        let Some(latest) = comparisons.iter().map(Comparison::published_utc).max() else {
+            return user_error(format!(
+                "there is no content to preview: {} has no comparison files",
+                content::comparisons_dir(&config.content_dir).display()
+            ));
+        };
+        let Some(slot) = config
+            .schedule
+            .slots
+            .slot_at_or_before(latest)
+            .filter(|s| *s == latest)
+            .or_else(|| config.schedule.slots.next_after(latest))
+        else {
+            return user_error("the schedule has no slot after the latest comparison");
+        };
+        // That week as it was published, whether or not it has gone out since.
+        plan = plan_issue(config, None, comparisons, slot)?;
+        println!(
+            "Previewing the latest week that has content instead: the issue for {}.",
+            describe_slot(config, plan.slot)
+        );
+    }
+    Ok(plan)
+}
+
+/// Writes the preview files, then runs the deliverability checks: exit 1 when `send` would
+/// refuse the issue (the files are still written, to look at).
+fn preview(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> anyhow::Result<()> {
+    let dkim = crate::mail::dkim::load(config)?;
+    let comparisons = content::load_dir(&config.content_dir)?;
+    let plan = plan_preview(config, &comparisons, at)?;
+    let digest = render::render_issue(config, &plan.comparisons, plan.slot)?;
+    let (key, real_key) = preview_key(config);
+    let files = write_preview(config, &digest, plan.slot, key, dkim.clone(), out)?;
+
+    println!("Issue:       {}", describe_slot(config, plan.slot));
+    println!("Subject:     {}", digest.subject);
+    println!("Preheader:   {}", digest.preheader);
+    println!("Comparisons: {}", digest.comparison_count);
+    println!(
+        "HTML:        {} ({:.0}% of Gmail's ~102 KB clipping limit)",
+        human_size(files.html_bytes),
+        files.html_bytes as f64 * 100.0 / GMAIL_CLIP_BYTES as f64
+    );
+    println!("Text:        {}", human_size(files.text_bytes));
+    println!("Message:     {}", human_size(files.eml_bytes));
+    for p in &files.paths {
+        println!("Wrote {}", p.display());
+    }
+    if !real_key {
+        println!(
+            "Note: {} is not set, so the sample unsubscribe link uses a preview-only key.",
+            config.secret_env
+        );
+    }
+    deliverability::check_preview(config, &digest, dkim.as_ref(), force)
+}
+
+struct PreviewFiles {
+    paths: Vec<PathBuf>,
+    html_bytes: usize,
+    text_bytes: usize,
+    eml_bytes: usize,
+}
+
+fn write_preview(
+    config: &Config,
+    digest: &RenderedDigest,
+    slot: DateTime<Utc>,
+    key: TokenKey,
+    dkim: Option<crate::mail::dkim::DkimSigner>,
+    out: &Path,
+) -> anyhow::Result<PreviewFiles> {
+    let sample = Recipient::sample();
+    let messages = IssueMessages::new(&config.newsletter, IssueNumber(0), slot, digest, key)
+        .with_dkim(dkim)
+        .with_inbound(config.inbound.address.as_deref());
+    let url = messages.unsubscribe_url(&sample);
+    let html = digest.html_for(&url);
+    let text = digest.text_for(&url);
+    let eml = messages.build(&sample)?.formatted();
+
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output folder {}", out.display()))?;
+    let mut paths = Vec::new();
+    for (name, bytes) in [
+        ("digest.html", html.as_bytes()),
+        ("digest.txt", text.as_bytes()),
+        ("digest.eml", eml.as_slice()),
+    ] {
+        let path = out.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        paths.push(path);
+    }
+    Ok(PreviewFiles {
+        paths,
+        html_bytes: html.len(),
+        text_bytes: text.len(),
+        eml_bytes: eml.len(),
+    })
+}
+
+fn human_size(bytes: usize) -> String {
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else {
+        format!("{:.1} KB", bytes as f64 / 1024.0)
+    }
+}
+
+fn check(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let comparisons = content::load_dir(&config.content_dir)?;
+    let dkim = crate::mail::dkim::load(&config)?;
+    println!("Config {} is valid.", config_path.display());
+    if let Some(signer) = dkim {
+        println!(
+            "DKIM key for {} is valid (`verdicts dkim-record` shows its DNS record).",
+            signer.dns_name()
+        );
+    }
+    println!(
+        "{} comparison file{} in {} are valid.",
+        comparisons.len(),
+        if comparisons.len() == 1 { "" } else { "s" },
+        content::comparisons_dir(&config.content_dir).display()
+    );
+    if let Some(next) = config.schedule.slots.next_after(Utc::now()) {
+        println!("Next slot: {}", describe_slot(&config, next));
+    }
+    Ok(())
+}

@@ -1,0 +1,455 @@
+//! `verdicts subscribers`: add, remove, list, count, import and export the list.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use rusqlite::Connection;
+
+use crate::config::Config;
+use crate::error::UserError;
+use crate::mail::address::{SubscriberEmail, SubscriberName};
+use crate::store;
+use crate::store::csv::{export_csv, import_csv, ImportOptions};
+use crate::store::subscribers::*;
+
+/// How `subscribers list` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// Aligned columns for reading
+    Table,
+    /// CSV with every field, for spreadsheets
+    Csv,
+    /// A JSON array of objects, for scripts
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscribersCommand {
+    /// Add one subscriber (an address already listed, in any letter case, is left alone)
+    Add {
+        /// Email address, e.g. reader+ai@example.com
+        email: String,
+        /// Display name
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Erase a subscriber and everything recorded about them (for "forget me" requests)
+    Remove {
+        /// Email address (any letter case)
+        email: String,
+    },
+    /// Stop sending to a subscriber; they stay listed so no import re-adds them
+    Unsubscribe {
+        /// Email address (any letter case)
+        email: String,
+    },
+    /// Start sending again to an unsubscribed or bounced subscriber
+    Resubscribe {
+        /// Email address (any letter case)
+        email: String,
+    },
+    /// List subscribers in the order they joined
+    List {
+        /// Only subscribers with this status
+        #[arg(long, value_enum)]
+        status: Option<SubscriberStatus>,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Count subscribers per status, and in total
+    Count,
+    /// Import subscribers from CSV with a header row: email, and optionally name and status
+    ///
+    /// All or nothing: if any row is invalid, nothing is imported and every bad row is
+    /// listed with its line number. Listed addresses get the row's name (when given) and
+    /// status, but an unsubscribed or bounced subscriber is only reactivated by a row saying
+    /// `active` together with --resubscribe.
+    Import {
+        /// CSV file to read (`-` for standard input)
+        file: PathBuf,
+        /// Check the file and report what would change, without changing anything
+        #[arg(long)]
+        dry_run: bool,
+        /// Import the valid rows and report the invalid ones, instead of importing nothing
+        #[arg(long)]
+        skip_invalid: bool,
+        /// Let rows saying `active` reactivate unsubscribed or bounced subscribers
+        #[arg(long)]
+        resubscribe: bool,
+    },
+    /// Write every subscriber as CSV (email,name,status), which `import` reads back
+    Export {
+        /// Write to this file instead of standard output
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Runs one `subscribers` command against the configured state database.
+pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
+    let mut conn = store::open(&config.database_path())?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let result = match cmd {
+        SubscribersCommand::Add { email, name } => {
+            run_add(&conn, &mut out, &email, name.as_deref())
+        }
+        SubscribersCommand::Remove { email } => run_remove(&conn, &mut out, &email),
+        SubscribersCommand::Unsubscribe { email } => {
+            run_set_status(&conn, &mut out, &email, SubscriberStatus::Unsubscribed)
+        }
+        SubscribersCommand::Resubscribe { email } => {
+            run_set_status(&conn, &mut out, &email, SubscriberStatus::Active)
+        }
+        SubscribersCommand::List { status, format } => run_list(&conn, &mut out, status, format),
+        SubscribersCommand::Count => run_count(&conn, &mut out),
+        SubscribersCommand::Import {
+            file,
+            dry_run,
+            skip_invalid,
+            resubscribe,
+        } => {
+            let options = ImportOptions {
+                dry_run,
+                skip_invalid,
+                resubscribe,
+            };
+            run_import(&mut conn, &mut out, &file, options)
+        }
+        SubscribersCommand::Export { out: Some(path) } => {
+            run_export_to_file(&conn, &mut out, &path)
+        }
+        SubscribersCommand::Export { out: None } => export_csv(&conn, &mut out)
+            .map(drop)
+            .map_err(anyhow::Error::from),
+    };
+    match result.and_then(|()| out.flush().map_err(anyhow::Error::from)) {
+        // `verdicts subscribers list | head` is not a failure.
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    let broken = |e: &io::Error| e.kind() == io::ErrorKind::BrokenPipe;
+    err.chain().any(|e| {
+        e.downcast_ref::<io::Error>().is_some_and(broken)
+            || e.downcast_ref::<csv::Error>()
+                .is_some_and(|e| matches!(e.kind(), csv::ErrorKind::Io(io) if broken(io)))
+            || e.downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(io::ErrorKind::BrokenPipe))
+    })
+}
+
+fn parse_email(input: &str) -> anyhow::Result<SubscriberEmail> {
+    SubscriberEmail::parse(input)
+        .map_err(|e| UserError::new(format!("invalid email address: {e}")).into())
+}
+
+fn run_add(
+    conn: &Connection,
+    out: &mut impl Write,
+    email: &str,
+    name: Option<&str>,
+) -> anyhow::Result<()> {
+    let email = parse_email(email)?;
+    let name = match name {
+        Some(n) => SubscriberName::parse(n)
+            .map_err(|e| UserError::new(format!("invalid name for {email}: {e}")))?,
+        None => None,
+    };
+    match add(conn, &email, name.as_ref(), SubscriberSource::Cli)? {
+        AddOutcome::Added(s) => writeln!(out, "added {}", s.email)?,
+        AddOutcome::AlreadyListed(s) => {
+            let hint = match s.status {
+                SubscriberStatus::Active => "",
+                _ => "; use `subscribers resubscribe` to send to them again",
+            };
+            writeln!(
+                out,
+                "{email} is already listed as {} ({}); nothing changed{hint}",
+                s.email, s.status
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn not_listed(email: &SubscriberEmail) -> anyhow::Error {
+    UserError::new(format!("no subscriber has the address {email}")).into()
+}
+
+fn run_remove(conn: &Connection, out: &mut impl Write, email: &str) -> anyhow::Result<()> {
+    let email = parse_email(email)?;
+    match remove(conn, &email)? {
+        Some(s) => writeln!(
+            out,
+            "removed {} and everything recorded about them",
+            s.email
+        )?,
+        None => return Err(not_listed(&email)),
+    }
+    Ok(())
+}
+
+fn run_set_status(
+    conn: &Connection,
+    out: &mut impl Write,
+    email: &str,
+    status: SubscriberStatus,
+) -> anyhow::Result<()> {
+    let email = parse_email(email)?;
+    match set_status(conn, &email, status)? {
+        StatusChange::NotFound => return Err(not_listed(&email)),
+        StatusChange::Unchanged(s) => {
+            writeln!(out, "{} is already {status}; nothing changed", s.email)?
+        }
+        StatusChange::Changed { from, subscriber } => {
+            let verb = match status {
+                SubscriberStatus::Active => "resubscribed",
+                SubscriberStatus::Unsubscribed => "unsubscribed",
+                SubscriberStatus::Bounced => "marked as bounced",
+            };
+            writeln!(out, "{verb} {} (was {from})", subscriber.email)?;
+        }
+    }
+    Ok(())
+}
+
+fn run_count(conn: &Connection, out: &mut impl Write) -> anyhow::Result<()> {
+    let counts = count_by_status(conn)?;
+    for status in SubscriberStatus::ALL {
+        writeln!(out, "{:<12}  {:>9}", status.as_str(), counts.get(status))?;
+    }
+    writeln!(out, "{:<12}  {:>9}", "total", counts.total())?;
+    Ok(())
+}
+
+fn run_list(
+    conn: &Connection,
+    out: &mut impl Write,
+    status: Option<SubscriberStatus>,
+    format: ListFormat,
+) -> anyhow::Result<()> {
+    match format {
+        ListFormat::Table => list_table(conn, out, status),
+        ListFormat::Csv => list_csv(conn, out, status),
+        ListFormat::Json => list_json(conn, out, status),
+    }
+}
+
+fn list_table(
+    conn: &Connection,
+    out: &mut impl Write,
+    status: Option<SubscriberStatus>,
+) -> anyhow::Result<()> {
+    // Column widths come from SQLite so the rows can stream instead of being buffered.
+    let (rows, email_width, name_width) = column_widths(conn, status)?;
+    if rows == 0 {
+        match status {
+            Some(s) => writeln!(out, "no {s} subscribers")?,
+            None => writeln!(out, "no subscribers")?,
+        }
+        return Ok(());
+    }
+    let email_width = email_width.max(5);
+    let name_width = name_width.max(4);
+    writeln!(
+        out,
+        "{:<email_width$}  {:<name_width$}  {:<12}  {:<6}  JOINED",
+        "EMAIL", "NAME", "STATUS", "SOURCE"
+    )?;
+    for_each_subscriber(conn, status, |s| -> anyhow::Result<()> {
+        writeln!(
+            out,
+            "{:<email_width$}  {:<name_width$}  {:<12}  {:<6}  {}",
+            s.email.as_str(),
+            s.name.as_ref().map_or("", SubscriberName::as_str),
+            s.status.as_str(),
+            s.source.as_str(),
+            s.created_at.format("%Y-%m-%d"),
+        )?;
+        Ok(())
+    })
+}
+
+fn list_csv(
+    conn: &Connection,
+    out: &mut impl Write,
+    status: Option<SubscriberStatus>,
+) -> anyhow::Result<()> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer.write_record([
+        "email",
+        "name",
+        "status",
+        "source",
+        "created_at",
+        "updated_at",
+        "unsubscribed_at",
+    ])?;
+    for_each_subscriber(conn, status, |s| -> anyhow::Result<()> {
+        writer.write_record([
+            s.email.as_str(),
+            s.name.as_ref().map_or("", SubscriberName::as_str),
+            s.status.as_str(),
+            s.source.as_str(),
+            &store::timestamp(s.created_at),
+            &store::timestamp(s.updated_at),
+            &s.unsubscribed_at.map(store::timestamp).unwrap_or_default(),
+        ])?;
+        Ok(())
+    })?;
+    writer.flush()?;
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct SubscriberJson<'a> {
+    email: &'a str,
+    name: Option<&'a str>,
+    status: &'static str,
+    source: &'static str,
+    created_at: String,
+    updated_at: String,
+    unsubscribed_at: Option<String>,
+}
+
+fn list_json(
+    conn: &Connection,
+    out: &mut impl Write,
+    status: Option<SubscriberStatus>,
+) -> anyhow::Result<()> {
+    // A JSON array written one element per line, so it streams.
+    write!(out, "[")?;
+    let mut first = true;
+    for_each_subscriber(conn, status, |s| -> anyhow::Result<()> {
+        out.write_all(if first { b"\n" } else { b",\n" })?;
+        first = false;
+        serde_json::to_writer(
+            &mut *out,
+            &SubscriberJson {
+                email: s.email.as_str(),
+                name: s.name.as_ref().map(SubscriberName::as_str),
+                status: s.status.as_str(),
+                source: s.source.as_str(),
+                created_at: store::timestamp(s.created_at),
+                updated_at: store::timestamp(s.updated_at),
+                unsubscribed_at: s.unsubscribed_at.map(store::timestamp),
+            },
+        )?;
+        Ok(())
+    })?;
+    writeln!(out, "{}]", if first { "" } else { "\n" })?;
+    Ok(())
+}
+
+fn run_import(
+    conn: &mut Connection,
+    out: &mut impl Write,
+    file: &Path,
+    options: ImportOptions,
+) -> anyhow::Result<()> {
+    let shown = file.display();
+    let input: Box<dyn Read> = if file.as_os_str() == "-" {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(File::open(file).map_err(|e| UserError::new(format!("cannot read {shown}: {e}")))?)
+    };
+    let stderr = io::stderr();
+    let mut rejections = BufWriter::new(stderr.lock());
+    let mut write_failure = None;
+    let result = import_csv(conn, input, options, |line, reason| {
+        if let Err(e) = writeln!(rejections, "{shown} line {line}: {reason}") {
+            write_failure.get_or_insert(e);
+        }
+    });
+    rejections.flush()?;
+    if let Some(e) = write_failure {
+        return Err(e).context("cannot report rejected rows");
+    }
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) if e.is_bad_input() => {
+            return Err(UserError::new(format!("cannot import {shown}: {e}")).into())
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot import {shown}")),
+    };
+
+    let counts = format!(
+        "{} added, {} updated, {} unchanged, {} rejected",
+        summary.added, summary.updated, summary.unchanged, summary.rejected
+    );
+    let refused = summary.rejected > 0 && !options.skip_invalid;
+    if options.dry_run {
+        writeln!(out, "dry run of {shown}: {counts} (nothing was changed)")?;
+    } else if !refused {
+        writeln!(out, "imported {shown}: {counts}")?;
+    }
+    if summary.kept_inactive > 0 {
+        writeln!(
+            out,
+            "{} row{} said active for unsubscribed or bounced subscribers, who stay as they \
+             are; pass --resubscribe to reactivate them",
+            summary.kept_inactive,
+            if summary.kept_inactive == 1 { "" } else { "s" }
+        )?;
+    }
+    if refused {
+        let rows = summary.rejected + summary.accepted();
+        let (verb, them) = if summary.rejected == 1 {
+            ("is", "it")
+        } else {
+            ("are", "them")
+        };
+        let outcome = if options.dry_run {
+            "the import would change nothing"
+        } else {
+            "nothing was imported"
+        };
+        out.flush()?;
+        return Err(UserError::new(format!(
+            "{outcome}: {} of {rows} rows in {shown} {verb} invalid (listed above); fix {them}, \
+             or pass --skip-invalid to import the other {}",
+            summary.rejected,
+            summary.accepted()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn run_export_to_file(conn: &Connection, out: &mut impl Write, path: &Path) -> anyhow::Result<()> {
+    // Write beside the target and rename, so a failed export never leaves half a file
+    // where a good one was.
+    let shown = path.display();
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| UserError::new(format!("--out {shown} is not a file name")))?;
+    let mut partial_name = std::ffi::OsString::from(".");
+    partial_name.push(file_name);
+    partial_name.push(format!(".partial-{}", std::process::id()));
+    let partial = path.with_file_name(partial_name);
+    let file = File::create(&partial)
+        .map_err(|e| UserError::new(format!("cannot create {shown}: {e}")))?;
+    let written = export_csv(conn, BufWriter::new(&file)).and_then(|n| {
+        file.sync_all()?;
+        std::fs::rename(&partial, path)?;
+        Ok(n)
+    });
+    match written {
+        Ok(n) => {
+            writeln!(out, "exported {n} subscribers to {shown}")?;
+            Ok(())
+        }
+        Err(e) => {
+            // The partial file is useless; the export error is what matters.
+            let _ = std::fs::remove_file(&partial);
+            Err(e).with_context(|| format!("cannot export to {shown}"))
+        }
+    }
+}

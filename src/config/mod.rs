@@ -1,0 +1,441 @@
+//! The operator's configuration file (`config/newsletter.yaml`): parsed strictly, with
+//! relative paths resolved against the file's own folder so the binary can run from anywhere.
+
+pub mod schedule;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::Deserialize;
+
+use crate::config::schedule::SlotSchedule;
+use crate::mail::address::SubscriberEmail;
+
+/// Where the configuration is looked for when neither `--config` nor `VERDICTS_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/newsletter.yaml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Parse {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("{path}: field `{field}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    newsletter: RawNewsletter,
+    content_dir: PathBuf,
+    state_dir: PathBuf,
+    schedule: RawSchedule,
+    smtp: RawSmtp,
+    web: RawWeb,
+    secret_env: String,
+    #[serde(default)]
+    dkim: Option<RawDkim>,
+    #[serde(default)]
+    inbound: Option<crate::inbound::config::RawInbound>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNewsletter {
+    name: String,
+    from: String,
+    base_url: String,
+    postal_address: String,
+    #[serde(default)]
+    list_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    cron: String,
+    timezone: String,
+    #[serde(default = "default_catch_up")]
+    catch_up: String,
+    #[serde(default)]
+    on_empty: OnEmpty,
+}
+
+fn default_catch_up() -> String {
+    "6h".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default = "default_password_env")]
+    password_env: String,
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+    #[serde(default)]
+    rate_per_second: u32,
+    #[serde(default = "default_timeout")]
+    timeout: String,
+    #[serde(default = "default_max_attempts")]
+    max_attempts: u32,
+    #[serde(default = "default_retry_base")]
+    retry_base: String,
+}
+
+fn default_password_env() -> String {
+    "VERDICTS_SMTP_PASSWORD".into()
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_timeout() -> String {
+    "30s".into()
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_retry_base() -> String {
+    "2s".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDkim {
+    domain: String,
+    selector: String,
+    key_file: PathBuf,
+    #[serde(default)]
+    algorithm: DkimAlgorithm,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    None,
+    Starttls,
+    Tls,
+}
+
+/// What the daemon does on a week with no new comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnEmpty {
+    #[default]
+    Skip,
+    Send,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimAlgorithm {
+    #[default]
+    Rsa,
+    Ed25519,
+}
+
+/// The validated configuration. Paths are absolute (or relative to the working directory
+/// when the config path itself was relative).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub newsletter: Newsletter,
+    pub content_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub schedule: ScheduleConfig,
+    pub smtp: SmtpConfig,
+    pub web_listen: std::net::SocketAddr,
+    pub secret_env: String,
+    pub dkim: Option<DkimConfig>,
+    /// Where bounces and mailto unsubscribes come back, and the list-hygiene rules.
+    pub inbound: crate::inbound::config::InboundConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Newsletter {
+    pub name: String,
+    pub from: lettre::message::Mailbox,
+    pub base_url: String,
+    pub postal_address: String,
+    pub list_id: String,
+}
+
+impl Newsletter {
+    /// The domain of the From address: used for Message-IDs and the mailto unsubscribe.
+    pub fn sender_domain(&self) -> &str {
+        self.from.email.domain()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScheduleConfig {
+    pub slots: SlotSchedule,
+    pub catch_up: Duration,
+    pub on_empty: OnEmpty,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub username: Option<String>,
+    pub password_env: String,
+    pub concurrency: usize,
+    pub rate_per_second: u32,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DkimConfig {
+    pub domain: String,
+    pub selector: String,
+    pub key_file: PathBuf,
+    pub algorithm: DkimAlgorithm,
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses config text as if it had been read from `path`: YAML into the raw sections,
+    /// then each section checked and resolved on its own.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            line: e.location().map(|l| l.line()),
+            message: e.to_string(),
+        })?;
+        let check = Check { path };
+        if raw.secret_env.trim().is_empty() {
+            return Err(check.invalid("secret_env", "must name an environment variable".into()));
+        }
+        let inbound = raw
+            .inbound
+            .unwrap_or_default()
+            .validate()
+            .map_err(|(field, reason)| check.invalid(field, reason))?;
+        Ok(Config {
+            path: path.to_owned(),
+            newsletter: check.newsletter(raw.newsletter)?,
+            content_dir: check.resolve(&raw.content_dir),
+            state_dir: check.resolve(&raw.state_dir),
+            schedule: check.schedule(raw.schedule)?,
+            smtp: check.smtp(raw.smtp)?,
+            web_listen: check.web_listen(&raw.web.listen)?,
+            secret_env: raw.secret_env,
+            dkim: raw.dkim.map(|d| DkimConfig {
+                domain: d.domain,
+                selector: d.selector,
+                key_file: check.resolve(&d.key_file),
+                algorithm: d.algorithm,
+            }),
+            inbound,
+        })
+    }
+
+    /// The SQLite ledger and subscriber list.
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir.join("verdicts.db")
+    }
+}
+
+/// Checks the raw sections of one config file; every error names the file and the field.
+struct Check<'p> {
+    path: &'p Path,
+}
+
+impl Check<'_> {
+    fn invalid(&self, field: &'static str, reason: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            field,
+            reason,
+        }
+    }
+
+    /// A path from the file, relative to the file's folder.
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            normalize(&self.path.parent().unwrap_or(Path::new(".")).join(p))
+        }
+    }
+
+    fn newsletter(&self, raw: RawNewsletter) -> Result<Newsletter, ConfigError> {
+        let from: lettre::message::Mailbox = raw.from.parse().map_err(|e| {
+            self.invalid(
+                "newsletter.from",
+                format!("`{}` is not a mailbox: {e}", raw.from),
+            )
+        })?;
+        SubscriberEmail::parse(from.email.as_ref())
+            .map_err(|e| self.invalid("newsletter.from", e.to_string()))?;
+        let base_url = raw.base_url.trim_end_matches('/').to_owned();
+        if !(base_url.starts_with("https://") || base_url.starts_with("http://"))
+            || base_url.len() <= "https://".len()
+        {
+            return Err(self.invalid(
+                "newsletter.base_url",
+                format!("`{base_url}` must be an absolute http(s) URL"),
+            ));
+        }
+        if raw.name.trim().is_empty() {
+            return Err(self.invalid("newsletter.name", "must not be empty".into()));
+        }
+        if raw.postal_address.trim().is_empty() {
+            return Err(self.invalid(
+                "newsletter.postal_address",
+                "must not be empty (bulk mail must carry a postal address)".into(),
+            ));
+        }
+        let list_id = match raw.list_id {
+            Some(id) => id,
+            None => format!("weekly.{}", from.email.domain()),
+        };
+        Ok(Newsletter {
+            name: raw.name,
+            from,
+            base_url,
+            postal_address: raw.postal_address,
+            list_id,
+        })
+    }
+
+    fn schedule(&self, raw: RawSchedule) -> Result<ScheduleConfig, ConfigError> {
+        let tz = Tz::from_str(&raw.timezone).map_err(|_| {
+            self.invalid(
+                "schedule.timezone",
+                format!(
+                    "`{}` is not an IANA time zone (e.g. Europe/London)",
+                    raw.timezone
+                ),
+            )
+        })?;
+        let slots = SlotSchedule::new(&raw.cron, tz)
+            .map_err(|e| self.invalid("schedule.cron", e.to_string()))?;
+        let catch_up =
+            parse_duration(&raw.catch_up).map_err(|e| self.invalid("schedule.catch_up", e))?;
+        Ok(ScheduleConfig {
+            slots,
+            catch_up,
+            on_empty: raw.on_empty,
+        })
+    }
+
+    fn smtp(&self, raw: RawSmtp) -> Result<SmtpConfig, ConfigError> {
+        if raw.concurrency == 0 || raw.concurrency > 1000 {
+            return Err(self.invalid(
+                "smtp.concurrency",
+                format!("{} is out of range 1..=1000", raw.concurrency),
+            ));
+        }
+        if raw.max_attempts == 0 {
+            return Err(self.invalid("smtp.max_attempts", "must be at least 1".into()));
+        }
+        if raw.host.trim().is_empty() {
+            return Err(self.invalid("smtp.host", "must not be empty".into()));
+        }
+        Ok(SmtpConfig {
+            timeout: parse_duration(&raw.timeout).map_err(|e| self.invalid("smtp.timeout", e))?,
+            retry_base: parse_duration(&raw.retry_base)
+                .map_err(|e| self.invalid("smtp.retry_base", e))?,
+            host: raw.host,
+            port: raw.port,
+            tls: raw.tls,
+            username: raw.username,
+            password_env: raw.password_env,
+            concurrency: raw.concurrency,
+            rate_per_second: raw.rate_per_second,
+            max_attempts: raw.max_attempts,
+        })
+    }
+
+    fn web_listen(&self, listen: &str) -> Result<std::net::SocketAddr, ConfigError> {
+        listen
+            .parse()
+            .map_err(|_| self.invalid("web.listen", format!("`{listen}` is not an address:port")))
+    }
+}
+
+/// Folds `dir/../x` into `x` without touching the file system, so messages show
+/// `content/comparisons`, not `config/../content/comparisons`.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like 30s, 6h or 2days: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_fold_parent_components() {
+        assert_eq!(
+            normalize(Path::new("config/../content")),
+            PathBuf::from("content")
+        );
+        assert_eq!(
+            normalize(Path::new("/srv/v/config/../state")),
+            PathBuf::from("/srv/v/state")
+        );
+        assert_eq!(normalize(Path::new("../x")), PathBuf::from("../x"));
+        assert_eq!(normalize(Path::new("a/./b")), PathBuf::from("a/b"));
+        assert_eq!(normalize(Path::new("config/..")), PathBuf::from("."));
+    }
+}

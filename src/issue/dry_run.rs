@@ -1,0 +1,99 @@
+//! `send --dry-run`: every active subscriber's exact message written to files, through the
+//! same planning as a real send; the ledger is never written.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+
+use super::{Dispatcher, EmptyWeek, Plan};
+use crate::content::Comparison;
+use crate::digest::render::RenderedDigest;
+use crate::mail::message::Recipient;
+use crate::store::{self, ledger, IssueNumber};
+
+/// What a dry run wrote.
+#[derive(Debug)]
+pub struct DryRun {
+    pub number: IssueNumber,
+    pub digest: RenderedDigest,
+    pub written: u64,
+    pub bytes: u64,
+    /// Recipients whose message could not be built: address and reason. Every other
+    /// message was still written.
+    pub unbuildable: Vec<(String, String)>,
+}
+
+impl Dispatcher<'_> {
+    /// Writes each active subscriber's message for the slot's issue (the stored digest of an
+    /// existing issue, or what a new one would hold) to `out`. `None` when nothing would be
+    /// sent.
+    pub fn dry_run(
+        &self,
+        comparisons: &[Comparison],
+        slot: DateTime<Utc>,
+        out: &Path,
+    ) -> anyhow::Result<Option<DryRun>> {
+        let conn = store::open(&self.config.database_path())?;
+        let (number, digest) = match self.plan(&conn, comparisons, slot, EmptyWeek::Leave)? {
+            Plan::Existing(issue) => (
+                issue.number,
+                RenderedDigest::from(ledger::stored_digest(&conn, issue.number)?),
+            ),
+            Plan::New { digest, .. } => (ledger::next_issue_number(&conn)?, digest),
+            Plan::Empty { .. } => return Ok(None),
+        };
+        let messages = self.messages(number, slot, &digest);
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("cannot create output folder {}", out.display()))?;
+        let mut run = DryRun {
+            number,
+            digest,
+            written: 0,
+            bytes: 0,
+            unbuildable: Vec::new(),
+        };
+        let mut n = 0u64;
+        store::subscribers::for_each_subscriber(
+            &conn,
+            Some(store::subscribers::SubscriberStatus::Active),
+            |s| -> anyhow::Result<()> {
+                n += 1;
+                let recipient = Recipient {
+                    subscriber_id: s.id,
+                    email: s.email.clone(),
+                    name: s.name.as_ref().map(|n| n.as_str().to_owned()),
+                };
+                match messages.build(&recipient) {
+                    Ok(message) => {
+                        let raw = message.formatted();
+                        let path = file_name(out, n, s.email.as_str());
+                        std::fs::write(&path, &raw)
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                        run.written += 1;
+                        run.bytes += raw.len() as u64;
+                    }
+                    Err(e) => run
+                        .unbuildable
+                        .push((s.email.as_str().to_owned(), e.to_string())),
+                }
+                Ok(())
+            },
+        )?;
+        Ok(Some(run))
+    }
+}
+
+fn file_name(out: &Path, n: u64, email: &str) -> PathBuf {
+    let safe: String = email
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@.+-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    out.join(format!("{n}-{safe}.eml"))
+}

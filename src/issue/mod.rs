@@ -1,0 +1,551 @@
+//! How an issue gets sent: the one dispatcher behind `send`, `send --dry-run`, `issues retry`
+//! and the daemon. [`Dispatcher`] loads what sending needs once (the token key, the SMTP
+//! password, the DKIM key); [`Dispatcher::prepare`] plans the slot, renders the digest and
+//! runs the deliverability gate once each; [`Dispatcher::execute`] takes the sender lock,
+//! creates or resumes the issue and delivers it. Progress is reported as [`Event`]s that the
+//! CLI prints and the daemon logs.
+
+mod dry_run;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::Connection;
+use tokio::sync::watch;
+
+use crate::config::{Config, TlsMode};
+use crate::content::Comparison;
+use crate::deliverability::{self as lint, Finding, Refused};
+use crate::delivery::{self, Delivery, Finish, Report};
+use crate::digest::render::{self, RenderedDigest};
+use crate::digest::{self, Window};
+use crate::error::UserError;
+use crate::mail::dkim::DkimSigner;
+use crate::mail::message::IssueMessages;
+use crate::mail::token::TokenKey;
+use crate::store::ledger::{self, Created, DeliveryCounts, Issue, IssueState, NewIssue};
+use crate::store::lock::SenderLock;
+use crate::store::{self, IssueNumber};
+
+pub use dry_run::DryRun;
+
+/// What to do on a slot with no new comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyWeek {
+    /// Say so and record nothing (a later send may still find content).
+    Leave,
+    /// Record the slot as skipped so it is never retried.
+    Record,
+    /// Send the "nothing new" digest anyway.
+    Send,
+}
+
+/// The window and comparisons the slot's issue would hold, given the ledger; without a
+/// ledger (`None`) the first issue: a seven-day window, nothing sent.
+pub fn plan<'a>(
+    conn: Option<&Connection>,
+    comparisons: &'a [Comparison],
+    slot: DateTime<Utc>,
+) -> anyhow::Result<(Window, Vec<&'a Comparison>)> {
+    let (previous, sent) = match conn {
+        Some(conn) => (
+            ledger::previous_cutoff(conn, slot)?,
+            ledger::sent_slugs(conn)?,
+        ),
+        None => (None, Default::default()),
+    };
+    let window = Window::new(previous, slot);
+    Ok((window, digest::select(comparisons, &window, &sent)))
+}
+
+/// A slot's issue as planned, before anything is written.
+#[derive(Debug)]
+pub enum Plan {
+    /// The slot already has an issue (unfinished, complete or skipped).
+    Existing(Issue),
+    /// A new issue: its window, comparisons and digest, rendered once.
+    New {
+        window: Window,
+        slugs: Vec<String>,
+        digest: RenderedDigest,
+    },
+    /// Nothing new for this slot.
+    Empty { window: Window },
+}
+
+/// A planned send that passed the deliverability gate.
+#[derive(Debug)]
+pub struct Prepared {
+    pub slot: DateTime<Utc>,
+    pub plan: Plan,
+    /// The digest that will go out (stored or new), for the confirmation question.
+    pub subject: Option<String>,
+}
+
+/// What a new issue will be, for the operator's confirmation.
+#[derive(Debug)]
+pub struct Confirmation<'a> {
+    pub slot: DateTime<Utc>,
+    pub comparisons: usize,
+    pub subject: &'a str,
+    pub recipients: u64,
+}
+
+/// Asked before a new issue is created; an error stops the send.
+pub type Confirm<'c> = &'c dyn Fn(&Confirmation<'_>) -> anyhow::Result<()>;
+
+/// Progress of a send, as it happens.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Deliverability findings on the digest about to go out (only when there are some).
+    Findings {
+        findings: &'a [Finding],
+        dkim: Option<&'a DkimSigner>,
+    },
+    /// Another process holds the sender lock; waiting for it.
+    WaitingForLock,
+    AlreadySent {
+        issue: &'a Issue,
+        counts: DeliveryCounts,
+    },
+    SkippedWeek {
+        issue: &'a Issue,
+    },
+    Empty {
+        slot: DateTime<Utc>,
+        window: &'a Window,
+        recorded: bool,
+    },
+    Created {
+        issue: &'a Issue,
+        recipients: u64,
+    },
+    Resuming {
+        issue: &'a Issue,
+        counts: DeliveryCounts,
+    },
+    Finished {
+        issue: &'a Issue,
+        report: &'a Report,
+    },
+}
+
+/// How a send ended. (Returned once per send, so its size does not matter.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome {
+    /// Nothing to deliver: already sent, recorded as empty, or an empty week.
+    NothingToSend,
+    /// The deliverability gate refused the digest.
+    Refused(Refused),
+    /// Stopped before the issue was touched (a stop request while waiting for the lock).
+    Stopped,
+    /// A delivery run ended (complete, paused or interrupted).
+    Delivered { issue: Issue, report: Report },
+}
+
+/// Everything sending needs that does not change between issues, loaded once.
+pub struct Dispatcher<'a> {
+    pub config: &'a Config,
+    key: TokenKey,
+    password: Option<String>,
+    dkim: Option<DkimSigner>,
+}
+
+impl<'a> Dispatcher<'a> {
+    /// For sending: the token key must be set, and the SMTP password when a username is.
+    pub fn for_sending(config: &'a Config) -> anyhow::Result<Self> {
+        Ok(Dispatcher {
+            key: token_key(config)?,
+            password: smtp_password(config)?,
+            dkim: crate::mail::dkim::load(config)?,
+            config,
+        })
+    }
+
+    /// For writing messages to files: no SMTP login is needed.
+    pub fn for_files(config: &'a Config) -> anyhow::Result<Self> {
+        Ok(Dispatcher {
+            key: token_key(config)?,
+            password: None,
+            dkim: crate::mail::dkim::load(config)?,
+            config,
+        })
+    }
+
+    pub fn dkim(&self) -> Option<&DkimSigner> {
+        self.dkim.as_ref()
+    }
+
+    /// Plans the slot's issue against the ledger, rendering the digest of a new one.
+    pub fn plan(
+        &self,
+        conn: &Connection,
+        comparisons: &[Comparison],
+        slot: DateTime<Utc>,
+        on_empty: EmptyWeek,
+    ) -> anyhow::Result<Plan> {
+        if let Some(issue) = ledger::issue_by_slot(conn, slot)? {
+            return Ok(Plan::Existing(issue));
+        }
+        let (window, selected) = plan(Some(conn), comparisons, slot)?;
+        if selected.is_empty() && on_empty != EmptyWeek::Send {
+            return Ok(Plan::Empty { window });
+        }
+        Ok(Plan::New {
+            window,
+            slugs: selected.iter().map(|c| c.slug.clone()).collect(),
+            digest: render::render_issue(self.config, &selected, slot)?,
+        })
+    }
+
+    /// The deliverability findings on a digest, and whether they stop the send.
+    pub fn gate(&self, digest: &RenderedDigest, force: bool) -> (Vec<Finding>, Option<Refused>) {
+        lint::review(self.config, digest, self.dkim.as_ref(), force)
+    }
+
+    /// Plans the slot, runs the deliverability gate on what would go out, and asks
+    /// `confirm` before a new issue is created. Nothing is written.
+    pub fn prepare(
+        &self,
+        comparisons: &[Comparison],
+        slot: DateTime<Utc>,
+        on_empty: EmptyWeek,
+        force: bool,
+        confirm: Option<Confirm<'_>>,
+        events: &mut dyn FnMut(Event<'_>),
+    ) -> anyhow::Result<Result<Prepared, Refused>> {
+        let conn = store::open(&self.config.database_path())?;
+        let plan = self.plan(&conn, comparisons, slot, on_empty)?;
+        let stored;
+        let digest = match &plan {
+            Plan::New { digest, .. } => Some(digest),
+            Plan::Existing(issue) if issue.state.is_unfinished() => {
+                stored = RenderedDigest::from(ledger::stored_digest(&conn, issue.number)?);
+                Some(&stored)
+            }
+            _ => None,
+        };
+        if let Some(digest) = digest {
+            let (findings, refused) = self.gate(digest, force);
+            if !findings.is_empty() {
+                events(Event::Findings {
+                    findings: &findings,
+                    dkim: self.dkim.as_ref(),
+                });
+            }
+            if let Some(refused) = refused {
+                return Ok(Err(refused));
+            }
+        }
+        if let (Plan::New { slugs, digest, .. }, Some(confirm)) = (&plan, confirm) {
+            if !slugs.is_empty() {
+                confirm(&Confirmation {
+                    slot,
+                    comparisons: slugs.len(),
+                    subject: &digest.subject,
+                    recipients: store::subscribers::count_by_status(&conn)?
+                        .get(store::subscribers::SubscriberStatus::Active),
+                })?;
+            }
+        }
+        let subject = digest.map(|d| d.subject.clone());
+        Ok(Ok(Prepared {
+            slot,
+            plan,
+            subject,
+        }))
+    }
+
+    /// Resumes an unfinished issue: its stored digest was checked when it was created.
+    pub async fn resume(
+        &self,
+        issue: Issue,
+        stop: watch::Receiver<bool>,
+        events: &mut (dyn FnMut(Event<'_>) + Send),
+    ) -> anyhow::Result<Outcome> {
+        let prepared = Prepared {
+            slot: issue.slot,
+            subject: Some(issue.subject.clone()),
+            plan: Plan::Existing(issue),
+        };
+        self.execute(prepared, false, false, stop, events).await
+    }
+
+    /// Takes the sender lock (waiting for another sender, stoppably), creates the prepared
+    /// issue or resumes the slot's existing one, and delivers it.
+    pub async fn execute(
+        &self,
+        prepared: Prepared,
+        record_empty: bool,
+        progress_bar: bool,
+        stop: watch::Receiver<bool>,
+        events: &mut (dyn FnMut(Event<'_>) + Send),
+    ) -> anyhow::Result<Outcome> {
+        let Some(_lock) = sender_lock(self.config, stop.clone(), events).await? else {
+            return Ok(Outcome::Stopped);
+        };
+        let conn = store::open(&self.config.database_path())?;
+        let slot = prepared.slot;
+        let (issue, created) = match prepared.plan {
+            Plan::Existing(issue) => (issue, false),
+            Plan::Empty { window } => {
+                // Another process may have created the slot's issue meanwhile.
+                if let Some(issue) = ledger::issue_by_slot(&conn, slot)? {
+                    (issue, false)
+                } else {
+                    if record_empty {
+                        let digest = render::render_issue(self.config, &[], slot)?;
+                        create(&conn, slot, &window, vec![], &digest, true)?;
+                    }
+                    events(Event::Empty {
+                        slot,
+                        window: &window,
+                        recorded: record_empty,
+                    });
+                    return Ok(Outcome::NothingToSend);
+                }
+            }
+            Plan::New {
+                window,
+                slugs,
+                digest,
+            } => match create(&conn, slot, &window, slugs, &digest, false)? {
+                Created::New { number, .. } => (load(&conn, number)?, true),
+                Created::Existing { number } => (load(&conn, number)?, false),
+            },
+        };
+        // Whoever held the lock may have finished the issue while we waited.
+        let issue = load(&conn, issue.number)?;
+        let counts = ledger::delivery_counts(&conn, issue.number)?;
+        match issue.state {
+            IssueState::Complete => {
+                events(Event::AlreadySent {
+                    issue: &issue,
+                    counts,
+                });
+                return Ok(Outcome::NothingToSend);
+            }
+            IssueState::Skipped => {
+                events(Event::SkippedWeek { issue: &issue });
+                return Ok(Outcome::NothingToSend);
+            }
+            IssueState::Sending | IssueState::Paused if created => events(Event::Created {
+                issue: &issue,
+                recipients: counts.total(),
+            }),
+            IssueState::Sending | IssueState::Paused => events(Event::Resuming {
+                issue: &issue,
+                counts,
+            }),
+        }
+        let digest = RenderedDigest::from(ledger::stored_digest(&conn, issue.number)?);
+        drop(conn);
+        let report = self.deliver(&issue, &digest, progress_bar, stop).await?;
+        events(Event::Finished {
+            issue: &issue,
+            report: &report,
+        });
+        Ok(Outcome::Delivered { issue, report })
+    }
+
+    async fn deliver(
+        &self,
+        issue: &Issue,
+        digest: &RenderedDigest,
+        progress_bar: bool,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Report> {
+        let messages = IssueMessages::new(
+            &self.config.newsletter,
+            issue.number,
+            issue.slot,
+            digest,
+            self.key.clone(),
+        )
+        .with_dkim(self.dkim.clone())
+        .with_inbound(self.config.inbound.address.as_deref());
+        delivery::deliver(
+            Delivery {
+                db_path: self.config.database_path(),
+                issue: issue.number,
+                messages: Arc::new(messages),
+                smtp: self.config.smtp.clone(),
+                password: self.password.clone(),
+                progress_bar,
+                hygiene: self.config.inbound.hygiene,
+            },
+            stop,
+        )
+        .await
+    }
+
+    /// The messages of an issue for writing to files (dry run, test sends).
+    pub fn messages(
+        &self,
+        number: IssueNumber,
+        slot: DateTime<Utc>,
+        digest: &RenderedDigest,
+    ) -> IssueMessages {
+        IssueMessages::new(
+            &self.config.newsletter,
+            number,
+            slot,
+            digest,
+            self.key.clone(),
+        )
+        .with_dkim(self.dkim.clone())
+        .with_inbound(self.config.inbound.address.as_deref())
+    }
+}
+
+/// Re-queues the failed deliveries of an issue (under the sender lock, so a sender
+/// finishing the issue cannot mark it complete just after). Returns how many; `None` if
+/// stopped while waiting for the lock.
+pub async fn requeue_failed(
+    config: &Config,
+    number: IssueNumber,
+    stop: watch::Receiver<bool>,
+    events: &mut (dyn FnMut(Event<'_>) + Send),
+) -> anyhow::Result<Option<usize>> {
+    let Some(_lock) = sender_lock(config, stop, events).await? else {
+        return Ok(None);
+    };
+    let conn = store::open(&config.database_path())?;
+    Ok(Some(ledger::requeue_failed(&conn, number)?))
+}
+
+/// Waits for the sender lock, polling so a stop request is noticed. `None` if stopped.
+async fn sender_lock(
+    config: &Config,
+    mut stop: watch::Receiver<bool>,
+    events: &mut (dyn FnMut(Event<'_>) + Send),
+) -> anyhow::Result<Option<SenderLock>> {
+    let mut told = false;
+    loop {
+        if let Some(lock) = SenderLock::try_acquire(&config.state_dir)? {
+            return Ok(Some(lock));
+        }
+        if !told {
+            events(Event::WaitingForLock);
+            told = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return Ok(None);
+        }
+    }
+}
+
+fn load(conn: &Connection, number: IssueNumber) -> anyhow::Result<Issue> {
+    ledger::issue(conn, number)?
+        .ok_or_else(|| anyhow::anyhow!("issue {number} vanished from the ledger"))
+}
+
+fn create(
+    conn: &Connection,
+    slot: DateTime<Utc>,
+    window: &Window,
+    slugs: Vec<String>,
+    digest: &RenderedDigest,
+    skipped: bool,
+) -> anyhow::Result<Created> {
+    Ok(ledger::create_issue(
+        conn,
+        &NewIssue {
+            slot,
+            window_after: window.after,
+            cutoff: window.cutoff,
+            slugs,
+            digest: &digest.to_stored(),
+            skipped,
+        },
+    )?)
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The SMTP password, when a username is configured. Refuses to send credentials in the
+/// clear to anything but this machine.
+pub fn smtp_password(config: &Config) -> anyhow::Result<Option<String>> {
+    let smtp = &config.smtp;
+    let Some(user) = &smtp.username else {
+        return Ok(None);
+    };
+    if smtp.tls == TlsMode::None && !is_loopback(&smtp.host) {
+        return Err(UserError::new(format!(
+            "refusing to log in to {} as {user} without TLS: the password would cross the network in clear text. Set smtp.tls to starttls or tls",
+            smtp.host
+        ))
+        .into());
+    }
+    match std::env::var(&smtp.password_env) {
+        Ok(p) if !p.is_empty() => Ok(Some(p)),
+        _ => Err(UserError::new(format!(
+            "smtp.username is set but the environment variable {} (smtp.password_env) holding the password is not",
+            smtp.password_env
+        ))
+        .into()),
+    }
+}
+
+/// The key that signs unsubscribe links; sending without one is refused.
+pub fn token_key(config: &Config) -> anyhow::Result<TokenKey> {
+    TokenKey::from_env(&config.secret_env).map_err(|e| UserError::new(e.to_string()).into())
+}
+
+/// A one-line account of a run.
+pub fn summary_line(number: IssueNumber, report: &Report) -> String {
+    let secs = report.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        report.sent as f64 / secs
+    } else {
+        0.0
+    };
+    format!(
+        "Issue {number}: sent {}, failed {}, skipped {}, retrying {} in {:.1} s ({:.0} msgs/s). Totals: {} sent, {} failed, {} skipped, {} pending of {}.",
+        report.sent,
+        report.failed,
+        report.skipped,
+        report.counts.pending,
+        secs,
+        rate,
+        report.counts.sent,
+        report.counts.failed,
+        report.counts.skipped,
+        report.counts.outstanding(),
+        report.counts.total(),
+    )
+}
+
+/// Whether a finished run leaves the issue resumable (paused or interrupted).
+pub fn is_resumable(finish: &Finish) -> bool {
+    !matches!(finish, Finish::Complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["127.0.0.1", "localhost", "::1", "[::1]", "127.1.2.3"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["smtp.example.com", "10.0.0.1", "192.168.1.1"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Per-recipient messages. The digest's two parts are quoted-printable encoded once per
+//! issue, around the unsubscribe placeholder, into a body layout every copy shares; each
+//! recipient's copy is their headers, their encoded link and (with DKIM) a signature whose
+//! body hash continues from the shared part's.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use lettre::message::header::{self, HeaderName, HeaderValue, Headers};
+use lettre::message::{Mailbox, Mailboxes};
+
+use crate::config::Newsletter;
+use crate::digest::render::RenderedDigest;
+use crate::mail::address::SubscriberEmail;
+use crate::mail::dkim::DkimSigner;
+use crate::mail::outgoing::{encode_link, BodyHashPlan, BodyLayout, OutgoingMessage};
+use crate::mail::token::TokenKey;
+use crate::mail::verp::{Purpose, Tag, VerpKey};
+use crate::store::{IssueNumber, SubscriberId};
+
+/// Longest run of an encoded URL on one line (QP allows 76 with the soft break's `=`).
+const URL_CHUNK: usize = 72;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("building the message for {recipient} failed: {source}")]
+    Build {
+        recipient: String,
+        source: lettre::error::Error,
+    },
+    #[error("`{0}` is not a deliverable address")]
+    Address(String),
+}
+
+/// A digest part quoted-printable encoded, split where the unsubscribe URL goes.
+fn encode_part(parts: &[String]) -> Vec<String> {
+    parts
+        .iter()
+        .map(|p| quoted_printable::encode_to_str(p.replace("\r\n", "\n").replace('\n', "\r\n")))
+        .collect()
+}
+
+/// One header field as it appears in the message, with its CRLF.
+fn header_line(value: HeaderValue) -> String {
+    let mut h = Headers::new();
+    h.insert_raw(value);
+    h.to_string()
+}
+
+fn typed_line<H: header::Header>(value: H) -> String {
+    let mut h = Headers::new();
+    h.set(value);
+    h.to_string()
+}
+
+/// A MIME boundary that cannot occur in quoted-printable text (`=_` never does).
+fn boundary() -> String {
+    let mut b = String::from("=_verdicts_");
+    b.extend((0..24).map(|_| fastrand::alphanumeric()));
+    b
+}
+
+/// Who a copy goes to.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    pub subscriber_id: SubscriberId,
+    pub email: SubscriberEmail,
+    pub name: Option<String>,
+}
+
+impl Recipient {
+    /// The stand-in reader of previews and lint checks.
+    pub fn sample() -> Recipient {
+        Recipient {
+            subscriber_id: SubscriberId(0),
+            email: SubscriberEmail::parse("reader@example.com").expect("valid sample address"),
+            name: Some("Sample Reader".into()),
+        }
+    }
+
+    pub fn email_norm(&self) -> String {
+        self.email.normalized()
+    }
+}
+
+/// Everything needed to build each recipient's copy of one issue.
+#[derive(Debug, Clone)]
+pub struct IssueMessages {
+    newsletter: Newsletter,
+    issue_number: IssueNumber,
+    slot: DateTime<Utc>,
+    subject: String,
+    key: TokenKey,
+    mailto: String,
+    body: Arc<BodyLayout>,
+    /// The header fields every copy shares, each with its CRLF.
+    from: String,
+    subject_line: String,
+    list_id: String,
+    list_unsubscribe_post: String,
+    mime_version: String,
+    content_type: String,
+    /// `inbound.address` and the key that tags it, when bounces are read back.
+    verp: Option<(String, VerpKey)>,
+    dkim: Option<(DkimSigner, Arc<BodyHashPlan>)>,
+}
+
+impl IssueMessages {
+    pub fn new(
+        newsletter: &Newsletter,
+        issue_number: IssueNumber,
+        slot: DateTime<Utc>,
+        digest: &RenderedDigest,
+        key: TokenKey,
+    ) -> Self {
+        let list_id = format!("{} <{}>", newsletter.name, newsletter.list_id);
+        let mailto = format!("mailto:{}?subject=unsubscribe", newsletter.from.email);
+        let boundary = boundary();
+        let body = BodyLayout::new(
+            &boundary,
+            &encode_part(digest.text_parts()),
+            &encode_part(digest.html_parts()),
+        );
+        IssueMessages {
+            newsletter: newsletter.clone(),
+            issue_number,
+            slot,
+            subject: digest.subject.clone(),
+            key,
+            mailto,
+            body: Arc::new(body),
+            from: typed_line(header::From::from(Mailboxes::from(newsletter.from.clone()))),
+            subject_line: typed_line(header::Subject::from(digest.subject.clone())),
+            list_id: header_line(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Id"),
+                list_id,
+            )),
+            list_unsubscribe_post: "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n".into(),
+            mime_version: "MIME-Version: 1.0\r\n".into(),
+            content_type: format!(
+                "Content-Type: multipart/alternative;\r\n boundary=\"{boundary}\"\r\n"
+            ),
+            verp: None,
+            dkim: None,
+        }
+    }
+
+    /// With an inbound address, each copy's envelope sender and mailto unsubscribe become
+    /// signed `+` tags on it (VERP), so what comes back names the issue and the subscriber.
+    pub fn with_inbound(mut self, address: Option<&str>) -> Self {
+        self.verp = address.map(|a| (a.to_string(), self.key.verp_key()));
+        self
+    }
+
+    /// The envelope sender (MAIL FROM) of the recipient's copy, when it is tagged.
+    pub fn envelope_sender(&self, subscriber_id: SubscriberId) -> Option<String> {
+        self.tagged(subscriber_id, Purpose::Bounce)
+    }
+
+    fn tagged(&self, subscriber: SubscriberId, purpose: Purpose) -> Option<String> {
+        let (base, key) = self.verp.as_ref()?;
+        Some(key.address(
+            base,
+            Tag {
+                issue: self.issue_number,
+                subscriber,
+                purpose,
+            },
+        ))
+    }
+
+    /// Signs every built message with `signer` (DKIM off when `None`). The shared part of
+    /// the body is canonicalised and hashed here, once.
+    pub fn with_dkim(mut self, signer: Option<DkimSigner>) -> Self {
+        self.dkim = signer.map(|s| (s, Arc::new(self.body.prepare_hash())));
+        self
+    }
+
+    /// True when built messages are DKIM-signed (which costs real CPU per message).
+    pub fn signs(&self) -> bool {
+        self.dkim.is_some()
+    }
+
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Bytes of the body every copy shares before the first personal link (whose DKIM body
+    /// hash is computed once per issue).
+    pub fn shared_body_prefix(&self) -> usize {
+        self.body.shared_prefix_len()
+    }
+
+    /// The recipient's one-click unsubscribe URL.
+    pub fn unsubscribe_url(&self, r: &Recipient) -> String {
+        format!(
+            "{}/unsubscribe?token={}",
+            self.newsletter.base_url,
+            self.key.issue(r.subscriber_id, &r.email_norm())
+        )
+    }
+
+    /// The same for every send of this issue to this subscriber, so a copy re-sent after a
+    /// crash is recognisably the same message.
+    pub fn message_id(&self, subscriber_id: SubscriberId) -> String {
+        format!(
+            "<verdicts.{}.{}.{}@{}>",
+            self.slot.format("%Y%m%dT%H%MZ"),
+            self.issue_number,
+            subscriber_id,
+            self.newsletter.sender_domain()
+        )
+    }
+
+    /// The complete message for one recipient (signed when DKIM is on).
+    pub fn build(&self, r: &Recipient) -> Result<OutgoingMessage, MessageError> {
+        let envelope = match self.envelope_sender(r.subscriber_id) {
+            Some(sender) => {
+                let from = sender
+                    .parse()
+                    .map_err(|_| MessageError::Address(sender.clone()))?;
+                lettre::address::Envelope::new(Some(from), vec![r.email.address().clone()])
+                    .map_err(|_| MessageError::Address(r.email.to_string()))?
+            }
+            None => lettre::address::Envelope::new(
+                Some(self.newsletter.from.email.clone()),
+                vec![r.email.address().clone()],
+            )
+            .map_err(|source| MessageError::Build {
+                recipient: r.email.to_string(),
+                source,
+            })?,
+        };
+        let url = self.unsubscribe_url(r);
+        let mailto = match self.tagged(r.subscriber_id, Purpose::Unsubscribe) {
+            Some(address) => format!("mailto:{address}?subject=unsubscribe"),
+            None => self.mailto.clone(),
+        };
+        let to = typed_line(header::To::from(Mailboxes::from(Mailbox::new(
+            r.name.clone(),
+            r.email.address().clone(),
+        ))));
+        let date = typed_line(header::Date::now());
+        let message_id = typed_line(header::MessageId::from(self.message_id(r.subscriber_id)));
+        let list_unsubscribe = header_line(HeaderValue::new(
+            HeaderName::new_from_ascii_str("List-Unsubscribe"),
+            format!("<{url}>, <{mailto}>"),
+        ));
+        let fields: [&str; 10] = [
+            &self.from,
+            &to,
+            &self.subject_line,
+            &date,
+            &message_id,
+            &self.list_id,
+            &list_unsubscribe,
+            &self.list_unsubscribe_post,
+            &self.mime_version,
+            &self.content_type,
+        ];
+        let link = encode_link(&url, URL_CHUNK);
+        let signature = self.dkim.as_ref().map(|(signer, plan)| {
+            signer.signature_header(&fields, &plan.body_hash(&self.body, &link))
+        });
+        let mut head = String::with_capacity(
+            fields.iter().map(|f| f.len()).sum::<usize>()
+                + signature.as_ref().map_or(0, String::len)
+                + 2,
+        );
+        head.push_str(signature.as_deref().unwrap_or(""));
+        for f in fields {
+            head.push_str(f);
+        }
+        head.push_str("\r\n");
+        Ok(OutgoingMessage::new(
+            envelope,
+            head,
+            link,
+            self.body.clone(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mail::outgoing::OutgoingMessage;
+
+    #[test]
+    fn url_encoding_escapes_equals_and_keeps_lines_short() {
+        let url = format!("https://x.example/unsubscribe?token=12.{}", "A".repeat(100));
+        let enc = encode_link(&url, URL_CHUNK);
+        assert!(enc.contains("=3D"));
+        for line in enc.split("\r\n") {
+            assert!(line.len() <= 76, "{line}");
+        }
+        let decoded =
+            quoted_printable::decode(enc.as_bytes(), quoted_printable::ParseMode::Strict).unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), url);
+    }
+
+    #[test]
+    fn spliced_parts_decode_to_the_personal_text() {
+        let text = vec!["Hello — “reader”\nClick: ".to_string(), "\nBye ".repeat(40)];
+        let html = vec!["<p>a</p>\n<a href=\"".to_string(), "\">x</a>\n".to_string()];
+        let body = Arc::new(BodyLayout::new(
+            "=_b",
+            &encode_part(&text),
+            &encode_part(&html),
+        ));
+        let url = "https://x.example/unsubscribe?token=3.abc=def";
+        let envelope =
+            lettre::address::Envelope::new(None, vec!["a@example.com".parse().unwrap()]).unwrap();
+        let message =
+            OutgoingMessage::new(envelope, "\r\n".into(), encode_link(url, URL_CHUNK), body);
+        let raw = String::from_utf8(message.formatted()).unwrap();
+        assert_eq!(raw.len(), message.len());
+        let parts: Vec<&str> = raw.split("--=_b").collect();
+        assert_eq!(parts.len(), 4, "{raw}");
+        assert_eq!(parts[3], "--\r\n");
+        for (part, source) in [(parts[1], &text), (parts[2], &html)] {
+            let (_, encoded) = part.split_once("\r\n\r\n").unwrap();
+            let encoded = encoded.strip_suffix("\r\n").unwrap();
+            let decoded =
+                quoted_printable::decode(encoded, quoted_printable::ParseMode::Strict).unwrap();
+            let expected = source.join(url).replace('\n', "\r\n");
+            assert_eq!(String::from_utf8(decoded).unwrap(), expected);
+            for line in encoded.split("\r\n") {
+                assert!(line.len() <= 76, "{line}");
+            }
+        }
+    }
+}

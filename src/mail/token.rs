@@ -1,0 +1,123 @@
+//! Unsubscribe tokens: `<subscriber id>.<HMAC-SHA256 over the id and address>`, base64url.
+//! A token proves which subscriber it was issued to; forged or altered ones fail to verify.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::store::SubscriberId;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The shortest secret accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("the environment variable {var} is not set; it holds the key that signs unsubscribe links. Set it to a long random value, e.g. `export {var}=$(openssl rand -hex 32)`, and keep it stable: changing it invalidates links already sent")]
+    Missing { var: String },
+    #[error("the environment variable {var} is too short ({len} bytes); use at least {MIN_SECRET_LEN} random bytes, e.g. `openssl rand -hex 32`")]
+    TooShort { var: String, len: usize },
+}
+
+/// The key that signs unsubscribe tokens.
+#[derive(Clone)]
+pub struct TokenKey(Vec<u8>);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(<redacted>)")
+    }
+}
+
+impl TokenKey {
+    pub fn new(secret: &[u8]) -> Self {
+        TokenKey(secret.to_vec())
+    }
+
+    /// Reads the key from the environment variable named in the config.
+    pub fn from_env(var: &str) -> Result<Self, SecretError> {
+        let value = std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| SecretError::Missing { var: var.into() })?;
+        if value.len() < MIN_SECRET_LEN {
+            return Err(SecretError::TooShort {
+                var: var.into(),
+                len: value.len(),
+            });
+        }
+        Ok(TokenKey(value.into_bytes()))
+    }
+
+    fn mac(&self, subscriber_id: SubscriberId, email_norm: &str) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"verdicts-unsubscribe-v1\0");
+        mac.update(&subscriber_id.get().to_be_bytes());
+        mac.update(email_norm.as_bytes());
+        mac
+    }
+
+    /// The key for VERP tags, derived from the same secret under its own label.
+    pub fn verp_key(&self) -> crate::mail::verp::VerpKey {
+        crate::mail::verp::VerpKey::derive(&self.0)
+    }
+
+    /// The token for a subscriber (by id and normalised address).
+    pub fn issue(&self, subscriber_id: SubscriberId, email_norm: &str) -> String {
+        let tag = self.mac(subscriber_id, email_norm).finalize().into_bytes();
+        format!("{subscriber_id}.{}", URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// Checks a token against the subscriber it names, in constant time.
+    pub fn verify(&self, token: &str, subscriber_id: SubscriberId, email_norm: &str) -> bool {
+        let Some((id, tag)) = token.split_once('.') else {
+            return false;
+        };
+        if id.parse::<i64>().ok() != Some(subscriber_id.get()) {
+            return false;
+        }
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else {
+            return false;
+        };
+        self.mac(subscriber_id, email_norm)
+            .verify_slice(&tag)
+            .is_ok()
+    }
+}
+
+/// The subscriber id a token claims; verify it before trusting it.
+pub fn claimed_subscriber(token: &str) -> Option<SubscriberId> {
+    token.split_once('.')?.0.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_verifies_for_its_subscriber_only() {
+        let key = TokenKey::new(b"0123456789abcdef0123");
+        let t = key.issue(SubscriberId(7), "ada@example.com");
+        assert_eq!(claimed_subscriber(&t), Some(SubscriberId(7)));
+        assert!(key.verify(&t, SubscriberId(7), "ada@example.com"));
+        assert!(!key.verify(&t, SubscriberId(8), "ada@example.com"));
+        assert!(!key.verify(&t, SubscriberId(7), "bob@example.com"));
+        assert!(!TokenKey::new(b"another key entirely!").verify(
+            &t,
+            SubscriberId(7),
+            "ada@example.com"
+        ));
+        let mut altered = t.clone().into_bytes();
+        let last = altered.len() - 1;
+        altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+        assert!(!key.verify(
+            std::str::from_utf8(&altered).unwrap(),
+            SubscriberId(7),
+            "ada@example.com"
+        ));
+        assert!(!key.verify(&t[..t.len() - 4], SubscriberId(7), "ada@example.com"));
+        assert!(!key.verify("7", SubscriberId(7), "ada@example.com"));
+    }
+}

@@ -1,0 +1,577 @@
+//! Subscriber CSV: a streaming, all-or-nothing import and the export it round-trips with.
+
+use std::io::{self, Read, Write};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::subscribers::{now, StoreError, SubscriberStatus, UPDATE_SUBSCRIBER};
+use crate::mail::address::{AddressError, SubscriberEmail, SubscriberName};
+use crate::store;
+
+/// The columns of the import and export CSV, in export order.
+pub const CSV_COLUMNS: [&str; 3] = ["email", "name", "status"];
+
+/// Writes every subscriber as CSV with the header `email,name,status`, in the order they
+/// joined, streaming. Returns how many were written.
+pub fn export_csv(conn: &Connection, out: impl Write) -> Result<u64, ExportError> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer.write_record(CSV_COLUMNS)?;
+    let mut stmt = conn
+        .prepare("SELECT email, name, status FROM subscribers ORDER BY id")
+        .map_err(StoreError)?;
+    let mut rows = stmt.query([]).map_err(StoreError)?;
+    let mut written = 0;
+    while let Some(row) = rows.next().map_err(StoreError)? {
+        // Stored values were validated on the way in; copy them out as they are.
+        let email = row
+            .get_ref(0)
+            .and_then(|v| Ok(v.as_str()?))
+            .map_err(StoreError)?;
+        let name = row
+            .get_ref(1)
+            .and_then(|v| Ok(v.as_str_or_null()?))
+            .map_err(StoreError)?;
+        let status = row
+            .get_ref(2)
+            .and_then(|v| Ok(v.as_str()?))
+            .map_err(StoreError)?;
+        writer.write_record([email, name.unwrap_or(""), status])?;
+        written += 1;
+    }
+    writer.flush()?;
+    Ok(written)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write the export")]
+    Write(#[from] io::Error),
+}
+
+impl From<csv::Error> for ExportError {
+    fn from(e: csv::Error) -> Self {
+        // Keep the I/O error itself, so callers can tell a closed pipe from a full disk.
+        if !e.is_io_error() {
+            return ExportError::Write(io::Error::other(e));
+        }
+        match e.into_kind() {
+            csv::ErrorKind::Io(e) => ExportError::Write(e),
+            kind => ExportError::Write(io::Error::other(format!("{kind:?}"))),
+        }
+    }
+}
+
+/// How [`import_csv`] treats the rows it reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Run the whole import, report it, and change nothing.
+    pub dry_run: bool,
+    /// Import the valid rows even if some are rejected (otherwise one bad row stops all).
+    pub skip_invalid: bool,
+    /// Let a row that says `active` reactivate an unsubscribed or bounced subscriber.
+    pub resubscribe: bool,
+}
+
+/// What an import did (or, for a dry run or a refused import, would have done).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub added: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
+    /// Rows that said `active` for an unsubscribed or bounced subscriber, left inactive
+    /// because `resubscribe` was off (counted in `updated` or `unchanged` too).
+    pub kept_inactive: u64,
+    /// Whether the changes were saved: false for a dry run, and for an import refused
+    /// because of rejected rows.
+    pub committed: bool,
+}
+
+impl ImportSummary {
+    /// Rows that were (or would have been) imported.
+    pub fn accepted(&self) -> u64 {
+        self.added + self.updated + self.unchanged
+    }
+}
+
+/// A problem with the import file as a whole; row problems are reported as rejections.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("the file is empty; the first line must be a header such as `email,name,status`")]
+    Empty,
+    #[error(
+        "line 1 must be a header naming the columns email, name and status; {}",
+        describe_unknown(.0)
+    )]
+    UnknownColumns(Vec<String>),
+    #[error("the header has no `email` column (it has {0})")]
+    NoEmailColumn(String),
+    #[error("the header names column `{0}` twice")]
+    DuplicateColumn(String),
+    // No `#[source]`: the message carries the reason, because it becomes a user error.
+    #[error("cannot read the file: {0}")]
+    Read(csv::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn describe_unknown(columns: &[String]) -> String {
+    let list: Vec<String> = columns.iter().map(|c| format!("`{c}`")).collect();
+    match list.as_slice() {
+        [one] => format!("{one} is not one of them"),
+        _ => format!("{} are not among them", list.join(", ")),
+    }
+}
+
+impl From<csv::Error> for ImportError {
+    fn from(e: csv::Error) -> Self {
+        ImportError::Read(e)
+    }
+}
+
+impl From<rusqlite::Error> for ImportError {
+    fn from(e: rusqlite::Error) -> Self {
+        ImportError::Store(StoreError(e))
+    }
+}
+
+impl ImportError {
+    /// True when the file is at fault (rather than the database).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, ImportError::Store(_))
+    }
+}
+
+/// Where each column sits in the file's rows.
+struct Columns {
+    len: usize,
+    email: usize,
+    name: Option<usize>,
+    status: Option<usize>,
+}
+
+impl Columns {
+    fn from_header(header: &csv::ByteRecord) -> Result<Columns, ImportError> {
+        let names: Vec<String> = header
+            .iter()
+            .map(|field| String::from_utf8_lossy(field).trim().to_lowercase())
+            .collect();
+        if names.iter().all(String::is_empty) {
+            return Err(ImportError::Empty);
+        }
+        let unknown: Vec<String> = names
+            .iter()
+            .filter(|n| !CSV_COLUMNS.contains(&n.as_str()))
+            .map(|n| n.escape_debug().to_string())
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ImportError::UnknownColumns(unknown));
+        }
+        let position = |column: &str| -> Result<Option<usize>, ImportError> {
+            let mut found = names.iter().enumerate().filter(|(_, n)| *n == column);
+            let first = found.next().map(|(i, _)| i);
+            if found.next().is_some() {
+                return Err(ImportError::DuplicateColumn(column.to_owned()));
+            }
+            Ok(first)
+        };
+        let email =
+            position("email")?.ok_or_else(|| ImportError::NoEmailColumn(names.join(", ")))?;
+        Ok(Columns {
+            len: names.len(),
+            email,
+            name: position("name")?,
+            status: position("status")?,
+        })
+    }
+}
+
+/// One valid row of an import file.
+struct ImportRow {
+    email: SubscriberEmail,
+    name: Option<SubscriberName>,
+    status: Option<SubscriberStatus>,
+}
+
+impl ImportRow {
+    /// Parses a row, or says why it is rejected.
+    fn parse(record: &csv::ByteRecord, columns: &Columns) -> Result<ImportRow, String> {
+        if record.len() != columns.len {
+            return Err(format!(
+                "has {} field{} but the header has {}",
+                record.len(),
+                if record.len() == 1 { "" } else { "s" },
+                columns.len
+            ));
+        }
+        let text = |idx: usize, column: &str| {
+            std::str::from_utf8(&record[idx])
+                .map_err(|_| format!("the {column} is not valid UTF-8 text"))
+        };
+        let email = SubscriberEmail::parse(text(columns.email, "email")?).map_err(|e| match e {
+            AddressError::Empty => "the email is empty".to_owned(),
+            e => e.to_string(),
+        })?;
+        let name = match columns.name {
+            Some(idx) => SubscriberName::parse(text(idx, "name")?).map_err(|e| e.to_string())?,
+            None => None,
+        };
+        let status = match columns.status {
+            Some(idx) => match text(idx, "status")?.trim() {
+                "" => None,
+                s => Some(SubscriberStatus::parse(s).map_err(|e| e.to_string())?),
+            },
+            None => None,
+        };
+        Ok(ImportRow {
+            email,
+            name,
+            status,
+        })
+    }
+}
+
+fn is_blank(record: &csv::ByteRecord) -> bool {
+    record
+        .iter()
+        .all(|field| field.iter().all(u8::is_ascii_whitespace))
+}
+
+/// SQLite page cache for an import, in KiB: large enough that the randomly ordered email
+/// index stays mostly in memory, small enough for the memory budget.
+const IMPORT_CACHE_KIB: i64 = 32 * 1024;
+
+/// Imports subscribers from CSV (header `email,name,status`; name and status optional, in
+/// any order), streaming the input inside one write transaction.
+///
+/// Each rejected row is passed to `on_reject` with its line number and the reason, as it
+/// is found. Unless `skip_invalid` is set, one rejected row means nothing is saved. A row for
+/// a listed address updates the name when one is given and applies the status, except that
+/// `active` only reactivates an unsubscribed or bounced subscriber with `resubscribe`.
+/// A second row for the same address is rejected as a duplicate.
+#[tracing::instrument(skip_all, fields(dry_run = options.dry_run))]
+pub fn import_csv(
+    conn: &mut Connection,
+    input: impl Read,
+    options: ImportOptions,
+    mut on_reject: impl FnMut(u64, &str),
+) -> Result<ImportSummary, ImportError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .buffer_capacity(64 * 1024)
+        .from_reader(input);
+    let columns = Columns::from_header(reader.byte_headers()?)?;
+
+    let previous_cache: i64 = conn.pragma_query_value(None, "cache_size", |r| r.get(0))?;
+    conn.pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
+    let result = import_rows(conn, &mut reader, &columns, options, &mut on_reject);
+    conn.pragma_update(None, "cache_size", previous_cache)?;
+    if let Ok(summary) = &result {
+        tracing::debug!(?summary, "import finished");
+    }
+    result
+}
+
+fn import_rows<R: Read>(
+    conn: &mut Connection,
+    reader: &mut csv::Reader<R>,
+    columns: &Columns,
+    options: ImportOptions,
+    on_reject: &mut impl FnMut(u64, &str),
+) -> Result<ImportSummary, ImportError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut summary = ImportSummary::default();
+    {
+        let mut rows = RowWriter::prepare(&tx, options.resubscribe)?;
+        let mut record = csv::ByteRecord::new();
+        while reader.read_byte_record(&mut record)? {
+            let line = record.position().map_or(0, |p| p.line());
+            if is_blank(&record) {
+                continue;
+            }
+            let row = match ImportRow::parse(&record, columns) {
+                Ok(row) => row,
+                Err(reason) => {
+                    summary.rejected += 1;
+                    on_reject(line, &reason);
+                    continue;
+                }
+            };
+            match rows.apply(&row, line)? {
+                Applied::Added => summary.added += 1,
+                Applied::Existing {
+                    changed,
+                    kept_inactive,
+                } => {
+                    summary.kept_inactive += u64::from(kept_inactive);
+                    if changed {
+                        summary.updated += 1;
+                    } else {
+                        summary.unchanged += 1;
+                    }
+                }
+                Applied::Duplicate { first } => {
+                    summary.rejected += 1;
+                    on_reject(
+                        line,
+                        &format!("`{}` is a duplicate of line {first}", row.email),
+                    );
+                }
+            }
+        }
+        tx.execute_batch("DELETE FROM temp.import_seen")?;
+    }
+    summary.committed = !options.dry_run && (summary.rejected == 0 || options.skip_invalid);
+    if summary.committed {
+        tx.commit()?;
+    } else {
+        tx.rollback()?;
+    }
+    Ok(summary)
+}
+
+/// What one valid row did.
+enum Applied {
+    Added,
+    /// The address was listed: its row was `changed` or left alone; `kept_inactive` when the
+    /// row asked for `active` but the subscriber stays unsubscribed or bounced.
+    Existing {
+        changed: bool,
+        kept_inactive: bool,
+    },
+    /// The address already appeared on line `first` of this file.
+    Duplicate {
+        first: i64,
+    },
+}
+
+/// The statements an import runs for each row, prepared once inside its transaction.
+struct RowWriter<'tx> {
+    find: rusqlite::CachedStatement<'tx>,
+    insert: rusqlite::CachedStatement<'tx>,
+    update: rusqlite::CachedStatement<'tx>,
+    seen_line: rusqlite::CachedStatement<'tx>,
+    mark_seen: rusqlite::CachedStatement<'tx>,
+    last_id: Box<dyn Fn() -> i64 + 'tx>,
+    /// One timestamp for the whole import: it is one transaction, it happens at once.
+    stamp: String,
+    resubscribe: bool,
+}
+
+impl<'tx> RowWriter<'tx> {
+    fn prepare(tx: &'tx rusqlite::Transaction<'_>, resubscribe: bool) -> rusqlite::Result<Self> {
+        // Which subscriber rows this import has already touched, and from which line: the
+        // duplicate check lives in SQLite so a million-row file needs no in-memory set.
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS import_seen (
+                 subscriber_id INTEGER PRIMARY KEY,
+                 line INTEGER NOT NULL
+             );
+             DELETE FROM temp.import_seen;",
+        )?;
+        Ok(RowWriter {
+            find: tx
+                .prepare_cached("SELECT id, name, status FROM subscribers WHERE email_norm = ?1")?,
+            insert: tx.prepare_cached(
+                "INSERT INTO subscribers (email, email_norm, name, status, source, created_at,
+                                          updated_at, unsubscribed_at)
+                 VALUES (?1, ?2, ?3, ?4, 'import', ?5, ?5, ?6)
+                 ON CONFLICT (email_norm) DO NOTHING",
+            )?,
+            update: tx.prepare_cached(UPDATE_SUBSCRIBER)?,
+            seen_line: tx
+                .prepare_cached("SELECT line FROM temp.import_seen WHERE subscriber_id = ?1")?,
+            mark_seen: tx.prepare_cached(
+                "INSERT INTO temp.import_seen (subscriber_id, line) VALUES (?1, ?2)",
+            )?,
+            last_id: Box::new(move || tx.last_insert_rowid()),
+            stamp: store::timestamp(now()),
+            resubscribe,
+        })
+    }
+
+    fn apply(&mut self, row: &ImportRow, line: u64) -> rusqlite::Result<Applied> {
+        let norm = row.email.normalized();
+        let name = row.name.as_ref().map(SubscriberName::as_str);
+        // Inserting first costs one index lookup for a new address (the bulk of a first
+        // import); only a conflict needs the existing row read.
+        let status = row.status.unwrap_or(SubscriberStatus::Active);
+        let unsubscribed_at =
+            (status == SubscriberStatus::Unsubscribed).then_some(self.stamp.as_str());
+        let inserted = self.insert.execute(params![
+            row.email.as_str(),
+            norm,
+            name,
+            status,
+            self.stamp,
+            unsubscribed_at
+        ])?;
+        if inserted == 1 {
+            self.mark_seen.execute(params![(self.last_id)(), line])?;
+            return Ok(Applied::Added);
+        }
+        let (id, old_name, old_status) = self.find.query_row([&norm], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, SubscriberStatus>(2)?,
+            ))
+        })?;
+        if let Some(first) = self
+            .seen_line
+            .query_row([id], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            return Ok(Applied::Duplicate { first });
+        }
+        self.mark_seen.execute(params![id, line])?;
+        self.merge(id, name, old_name.as_deref(), row.status, old_status)
+    }
+
+    /// A listed address: the row's name (when given) and status, except that only
+    /// `--resubscribe` lets a row reactivate an unsubscribed or bounced subscriber.
+    fn merge(
+        &mut self,
+        id: i64,
+        name: Option<&str>,
+        old_name: Option<&str>,
+        status: Option<SubscriberStatus>,
+        old_status: SubscriberStatus,
+    ) -> rusqlite::Result<Applied> {
+        let new_name = name.or(old_name);
+        let mut kept_inactive = false;
+        let new_status = match status {
+            None => old_status,
+            Some(SubscriberStatus::Active)
+                if old_status != SubscriberStatus::Active && !self.resubscribe =>
+            {
+                kept_inactive = true;
+                old_status
+            }
+            Some(status) => status,
+        };
+        let changed = new_name != old_name || new_status != old_status;
+        if changed {
+            self.update
+                .execute(params![id, new_name, new_status, self.stamp])?;
+        }
+        Ok(Applied::Existing {
+            changed,
+            kept_inactive,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::subscribers::{add, find, SubscriberSource};
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open(&dir.path().join("verdicts.db")).unwrap();
+        (dir, conn)
+    }
+
+    fn email(s: &str) -> SubscriberEmail {
+        SubscriberEmail::parse(s).unwrap()
+    }
+
+    fn import(
+        conn: &mut Connection,
+        csv: &str,
+        options: ImportOptions,
+    ) -> (ImportSummary, Vec<String>) {
+        let mut rejected = Vec::new();
+        let summary = import_csv(conn, csv.as_bytes(), options, |line, reason| {
+            rejected.push(format!("{line}: {reason}"))
+        })
+        .unwrap();
+        (summary, rejected)
+    }
+
+    #[test]
+    fn import_counts_each_kind_of_row() {
+        let (_dir, mut conn) = store();
+        add(
+            &conn,
+            &email("old@example.com"),
+            None,
+            SubscriberSource::Cli,
+        )
+        .unwrap();
+        add(
+            &conn,
+            &email("same@example.com"),
+            None,
+            SubscriberSource::Cli,
+        )
+        .unwrap();
+        let csv = "status,email,name\n\
+                   ,new@example.com,New\n\
+                   ,OLD@example.com,Renamed\n\
+                   ,same@example.com,\n\
+                   ,new@EXAMPLE.com,Again\n\
+                   paused,x@example.com,\n";
+        let options = ImportOptions {
+            skip_invalid: true,
+            ..ImportOptions::default()
+        };
+        let (summary, rejected) = import(&mut conn, csv, options);
+        assert_eq!(
+            (
+                summary.added,
+                summary.updated,
+                summary.unchanged,
+                summary.rejected
+            ),
+            (1, 1, 1, 2)
+        );
+        assert_eq!(
+            rejected,
+            [
+                "5: `new@EXAMPLE.com` is a duplicate of line 2",
+                "6: status `paused` is not one of active, unsubscribed, bounced"
+            ]
+        );
+        let old = find(&conn, &email("old@example.com")).unwrap().unwrap();
+        assert_eq!(old.name.unwrap().as_str(), "Renamed");
+    }
+
+    #[test]
+    fn header_problems_are_reported_before_any_row() {
+        let (_dir, mut conn) = store();
+        let err = import_csv(
+            &mut conn,
+            "email,phone,fax\n".as_bytes(),
+            ImportOptions::default(),
+            |_, _| {},
+        )
+        .unwrap_err();
+        assert!(err.is_bad_input());
+        assert!(
+            err.to_string()
+                .contains("`phone`, `fax` are not among them"),
+            "{err}"
+        );
+        let err = import_csv(
+            &mut conn,
+            "".as_bytes(),
+            ImportOptions::default(),
+            |_, _| {},
+        )
+        .unwrap_err();
+        assert!(matches!(err, ImportError::Empty), "{err}");
+        let err = import_csv(
+            &mut conn,
+            "name\nAda\n".as_bytes(),
+            ImportOptions::default(),
+            |_, _| {},
+        )
+        .unwrap_err();
+        assert!(matches!(err, ImportError::NoEmailColumn(_)), "{err}");
+    }
+}

@@ -1,0 +1,237 @@
+//! The unsubscribe endpoint: `GET /unsubscribe?token=…` shows a confirmation page,
+//! `POST /unsubscribe?token=…` (RFC 8058 one-click, or the page's button) unsubscribes,
+//! idempotently. Tokens are HMAC-signed; a forged or altered one is a 400 and changes nothing.
+//! `GET /healthz` reports ok and the next slot.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::Utc;
+use rusqlite::Connection;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::config::schedule::SlotSchedule;
+use crate::mail::token::{claimed_subscriber, TokenKey};
+use crate::store::events::{self, Channel};
+use crate::store::subscribers::{self, StatusChange, Subscriber, SubscriberStatus};
+
+/// What the handlers share.
+pub struct WebState {
+    db: Mutex<Connection>,
+    key: TokenKey,
+    newsletter_name: String,
+    schedule: SlotSchedule,
+}
+
+impl WebState {
+    pub fn new(
+        db: Connection,
+        key: TokenKey,
+        newsletter_name: String,
+        schedule: SlotSchedule,
+    ) -> Self {
+        WebState {
+            db: Mutex::new(db),
+            key,
+            newsletter_name,
+            schedule,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+    /// `page` when the confirmation page's button posted, absent for a one-click POST.
+    via: Option<String>,
+}
+
+pub fn router(state: Arc<WebState>) -> Router {
+    Router::new()
+        .route("/unsubscribe", get(confirm_page).post(unsubscribe))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+/// Serves the router on `addr` until `stop` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<WebState>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (web.listen): {e}"))?;
+    // The bound address, so `web.listen: 127.0.0.1:0` (any free port) says which one.
+    let bound = listener.local_addr().unwrap_or(addr);
+    info!(addr = %bound, "web endpoint listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(stop)
+        .await?;
+    Ok(())
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title}</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;line-height:1.5;color:#1d2330}}\
+         button{{font-size:1rem;padding:.6rem 1.2rem;border-radius:6px;border:1px solid #3c46a8;background:#3c46a8;color:#fff;cursor:pointer}}\
+         @media (prefers-color-scheme: dark){{body{{background:#15171c;color:#e6e8ee}}}}</style>\
+         </head><body><main><h1>{title}</h1>{body}</main></body></html>\n"
+    );
+    (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
+}
+
+fn invalid_link() -> Response {
+    page(
+        StatusCode::BAD_REQUEST,
+        "This unsubscribe link is not valid",
+        "<p>The link may have been altered or cut short. Please use the unsubscribe link \
+         from the newsletter itself, or reply to any issue and we will remove you.</p>",
+    )
+}
+
+/// The subscriber a token proves, or `None` for a forged, altered or stale token.
+fn verified_subscriber(state: &WebState, token: &str) -> anyhow::Result<Option<Subscriber>> {
+    let Some(id) = claimed_subscriber(token) else {
+        return Ok(None);
+    };
+    let db = state
+        .db
+        .lock()
+        .map_err(|_| anyhow::anyhow!("database lock poisoned"))?;
+    let Some(sub) = subscribers::get(&db, id)? else {
+        return Ok(None);
+    };
+    Ok(state
+        .key
+        .verify(token, id, &sub.email.normalized())
+        .then_some(sub))
+}
+
+async fn confirm_page(State(state): State<Arc<WebState>>, Query(q): Query<TokenQuery>) -> Response {
+    let Some(token) = q.token else {
+        return invalid_link();
+    };
+    let result = tokio::task::spawn_blocking({
+        let state = state.clone();
+        move || verified_subscriber(&state, &token).map(|s| (s, token))
+    })
+    .await;
+    match result {
+        Ok(Ok((Some(sub), token))) => {
+            let name = escape(&state.newsletter_name);
+            let email = escape(sub.email.as_str());
+            if sub.status != SubscriberStatus::Active {
+                return page(
+                    StatusCode::OK,
+                    "You are already unsubscribed",
+                    &format!("<p>{email} no longer receives {name}.</p>"),
+                );
+            }
+            page(
+                StatusCode::OK,
+                &format!("Unsubscribe from {name}?"),
+                &format!(
+                    "<p>{email} will stop receiving {name}.</p>\
+                     <form method=\"post\" action=\"/unsubscribe?token={}&amp;via=page\">\
+                     <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+                     <button type=\"submit\">Unsubscribe</button></form>",
+                    escape(&token)
+                ),
+            )
+        }
+        Ok(Ok((None, _))) => invalid_link(),
+        Ok(Err(e)) => server_error(e),
+        Err(e) => server_error(e.into()),
+    }
+}
+
+fn server_error(e: anyhow::Error) -> Response {
+    warn!(error = %format!("{e:#}"), "unsubscribe request failed");
+    page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        "<p>Please try the link again in a minute.</p>",
+    )
+}
+
+/// RFC 8058 one-click (body `List-Unsubscribe=One-Click`) or the confirmation button.
+async fn unsubscribe(State(state): State<Arc<WebState>>, Query(q): Query<TokenQuery>) -> Response {
+    let Some(token) = q.token else {
+        return invalid_link();
+    };
+    let channel = match q.via.as_deref() {
+        Some("page") => Channel::Page,
+        _ => Channel::OneClick,
+    };
+    let result = tokio::task::spawn_blocking({
+        let state = state.clone();
+        move || -> anyhow::Result<Option<(Subscriber, bool)>> {
+            let Some(sub) = verified_subscriber(&state, &token)? else {
+                return Ok(None);
+            };
+            let db = state
+                .db
+                .lock()
+                .map_err(|_| anyhow::anyhow!("database lock poisoned"))?;
+            let changed = crate::store::in_write_transaction(&db, |tx| -> anyhow::Result<bool> {
+                let changed = matches!(
+                    subscribers::set_status_by_id(tx, sub.id, SubscriberStatus::Unsubscribed)?,
+                    StatusChange::Changed { .. }
+                );
+                if changed {
+                    events::record_web_unsubscribe(tx, sub.id, channel)?;
+                }
+                Ok(changed)
+            })?;
+            Ok(Some((sub, changed)))
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(Some((sub, changed)))) => {
+            if changed {
+                info!(subscriber = %sub.id, "unsubscribed via link");
+            }
+            page(
+                StatusCode::OK,
+                "You are unsubscribed",
+                &format!(
+                    "<p>{} will receive no more issues of {}.</p>",
+                    escape(sub.email.as_str()),
+                    escape(&state.newsletter_name)
+                ),
+            )
+        }
+        Ok(Ok(None)) => invalid_link(),
+        Ok(Err(e)) => server_error(e),
+        Err(e) => server_error(e.into()),
+    }
+}
+
+async fn healthz(State(state): State<Arc<WebState>>) -> Response {
+    let next = state.schedule.next_after(Utc::now());
+    let tz = state.schedule.timezone();
+    let body = serde_json::json!({
+        "status": "ok",
+        "next_slot": next.map(crate::store::timestamp),
+        "next_slot_local": next.map(|t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string()),
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
