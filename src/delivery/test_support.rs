@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lettre::Message;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -18,6 +17,7 @@ use crate::config::{Newsletter, SmtpConfig, TlsMode};
 use crate::digest::render::RenderedDigest;
 use crate::mail::address::SubscriberEmail;
 use crate::mail::message::IssueMessages;
+use crate::mail::outgoing::OutgoingMessage;
 use crate::mail::token::TokenKey;
 use crate::store::ledger::{self, Created, NewIssue, StoredDigest};
 use crate::store::subscribers::{self, AddOutcome, SubscriberSource};
@@ -226,7 +226,7 @@ impl Transport for Scripted {
     async fn attempt<'a>(
         &'a self,
         _session: &'a mut (),
-        message: &'a Message,
+        message: &'a OutgoingMessage,
         durable: oneshot::Receiver<bool>,
     ) -> Attempt {
         let to = message.envelope().to()[0].to_string();

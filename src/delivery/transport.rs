@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::{ClientId, Extension};
-use lettre::Message;
 use tokio::sync::oneshot;
 use tracing::debug;
 
 use super::smtp::{classify, connect, response_text, transaction, Attempt, TxError};
 use crate::config::SmtpConfig;
+use crate::mail::outgoing::OutgoingMessage;
 
 /// Delivers one message at a time on a worker's session (its connection, if any).
 pub trait Transport: Send + Sync + 'static {
@@ -37,7 +37,7 @@ pub trait Transport: Send + Sync + 'static {
     fn attempt<'a>(
         &'a self,
         session: &'a mut Self::Session,
-        message: &'a Message,
+        message: &'a OutgoingMessage,
         durable: oneshot::Receiver<bool>,
     ) -> impl Future<Output = Attempt> + Send + 'a;
 
@@ -112,11 +112,10 @@ impl Transport for SmtpTransport {
     async fn attempt<'a>(
         &'a self,
         session: &'a mut Self::Session,
-        message: &'a Message,
+        message: &'a OutgoingMessage,
         durable: oneshot::Receiver<bool>,
     ) -> Attempt {
         let mut durable = Some(durable);
-        let body = message.formatted();
         // A reused connection may have been closed by the server while idle; that is not
         // the recipient's fault, so it gets one fresh connection before anything counts.
         // The message was built for the first connection's SMTPUTF8 support; should the
@@ -127,14 +126,7 @@ impl Transport for SmtpTransport {
             }
             let c = session.as_mut().expect("prepared above");
             let reused = std::mem::replace(&mut c.used, true);
-            let result = transaction(
-                &mut c.conn,
-                message.envelope(),
-                &body,
-                &mut durable,
-                self.smtp.timeout,
-            )
-            .await;
+            let result = transaction(&mut c.conn, message, &mut durable, self.smtp.timeout).await;
             match result {
                 Ok(resp) => return Attempt::Sent(response_text(&resp)),
                 Err(TxError::Ledger) => return Attempt::LedgerGone,

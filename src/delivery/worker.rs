@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tracing::{debug, Instrument};
 
 use super::breaker::Breaker;
+use super::build_pool::BuildPool;
 use super::halt::{Fault, Progress, Sentinel};
 use super::smtp::Attempt;
 use super::transport::Transport;
@@ -15,6 +16,7 @@ use super::writer::WriteOp;
 use super::{backoff, now_ms};
 use crate::config::SmtpConfig;
 use crate::mail::message::{IssueMessages, Recipient};
+use crate::mail::outgoing::OutgoingMessage;
 use crate::store::ledger::Outcome;
 use crate::store::SubscriberId;
 
@@ -28,6 +30,8 @@ pub(super) struct Job {
 pub(super) struct Engine<T> {
     pub(super) transport: T,
     pub(super) messages: Arc<IssueMessages>,
+    /// Where signed messages are built (signing is CPU work; building alone is not).
+    pub(super) builders: Option<BuildPool>,
     pub(super) smtp: SmtpConfig,
     /// After this time (ms since the epoch) a temporary failure is final
     /// (`smtp.give_up_after` from the issue's creation).
@@ -53,18 +57,20 @@ impl<T: Transport> Engine<T> {
     }
 
     /// The recipient's message in the form `smtputf8` allows, or why there is none.
-    async fn build(&self, r: &Recipient, smtputf8: bool) -> Result<lettre::Message, String> {
-        if self.messages.signs() {
-            // An RSA signature takes milliseconds: keep it off the async workers.
-            let (messages, r) = (self.messages.clone(), r.clone());
-            match tokio::task::spawn_blocking(move || messages.build_for(&r, smtputf8)).await {
-                Ok(built) => built.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("building the message failed: {e}")),
+    async fn build(&self, r: &Recipient, smtputf8: bool) -> Result<OutgoingMessage, String> {
+        match &self.builders {
+            // A signature costs up to a millisecond: keep it off the async workers.
+            Some(pool) => {
+                let (messages, r) = (self.messages.clone(), r.clone());
+                match pool.run(move || messages.build_for(&r, smtputf8)).await {
+                    Some(built) => built.map_err(|e| e.to_string()),
+                    None => Err("building the message failed (the signer panicked)".into()),
+                }
             }
-        } else {
-            self.messages
+            None => self
+                .messages
                 .build_for(r, smtputf8)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string()),
         }
     }
 
