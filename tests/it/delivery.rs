@@ -569,7 +569,7 @@ fn a_subscriber_who_leaves_mid_send_is_not_mailed() {
         .env("VERDICTS_CONFIG", site.config_path())
         .env("VERDICTS_SECRET", TEST_SECRET)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     assert_eq!(server.wait_for(1, Duration::from_secs(30)), 1);
@@ -578,7 +578,13 @@ fn a_subscriber_who_leaves_mid_send_is_not_mailed() {
         .assert()
         .success();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{:?}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("sent 3, failed 0, skipped 1"));
     let counts = server.count_by_recipient();
     assert_eq!(counts.len(), 3);
