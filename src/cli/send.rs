@@ -70,7 +70,7 @@ pub(super) fn finish(config: &Config, slot: DateTime<Utc>, outcome: Outcome) -> 
         Outcome::Delivered { issue, report } => match report.finish {
             Finish::Complete => Ok(()),
             Finish::Paused { reason } => Err(Resumable(format!(
-                "issue {} paused: {reason}. Nothing is lost: run `{again}` again when the server is back",
+                "issue {} paused: {reason}. Nothing is lost: run `{again}` again later (the daemon resumes paused issues by itself)",
                 issue.number
             ))
             .into()),

@@ -111,6 +111,10 @@ struct RawSmtp {
     max_attempts: u32,
     #[serde(default = "default_retry_base")]
     retry_base: String,
+    #[serde(default = "default_give_up_after")]
+    give_up_after: String,
+    #[serde(default = "default_pause_max")]
+    pause_max: String,
 }
 
 fn default_password_env() -> String {
@@ -127,6 +131,12 @@ fn default_max_attempts() -> u32 {
 }
 fn default_retry_base() -> String {
     "2s".into()
+}
+fn default_give_up_after() -> String {
+    "72h".into()
+}
+fn default_pause_max() -> String {
+    "15m".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,6 +259,11 @@ pub struct SmtpConfig {
     pub timeout: Duration,
     pub max_attempts: u32,
     pub retry_base: Duration,
+    /// How long after its creation an issue keeps retrying temporary failures (see
+    /// docs/delivery-faults.md).
+    pub give_up_after: Duration,
+    /// The longest wait before the daemon resumes a paused issue.
+    pub pause_max: Duration,
 }
 
 /// The endpoint's limits (`web:`); see [`crate::web::server`].
@@ -426,10 +441,18 @@ impl Check<'_> {
         if raw.host.trim().is_empty() {
             return Err(self.invalid("smtp.host", "must not be empty".into()));
         }
+        let pause_max =
+            parse_duration(&raw.pause_max).map_err(|e| self.invalid("smtp.pause_max", e))?;
+        if pause_max.is_zero() {
+            return Err(self.invalid("smtp.pause_max", "must be longer than 0s".into()));
+        }
         Ok(SmtpConfig {
             timeout: parse_duration(&raw.timeout).map_err(|e| self.invalid("smtp.timeout", e))?,
             retry_base: parse_duration(&raw.retry_base)
                 .map_err(|e| self.invalid("smtp.retry_base", e))?,
+            give_up_after: parse_duration(&raw.give_up_after)
+                .map_err(|e| self.invalid("smtp.give_up_after", e))?,
+            pause_max,
             host: raw.host,
             port: raw.port,
             tls: raw.tls,

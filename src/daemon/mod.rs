@@ -23,9 +23,8 @@ const MAX_NAP: Duration = Duration::from_secs(60);
 const CONTENT_POLL: Duration = Duration::from_secs(2);
 /// The shortest sleep, so a stuck condition can never spin the loop.
 const MIN_NAP: Duration = Duration::from_millis(200);
-/// First wait before retrying a paused issue; doubles up to `MAX_PAUSE_RETRY`.
+/// First wait before retrying a paused issue; doubles up to `smtp.pause_max`.
 const FIRST_PAUSE_RETRY: Duration = Duration::from_secs(30);
-const MAX_PAUSE_RETRY: Duration = Duration::from_secs(15 * 60);
 
 /// What to do about the most recent slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +81,7 @@ struct Daemon<'a> {
     dispatcher: Dispatcher<'a>,
     stop: watch::Receiver<bool>,
     pause_retry: Duration,
+    pause_max: Duration,
     retry_after: Option<DateTime<Utc>>,
 }
 
@@ -139,7 +139,7 @@ impl Daemon<'_> {
         let wait = self.pause_retry;
         error!(error = %format!("{e:#}"), retry_in = ?wait, "{doing} failed");
         self.retry_after = Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default());
-        self.pause_retry = (self.pause_retry * 2).min(MAX_PAUSE_RETRY);
+        self.pause_retry = (self.pause_retry * 2).min(self.pause_max);
     }
 
     /// How a delivery run ended, for the loop; a pause schedules the next try.
@@ -149,15 +149,15 @@ impl Daemon<'_> {
             Outcome::Stopped => RunEnd::Stopped,
             Outcome::Delivered { report, .. } => match report.finish {
                 Finish::Complete => {
-                    self.pause_retry = FIRST_PAUSE_RETRY;
+                    self.pause_retry = FIRST_PAUSE_RETRY.min(self.pause_max);
                     self.retry_after = None;
                     RunEnd::Done
                 }
                 Finish::Paused { reason } => {
                     let wait = self.pause_retry;
                     self.retry_after = Some(Utc::now() + chrono::Duration::from_std(wait)?);
-                    self.pause_retry = (self.pause_retry * 2).min(MAX_PAUSE_RETRY);
-                    warn!(%reason, retry_in = ?wait, "issue paused: SMTP server unreachable");
+                    self.pause_retry = (self.pause_retry * 2).min(self.pause_max);
+                    warn!(%reason, retry_in = ?wait, "issue paused; resuming it later");
                     RunEnd::Paused
                 }
                 Finish::Interrupted => RunEnd::Stopped,
@@ -248,7 +248,8 @@ pub async fn run(
     let mut daemon = Daemon {
         dispatcher,
         stop: stop.clone(),
-        pause_retry: FIRST_PAUSE_RETRY,
+        pause_retry: FIRST_PAUSE_RETRY.min(config.smtp.pause_max),
+        pause_max: config.smtp.pause_max,
         retry_after: None,
     };
     // With a site to keep current: build it now, then again whenever content files change.

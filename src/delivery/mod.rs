@@ -1,111 +1,77 @@
 //! The delivery engine: a dispatcher reads due deliveries from the ledger, a fixed set of
-//! workers (one SMTP connection each) sends them, and a single writer thread records every
-//! state change in batched transactions. A delivery is durably `sending` before its message
-//! body is transferred and `sent` after the 250, so a crash can only ever re-send the few
-//! messages that were in flight, with the same Message-ID.
+//! workers (one connection each) sends them through a [`Transport`], and a single writer
+//! thread records every state change in batched transactions. A delivery is durably
+//! `sending` before its message body is transferred and `sent` after the 250, so a crash
+//! can only ever re-send the few messages that were in flight, with the same Message-ID.
+//!
+//! Where to read: `run.rs` (the run's steps), `worker.rs`, `writer.rs`, `breaker.rs` (an
+//! outage or throttling relay pauses the issue; a mailbox's 4xx is retried alone),
+//! `halt.rs` (a failed part stops the run; a quiet run says what it waits for),
+//! `transport.rs` (the seam) and `smtp.rs` (the conversation).
 
-use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lettre::transport::smtp::client::AsyncSmtpConnection;
-use lettre::transport::smtp::extension::{ClientId, Extension};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn, Instrument};
+use tokio::sync::watch;
 
 mod breaker;
+pub mod build_pool;
+pub mod data;
+mod halt;
+mod run;
 pub(crate) mod smtp;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
+mod transport;
+mod worker;
 mod writer;
 
-use breaker::Breaker;
-use smtp::{classify, connect, response_text, transaction, TxError};
+use halt::Halt;
 pub use smtp::{is_user_unknown, Attempt};
-use writer::{writer_loop, WriteOp};
+pub use transport::{SmtpTransport, Transport};
 
 use crate::config::SmtpConfig;
 use crate::mail::message::{IssueMessages, Recipient};
-use crate::store::ledger::{self, DeliveryCounts, IssueState, Outcome};
-use crate::store::{self, IssueNumber, SubscriberId};
+use crate::store::ledger::DeliveryCounts;
+use crate::store::IssueNumber;
 
 /// Longest wait before a retry, whatever the attempt number.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
-/// Deliveries read from the ledger per query.
-const BATCH: usize = 512;
 
 /// Sends each recipient's copy over one SMTP session, outside any ledger (test copies):
-/// the same connection setup, address spelling and SMTP exchange as a delivery, with
-/// nothing recorded and nothing retried. One attempt per recipient, in order.
+/// the same transport, connection setup, address spelling and SMTP exchange as a
+/// delivery, with nothing recorded and nothing retried. One attempt per recipient, in order.
 pub async fn send_unrecorded(
     smtp: &SmtpConfig,
     password: Option<&str>,
     messages: &IssueMessages,
     recipients: &[Recipient],
 ) -> Vec<Attempt> {
-    let hello = ClientId::default();
-    let mut conn: Option<AsyncSmtpConnection> = None;
+    let transport = SmtpTransport::new(smtp.clone(), password.map(str::to_owned));
+    let mut session = transport.session();
     let mut attempts = Vec::with_capacity(recipients.len());
     for r in recipients {
-        if conn.as_ref().is_some_and(|c| c.has_broken()) {
-            conn = None;
-        }
-        if conn.is_none() {
-            match tokio::time::timeout(smtp.timeout, connect(smtp, &hello, password)).await {
-                Ok(Ok(c)) => conn = Some(c),
-                Ok(Err(reason)) => {
-                    attempts.push(Attempt::Connection(reason));
-                    continue;
-                }
-                Err(_) => {
-                    attempts.push(Attempt::Connection(format!(
-                        "no answer from {}:{} within {:?} while connecting",
-                        smtp.host, smtp.port, smtp.timeout
-                    )));
-                    continue;
-                }
-            }
-        }
-        let c = conn.as_mut().expect("connected above");
-        let smtputf8 = c.server_info().supports_feature(Extension::SmtpUtfEight);
-        let message = match messages.build_for(r, smtputf8) {
-            Ok(m) => m,
-            Err(e) => {
-                attempts.push(Attempt::Permanent {
+        let attempt = match transport.prepare(&mut session).await {
+            Err(attempt) => attempt,
+            Ok(smtputf8) => match messages.build_for(r, smtputf8) {
+                Err(e) => Attempt::Permanent {
                     reply: e.to_string(),
                     user_unknown: false,
-                });
-                continue;
-            }
-        };
-        let bytes = message.formatted();
-        let attempt =
-            match transaction(c, message.envelope(), &bytes, &mut None, smtp.timeout).await {
-                Ok(resp) => Attempt::Sent(response_text(&resp)),
-                Err(TxError::Unsupported(reason)) => Attempt::Permanent {
-                    reply: reason,
-                    user_unknown: false,
                 },
-                Err(TxError::Smtp(stage, e)) => {
-                    conn = None;
-                    classify(stage, &e)
+                Ok(message) => {
+                    // No ledger mark to wait for: the body may go at once.
+                    let (ack, durable) = tokio::sync::oneshot::channel();
+                    let _ = ack.send(true);
+                    transport.attempt(&mut session, &message, durable).await
                 }
-                Err(TxError::Timeout) => {
-                    conn = None;
-                    Attempt::Connection(format!(
-                        "{}:{} stopped answering mid-transaction (no reply within {:?})",
-                        smtp.host, smtp.port, smtp.timeout
-                    ))
-                }
-                Err(TxError::Ledger | TxError::NotDue) => {
-                    unreachable!("an unrecorded send waits for no ledger mark")
-                }
-            };
+            },
+        };
         attempts.push(attempt);
     }
-    if let Some(mut c) = conn {
-        let _ = tokio::time::timeout(Duration::from_secs(2), c.quit()).await;
-    }
+    transport.close(session).await;
     attempts
 }
 
@@ -136,9 +102,10 @@ pub struct Delivery {
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
-    /// No delivery is pending any more.
+    /// Every delivery is sent, skipped or failed for good.
     Complete,
-    /// The server could not be reached; the issue waits for the next run.
+    /// The server could not be reached or was throttling us, or deliveries failed only
+    /// temporarily: the issue waits for the next run.
     Paused { reason: String },
     /// Stopped by a signal; in-flight messages were finished.
     Interrupted,
@@ -150,508 +117,68 @@ pub struct Report {
     pub finish: Finish,
     /// Accepted by the server in this run.
     pub sent: u64,
-    /// Failed permanently in this run (including retries used up).
+    /// Deliveries that failed in this run, however: permanently, or temporarily with no
+    /// retry left in this run, or given up at the deadline.
     pub failed: u64,
+    /// Of `failed`, those that failed only temporarily (retried by a later run until the
+    /// deadline, unless `gave_up` counts them).
+    pub failed_temporarily: u64,
+    /// Deliveries failed for good because `smtp.give_up_after` passed.
+    pub gave_up: u64,
     /// Skipped because the subscriber left.
     pub skipped: u64,
-    /// Temporary failures that will be retried.
+    /// Temporary failures retried within the run.
     pub retried: u64,
     pub elapsed: Duration,
     /// The issue's counts after the run.
     pub counts: DeliveryCounts,
 }
 
-struct Job {
-    recipient: Recipient,
-    attempts_before: u32,
-    _permit: OwnedSemaphorePermit,
+/// Delivers every pending delivery of the issue over SMTP, retrying temporary failures as
+/// they come due, until none is left, the server is unreachable or throttling, or `stop`
+/// turns true.
+pub async fn deliver(job: Delivery, stop: watch::Receiver<bool>) -> anyhow::Result<Report> {
+    let transport = SmtpTransport::new(job.smtp.clone(), job.password.clone());
+    deliver_with(job, transport, stop).await
 }
 
-struct Shared {
-    messages: Arc<IssueMessages>,
-    smtp: SmtpConfig,
-    password: Option<String>,
-    hello: ClientId,
-    writer: std::sync::mpsc::Sender<WriteOp>,
-    limiter: Option<governor::DefaultDirectRateLimiter>,
-    breaker: Mutex<Breaker>,
-    trip_after: usize,
-    stop: AtomicBool,
-    sent: AtomicU64,
-    failed: AtomicU64,
-    retried: AtomicU64,
-    skipped: AtomicU64,
-    bar: indicatif::ProgressBar,
-}
-
-impl Shared {
-    fn tripped(&self) -> bool {
-        self.breaker.lock().expect("breaker lock").tripped.is_some()
-    }
-
-    /// The recipient's message in the form `smtputf8` allows, or why there is none.
-    async fn build(&self, r: &Recipient, smtputf8: bool) -> Result<lettre::Message, String> {
-        if self.messages.signs() {
-            // An RSA signature takes milliseconds: keep it off the async workers.
-            let (messages, r) = (self.messages.clone(), r.clone());
-            match tokio::task::spawn_blocking(move || messages.build_for(&r, smtputf8)).await {
-                Ok(built) => built.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("building the message failed: {e}")),
-            }
-        } else {
-            self.messages
-                .build_for(r, smtputf8)
-                .map_err(|e| e.to_string())
-        }
-    }
-
-    /// One SMTP attempt, reusing the worker's connection when it is healthy. `durable`
-    /// resolves once the delivery's `sending` mark is committed.
-    async fn attempt(
-        &self,
-        conn: &mut Option<AsyncSmtpConnection>,
-        r: &Recipient,
-        durable: oneshot::Receiver<bool>,
-    ) -> Attempt {
-        let mut durable = Some(durable);
-        // Built once the server is known: whether it offers SMTPUTF8 decides how an
-        // international address is spelled (UTF-8, or its domain in punycode).
-        let mut built: Option<(bool, Vec<u8>, lettre::address::Envelope)> = None;
-        // A reused connection may have been closed by the server while idle; that is not
-        // the recipient's fault, so it gets one fresh connection before anything counts.
-        for fresh_try in [false, true] {
-            let reused = conn.is_some();
-            if conn.as_ref().is_some_and(|c| c.has_broken()) {
-                *conn = None;
-            }
-            if conn.is_none() {
-                match tokio::time::timeout(
-                    self.smtp.timeout,
-                    connect(&self.smtp, &self.hello, self.password.as_deref()),
-                )
-                .await
-                {
-                    Ok(Ok(c)) => *conn = Some(c),
-                    Ok(Err(reason)) => return Attempt::Connection(reason),
-                    Err(_) => {
-                        return Attempt::Connection(format!(
-                            "no answer from {}:{} within {:?} while connecting",
-                            self.smtp.host, self.smtp.port, self.smtp.timeout
-                        ))
-                    }
-                }
-            }
-            let c = conn.as_mut().expect("connected above");
-            let smtputf8 = c.server_info().supports_feature(Extension::SmtpUtfEight);
-            if built.as_ref().is_none_or(|(utf8, _, _)| *utf8 != smtputf8) {
-                match self.build(r, smtputf8).await {
-                    Ok(message) => {
-                        built = Some((smtputf8, message.formatted(), message.envelope().clone()))
-                    }
-                    Err(reason) => {
-                        return Attempt::Permanent {
-                            reply: reason,
-                            user_unknown: false,
-                        }
-                    }
-                }
-            }
-            let (_, bytes, envelope) = built.as_ref().expect("built above");
-            let result = transaction(c, envelope, bytes, &mut durable, self.smtp.timeout).await;
-            match result {
-                Ok(resp) => return Attempt::Sent(response_text(&resp)),
-                Err(TxError::Ledger) => return Attempt::LedgerGone,
-                Err(TxError::NotDue) => {
-                    // DATA is open: drop the session rather than send anything.
-                    *conn = None;
-                    return Attempt::NotDue;
-                }
-                Err(TxError::Unsupported(reason)) => {
-                    return Attempt::Permanent {
-                        reply: reason,
-                        user_unknown: false,
-                    }
-                }
-                Err(TxError::Smtp(stage, e)) => {
-                    *conn = None;
-                    let attempt = classify(stage, &e);
-                    if matches!(attempt, Attempt::Connection(_)) && reused && !fresh_try {
-                        debug!(error = %e, "reused connection failed; retrying on a new one");
-                        continue;
-                    }
-                    return attempt;
-                }
-                Err(TxError::Timeout) => {
-                    *conn = None;
-                    return Attempt::Connection(format!(
-                        "{}:{} stopped answering mid-transaction (no reply within {:?})",
-                        self.smtp.host, self.smtp.port, self.smtp.timeout
-                    ));
-                }
-            }
-        }
-        unreachable!("the loop returns on its second pass")
-    }
-
-    fn outcome(&self, id: SubscriberId, attempts: u32, attempt: Attempt) -> Outcome {
-        let mut breaker = self.breaker.lock().expect("breaker lock");
-        match attempt {
-            Attempt::Sent(reply) => {
-                breaker.reply();
-                self.sent.fetch_add(1, Ordering::Relaxed);
-                self.bar.inc(1);
-                Outcome::Sent { reply }
-            }
-            Attempt::Permanent {
-                reply,
-                user_unknown,
-            } => {
-                breaker.reply();
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                self.bar.inc(1);
-                Outcome::Permanent {
-                    reply,
-                    bounce: user_unknown,
-                }
-            }
-            Attempt::Temporary(reply) => {
-                breaker.reply();
-                self.retried.fetch_add(1, Ordering::Relaxed);
-                let retry_at_ms =
-                    now_ms() + backoff(self.smtp.retry_base, attempts).as_millis() as i64;
-                Outcome::Retry { reply, retry_at_ms }
-            }
-            Attempt::Connection(reply) => {
-                breaker.pass_faults += 1;
-                breaker.last_fault = Some(reply.clone());
-                breaker.streak.push(id);
-                if breaker.streak.len() >= self.trip_after && breaker.tripped.is_none() {
-                    warn!(reason = %reply, "SMTP server unreachable; pausing the issue");
-                    breaker.tripped = Some(reply.clone());
-                }
-                let retry_at_ms =
-                    now_ms() + backoff(self.smtp.retry_base, attempts).as_millis() as i64;
-                Outcome::Retry { reply, retry_at_ms }
-            }
-            Attempt::NotDue => {
-                self.skipped.fetch_add(1, Ordering::Relaxed);
-                Outcome::Skipped
-            }
-            Attempt::LedgerGone => unreachable!("the worker stops before recording"),
-        }
-    }
-}
-
-async fn worker(shared: Arc<Shared>, jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
-    let mut conn: Option<AsyncSmtpConnection> = None;
-    loop {
-        let job = jobs.lock().await.recv().await;
-        let Some(job) = job else { break };
-        if shared.stop.load(Ordering::SeqCst) || shared.tripped() {
-            continue; // left pending for the next run
-        }
-        // Wait for the rate limit first, so the subscriber is checked (and marked) as close
-        // to their message as possible.
-        if let Some(limiter) = &shared.limiter {
-            limiter.until_ready().await;
-        }
-        let id = job.recipient.subscriber_id;
-        let (ack, acked) = oneshot::channel();
-        if shared
-            .writer
-            .send(WriteOp::MarkSending { id, ack })
-            .is_err()
-        {
-            break; // the ledger is gone: never send unrecorded
-        }
-        let span = tracing::debug_span!("delivery", subscriber = %id);
-        let attempt = shared
-            .attempt(&mut conn, &job.recipient, acked)
-            .instrument(span)
-            .await;
-        if attempt == Attempt::LedgerGone {
-            break;
-        }
-        debug!(subscriber = %id, ?attempt, "attempt finished");
-        let outcome = shared.outcome(id, job.attempts_before + 1, attempt);
-        if shared.writer.send(WriteOp::Record { id, outcome }).is_err() {
-            break;
-        }
-    }
-    if let Some(mut c) = conn {
-        let _ = tokio::time::timeout(Duration::from_secs(2), c.quit()).await;
-    }
-}
-
-/// Resolves when `rx` says stop; never, if its sender is gone.
-async fn stop_requested(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// Delivers every pending delivery of the issue, retrying temporary failures as they come
-/// due, until none is left, the server is unreachable, or `stop` turns true.
+/// [`deliver`] through any transport.
 #[tracing::instrument(skip_all, fields(issue = %job.issue))]
-pub async fn deliver(job: Delivery, mut stop: watch::Receiver<bool>) -> anyhow::Result<Report> {
-    let started = Instant::now();
-    let read = store::open(&job.db_path)?;
-    let requeued = ledger::requeue_interrupted(&read, job.issue)?;
-    if requeued > 0 {
-        warn!(
-            count = requeued,
-            "re-sending deliveries interrupted mid-transaction by an earlier run (same Message-IDs)"
-        );
-    }
-    ledger::set_issue_state(&read, job.issue, IssueState::Sending)?;
-    let before = ledger::delivery_counts(&read, job.issue)?;
-
-    let concurrency = job.smtp.concurrency;
-    let (writer_tx, writer_rx) = std::sync::mpsc::channel();
-    let writer = {
-        let path = job.db_path.clone();
-        let issue = job.issue;
-        let max = job.smtp.max_attempts;
-        let hygiene = job.hygiene;
-        std::thread::Builder::new()
-            .name("ledger-writer".into())
-            .spawn(move || writer_loop(path, issue, max, hygiene, writer_rx))?
-    };
-
-    let bar = if job.progress_bar {
-        let bar = indicatif::ProgressBar::new(before.outstanding());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} sent  {per_sec}  ETA {eta}",
-            )
-            .expect("valid template"),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let limiter = NonZeroU32::new(job.smtp.rate_per_second)
-        .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)));
-    let shared = Arc::new(Shared {
-        messages: job.messages.clone(),
-        hello: ClientId::default(),
-        // As many faults in a row as there are connections (at least 3); a pass with
-        // nothing but faults also trips it (see the end of a pass below), so a small list
-        // pauses too.
-        trip_after: concurrency.max(3),
-        smtp: job.smtp.clone(),
-        password: job.password.clone(),
-        writer: writer_tx.clone(),
-        limiter,
-        breaker: Mutex::new(Breaker::default()),
-        stop: AtomicBool::new(false),
-        sent: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        retried: AtomicU64::new(0),
-        skipped: AtomicU64::new(0),
-        bar: bar.clone(),
-    });
-
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let (job_tx, job_rx) = mpsc::channel::<Job>(concurrency);
-    let job_rx = Arc::new(tokio::sync::Mutex::new(job_rx));
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| tokio::spawn(worker(shared.clone(), job_rx.clone())))
-        .collect();
-
-    let ticker = if job.progress_bar {
-        None
-    } else {
-        let shared = shared.clone();
-        let total = before.outstanding();
-        Some(tokio::spawn(async move {
-            let start = Instant::now();
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let sent = shared.sent.load(Ordering::Relaxed);
-                info!(
-                    sent,
-                    failed = shared.failed.load(Ordering::Relaxed),
-                    outstanding = total,
-                    rate = format!("{:.0}/s", sent as f64 / start.elapsed().as_secs_f64()),
-                    "sending"
-                );
-            }
-        }))
-    };
-
-    let mut skipped = 0u64;
-    let mut cursor = SubscriberId(0);
-    let finish = 'run: loop {
-        if *stop.borrow() {
-            break Finish::Interrupted;
-        }
-        if let Some(reason) = shared.breaker.lock().expect("breaker lock").tripped.clone() {
-            break Finish::Paused { reason };
-        }
-        let batch = ledger::due_deliveries(&read, job.issue, cursor, now_ms(), BATCH)?;
-        if batch.is_empty() {
-            // End of a pass: let in-flight messages finish and their outcomes land.
-            drop(permits.acquire_many(concurrency as u32).await?);
-            let (ack, acked) = oneshot::channel();
-            writer_tx
-                .send(WriteOp::Flush { ack })
-                .map_err(|_| anyhow::anyhow!("the ledger writer stopped"))?;
-            acked.await?;
-            {
-                let mut breaker = shared.breaker.lock().expect("breaker lock");
-                if breaker.pass_faults > 0 && breaker.pass_replies == 0 && breaker.tripped.is_none()
-                {
-                    // Every attempt of the pass failed to reach the server.
-                    let reason = breaker.last_fault.clone().unwrap_or_else(|| {
-                        format!("{}:{} could not be reached", job.smtp.host, job.smtp.port)
-                    });
-                    warn!(%reason, "pausing the issue");
-                    breaker.tripped = Some(reason);
-                }
-                breaker.pass_faults = 0;
-                breaker.pass_replies = 0;
-                if let Some(reason) = breaker.tripped.clone() {
-                    break Finish::Paused { reason };
-                }
-            }
-            match ledger::next_due_ms(&read, job.issue)? {
-                None => break Finish::Complete,
-                Some(due) => {
-                    cursor = SubscriberId(0);
-                    let wait = Duration::from_millis((due - now_ms()).max(0) as u64);
-                    if !wait.is_zero() {
-                        debug!(?wait, "waiting for retries to come due");
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait.min(Duration::from_secs(60))) => {}
-                            _ = stop_requested(&mut stop) => break Finish::Interrupted,
-                        }
-                    }
-                }
-            }
-            continue;
-        }
-        for d in batch {
-            cursor = d.subscriber_id;
-            if !d.active {
-                skipped += 1;
-                writer_tx
-                    .send(WriteOp::Record {
-                        id: d.subscriber_id,
-                        outcome: Outcome::Skipped,
-                    })
-                    .map_err(|_| anyhow::anyhow!("the ledger writer stopped"))?;
-                continue;
-            }
-            let email = match d.email {
-                Ok(a) => a,
-                Err(reason) => {
-                    writer_tx
-                        .send(WriteOp::Record {
-                            id: d.subscriber_id,
-                            outcome: Outcome::Permanent {
-                                reply: reason,
-                                bounce: false,
-                            },
-                        })
-                        .map_err(|_| anyhow::anyhow!("the ledger writer stopped"))?;
-                    continue;
-                }
-            };
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p?,
-                _ = stop_requested(&mut stop) => break 'run Finish::Interrupted,
-            };
-            if shared.tripped() {
-                continue 'run;
-            }
-            job_tx
-                .send(Job {
-                    recipient: Recipient {
-                        subscriber_id: d.subscriber_id,
-                        email,
-                        name: d.name,
-                    },
-                    attempts_before: d.attempts,
-                    _permit: permit,
-                })
-                .await?;
-        }
-    };
-
-    // Stop handing out work; let what is in flight finish (each exchange is time-limited).
-    shared.stop.store(true, Ordering::SeqCst);
-    drop(job_tx);
-    for w in workers {
-        let _ = w.await;
-    }
-    if let Some(t) = ticker {
-        t.abort();
-        let _ = t.await;
-    }
-    let streak = std::mem::take(&mut shared.breaker.lock().expect("breaker lock").streak);
-    drop(writer_tx);
-    let shared = match Arc::try_unwrap(shared) {
-        Ok(s) => s,
-        Err(_) => anyhow::bail!("delivery workers still running after shutdown"),
-    };
-    drop(shared.writer);
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the ledger writer panicked"))??;
-    bar.finish_and_clear();
-
-    let finish = match finish {
-        Finish::Complete if !ledger::complete_issue(&read, job.issue)? => {
-            // Something was re-queued meanwhile (e.g. `issues retry`): leave it resumable.
-            warn!("deliveries were re-queued during the run; the issue stays open");
-            Finish::Interrupted
-        }
-        other => other,
-    };
-    match &finish {
-        Finish::Complete => {}
-        Finish::Paused { .. } => {
-            ledger::refund_attempts(&read, job.issue, &streak)?;
-            ledger::set_issue_state(&read, job.issue, IssueState::Paused)?;
-        }
-        Finish::Interrupted => {}
-    }
-    let counts = ledger::delivery_counts(&read, job.issue)?;
-    Ok(Report {
-        finish,
-        sent: shared.sent.load(Ordering::Relaxed),
-        failed: shared.failed.load(Ordering::Relaxed),
-        skipped: skipped + shared.skipped.load(Ordering::Relaxed),
-        retried: shared.retried.load(Ordering::Relaxed),
-        elapsed: started.elapsed(),
-        counts,
-    })
+pub async fn deliver_with<T: Transport>(
+    job: Delivery,
+    transport: T,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Report> {
+    deliver_watched(job, transport, stop, run::QUIET).await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_secs(2);
-        for attempts in 1..=20 {
-            let d = backoff(base, attempts);
-            let nominal = base
-                .saturating_mul(1 << (attempts - 1).min(16))
-                .min(MAX_BACKOFF);
-            assert!(
-                d >= nominal.mul_f64(0.5) && d <= nominal.mul_f64(1.5),
-                "{attempts}: {d:?}"
-            );
-        }
+/// The run's steps; `quiet` is how long it may go without progress before saying why.
+async fn deliver_watched<T: Transport>(
+    job: Delivery,
+    transport: T,
+    stop: watch::Receiver<bool>,
+    quiet: Duration,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let start = run::start(&job)?;
+    let (before, deadline) = (start.before, start.deadline);
+    let mut running = run::spawn(&job, transport, start, stop, quiet)?;
+    let dispatched = running.dispatch().await;
+    let mut stopped = running.shutdown().await;
+    // A failed part is the run's result, whatever the dispatcher saw: the writer's own
+    // error carries the cause.
+    let writer = std::mem::replace(&mut stopped.writer, Ok(()));
+    let fault = match (&dispatched, stopped.fault.take()) {
+        (Err(Halt::Fault(why)), _) => Some(why.clone()),
+        (_, raised) => raised,
+    };
+    writer?;
+    if let Some(why) = fault {
+        anyhow::bail!("{why}");
     }
+    let finish = match dispatched {
+        Ok(finish) => finish,
+        Err(_) => Finish::Interrupted,
+    };
+    run::finish(&job, before, deadline, stopped, finish, started.elapsed())
 }

@@ -10,7 +10,9 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use tokio::sync::oneshot;
 
+use super::data::DataContent;
 use crate::config::{SmtpConfig, TlsMode};
+use crate::mail::outgoing::OutgoingMessage;
 
 /// What one SMTP attempt came to, before it is written down.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +61,7 @@ pub(super) enum TxError {
 /// has accepted. The wait for the ledger is not charged to the server's timeout.
 pub(super) async fn transaction(
     conn: &mut AsyncSmtpConnection,
-    envelope: &lettre::address::Envelope,
-    body: &[u8],
+    message: &OutgoingMessage,
     durable: &mut Option<oneshot::Receiver<bool>>,
     timeout: Duration,
 ) -> Result<lettre::transport::smtp::response::Response, TxError> {
@@ -74,6 +75,7 @@ pub(super) async fn transaction(
             Err(_) => Err(TxError::Timeout),
         }
     }
+    let envelope = message.envelope();
     let mut params = Vec::new();
     let non_ascii = envelope
         .to()
@@ -88,7 +90,7 @@ pub(super) async fn transaction(
         }
         params.push(MailParameter::SmtpUtfEight);
     }
-    if !body.is_ascii() {
+    if !message.is_ascii() {
         if !conn.server_info().supports_feature(Extension::EightBitMime) {
             return Err(TxError::Unsupported(
                 "the message is not 7-bit and the server does not offer 8BITMIME".into(),
@@ -118,7 +120,13 @@ pub(super) async fn transaction(
             Err(_) => return Err(TxError::Ledger),
         }
     }
-    step(Stage::Message, timeout, conn.message(body)).await
+    // One write of the dot-stuffed content and its terminator (see `DataContent`).
+    step(
+        Stage::Message,
+        timeout,
+        conn.command(DataContent::new(message)),
+    )
+    .await
 }
 
 /// True for 550/551/553 replies that say the mailbox does not exist (RFC 3463 5.1.x, or

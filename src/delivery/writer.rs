@@ -1,10 +1,15 @@
 //! The ledger writer: the one thread that records delivery state changes, in group commits.
+//! If it fails (a full disk, a database gone read-only), it says so through the run's
+//! [`Fault`](super::halt::Fault) at once, so the send stops instead of waiting on it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::halt::{Fault, Sentinel};
 use crate::store::ledger::{self, Outcome};
 use crate::store::{self, IssueNumber, SubscriberId};
 
@@ -26,20 +31,76 @@ pub(super) enum WriteOp {
 /// transaction. It also bounds how long the writer holds the database's write lock.
 const GROUP_COMMIT: Duration = Duration::from_millis(20);
 
+/// Starts the writer thread on its own connection to `db_path`. Its failure (an error or
+/// a panic) is raised on `fault` with a message naming the cause.
+pub(super) fn spawn(
+    db_path: PathBuf,
+    issue: IssueNumber,
+    max_attempts: u32,
+    hygiene: crate::store::events::Hygiene,
+    fault: Fault,
+) -> std::io::Result<(
+    std::sync::mpsc::Sender<WriteOp>,
+    JoinHandle<anyhow::Result<()>>,
+)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || {
+            let sentinel = Sentinel::new(fault.clone(), "the ledger writer stopped unexpectedly");
+            let result = store::open(&db_path)
+                .map_err(anyhow::Error::from)
+                .and_then(|conn| writer_loop(conn, issue, max_attempts, hygiene, rx));
+            let result = result.map_err(|e| explain(e, &db_path));
+            if let Err(e) = &result {
+                fault.raise(format!("{e:#}"));
+            }
+            sentinel.disarm();
+            result
+        })?;
+    Ok((tx, handle))
+}
+
+/// Gives a database failure the sentence an operator needs: what happened and what to do.
+pub(super) fn explain(err: anyhow::Error, db_path: &Path) -> anyhow::Error {
+    let code = err
+        .chain()
+        .find_map(|e| match e.downcast_ref::<rusqlite::Error>() {
+            Some(rusqlite::Error::SqliteFailure(f, _)) => Some(f.code),
+            _ => None,
+        });
+    let folder = db_path.parent().unwrap_or(Path::new("."));
+    match code {
+        Some(rusqlite::ErrorCode::DiskFull) => err.context(format!(
+            "the state database is full: free space on the file system holding {} and run the send again (nothing is lost: deliveries not recorded as sent are sent by the next run)",
+            folder.display()
+        )),
+        Some(rusqlite::ErrorCode::ReadOnly) => err.context(format!(
+            "the state database {} became read-only during the send; make it writable and run the send again",
+            db_path.display()
+        )),
+        _ => err.context(format!(
+            "the ledger writer could not record deliveries in {}",
+            db_path.display()
+        )),
+    }
+}
+
 /// The single writer: applies queued state changes in group commits. A commit happens as
 /// soon as an operation needs an acknowledgement (a `sending` mark, which must be durable
 /// before its message goes out, or a flush), so outcomes ride along with the next mark
 /// instead of costing a commit each; outcomes alone are committed within `GROUP_COMMIT`.
-/// Each worker therefore has at most one delivered-but-unrecorded message at any time.
+/// Each worker therefore has at most one delivered-but-unrecorded message at any time. On
+/// an error the pending acknowledgements are dropped, so no message waits for a mark that
+/// will never be durable.
 pub(super) fn writer_loop(
-    db_path: PathBuf,
+    conn: Connection,
     issue: IssueNumber,
     max_attempts: u32,
     hygiene: crate::store::events::Hygiene,
     rx: std::sync::mpsc::Receiver<WriteOp>,
 ) -> anyhow::Result<()> {
     use std::sync::mpsc::RecvTimeoutError;
-    let conn = store::open(&db_path)?;
     enum Ack {
         Mark(oneshot::Sender<bool>, bool),
         Flush(oneshot::Sender<()>),
@@ -94,5 +155,91 @@ pub(super) fn writer_loop(
         if disconnected {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::Fixture;
+    use super::*;
+
+    #[test]
+    fn marks_are_acknowledged_only_once_committed_and_outcomes_land() {
+        let f = Fixture::new(3);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let conn = store::open(&f.db_path).unwrap();
+        let writer =
+            std::thread::spawn(move || writer_loop(conn, f.issue, 3, Default::default(), rx));
+        let (ack, acked) = oneshot::channel();
+        tx.send(WriteOp::MarkSending { id: f.ids[0], ack }).unwrap();
+        assert!(acked.blocking_recv().unwrap(), "a pending delivery may go");
+        let (ack, acked) = oneshot::channel();
+        tx.send(WriteOp::Record {
+            id: f.ids[0],
+            outcome: Outcome::Sent {
+                reply: "250 ok".into(),
+            },
+        })
+        .unwrap();
+        // Sent is no longer pending: its second mark says no.
+        tx.send(WriteOp::MarkSending { id: f.ids[0], ack }).unwrap();
+        assert!(!acked.blocking_recv().unwrap());
+        drop(tx);
+        writer.join().unwrap().unwrap();
+        let counts = ledger::delivery_counts(&f.read(), f.issue).unwrap();
+        assert_eq!((counts.sent, counts.pending), (1, 2));
+    }
+
+    #[test]
+    fn a_failing_database_drops_the_mark_and_raises_the_fault_with_its_cause() {
+        let f = Fixture::new(2);
+        // The writer's database refuses every write from now on.
+        f.read()
+            .execute_batch(
+                "CREATE TRIGGER no_writes BEFORE UPDATE ON deliveries
+                 BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+            )
+            .unwrap();
+        let fault = Fault::new();
+        let (tx, handle) = spawn(
+            f.db_path.clone(),
+            f.issue,
+            3,
+            Default::default(),
+            fault.clone(),
+        )
+        .unwrap();
+        let (ack, acked) = oneshot::channel();
+        tx.send(WriteOp::MarkSending { id: f.ids[0], ack }).unwrap();
+        assert!(acked.blocking_recv().is_err(), "never acknowledged");
+        let err = handle.join().unwrap().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("database or disk is full"),
+            "{err:#}"
+        );
+        assert!(fault.get().unwrap().contains("could not record deliveries"));
+        assert!(tx
+            .send(WriteOp::Flush {
+                ack: oneshot::channel().0
+            })
+            .is_err());
+    }
+
+    #[test]
+    fn disk_full_is_told_as_such() {
+        let err = anyhow::Error::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(13), // SQLITE_FULL
+            Some("database or disk is full".into()),
+        ));
+        let told = format!(
+            "{:#}",
+            explain(err, Path::new("/srv/news/state/verdicts.db"))
+        );
+        assert!(
+            told.starts_with(
+                "the state database is full: free space on the file system holding /srv/news/state"
+            ),
+            "{told}"
+        );
     }
 }

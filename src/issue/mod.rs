@@ -580,8 +580,20 @@ pub fn summary_line(number: IssueNumber, report: &Report) -> String {
     } else {
         0.0
     };
+    // Every failure counts, including temporary ones whose retries ran out.
+    let temporarily = match report.failed_temporarily {
+        0 => String::new(),
+        n => format!(" ({n} temporarily)"),
+    };
+    let gave_up = match report.gave_up {
+        0 => String::new(),
+        n => format!(
+            " Gave up on {n} {} still failing temporarily at the deadline (smtp.give_up_after).",
+            if n == 1 { "delivery" } else { "deliveries" }
+        ),
+    };
     format!(
-        "Issue {number}: sent {}, failed {}, skipped {}, retrying {} in {:.1} s ({:.0} msgs/s). Totals: {} sent, {} failed, {} skipped, {} pending of {}.",
+        "Issue {number}: sent {}, failed {}{temporarily}, skipped {}, retrying {} in {:.1} s ({:.0} msgs/s). Totals: {} sent, {} failed, {} skipped, {} pending of {}.{gave_up}",
         report.sent,
         report.failed,
         report.skipped,

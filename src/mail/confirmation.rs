@@ -128,7 +128,7 @@ impl ConfirmationMail<'_> {
         newsletter: &Newsletter,
         key: &TokenKey,
         dkim: Option<&DkimSigner>,
-    ) -> Result<Message, MessageError> {
+    ) -> Result<BuiltMail, MessageError> {
         let url = self.confirm_url(newsletter, key);
         let expires = self.expires_at.format("%-d %B %Y, %H:%M UTC").to_string();
         let render_err = |e: askama::Error| MessageError::Build {
@@ -148,7 +148,7 @@ impl ConfirmationMail<'_> {
             self.name.map(|n| n.as_str().to_owned()),
             self.email.address().clone(),
         );
-        let mut message = Message::builder()
+        let message = Message::builder()
             .from(newsletter.from.clone())
             .to(to)
             .subject(format!("Confirm your subscription to {}", newsletter.name))
@@ -159,10 +159,48 @@ impl ConfirmationMail<'_> {
                 recipient: self.email.to_string(),
                 source,
             })?;
-        if let Some(signer) = dkim {
-            signer.sign(&mut message);
-        }
-        Ok(message)
+        let envelope = message.envelope().clone();
+        let raw = message.formatted();
+        let raw = match dkim {
+            Some(signer) => {
+                // lettre writes ASCII only (non-ASCII is encoded), so the text view is exact.
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                // The digest's header list, less what a transactional mail does not carry.
+                let (fields, _) = crate::mail::dkim_sign::split_message(&text);
+                let has = |name: &str| {
+                    fields.iter().any(|f| {
+                        f.split(':')
+                            .next()
+                            .is_some_and(|h| h.trim().eq_ignore_ascii_case(name))
+                    })
+                };
+                let names = crate::mail::dkim_sign::header_list()
+                    .split(':')
+                    .filter(|n| has(n))
+                    .collect::<Vec<_>>()
+                    .join(":");
+                signer.sign_raw(&text, &names).into_bytes()
+            }
+            None => raw,
+        };
+        Ok(BuiltMail { envelope, raw })
+    }
+}
+
+/// A built confirmation mail: its envelope and its bytes as they go on the wire.
+#[derive(Debug, Clone)]
+pub struct BuiltMail {
+    envelope: lettre::address::Envelope,
+    raw: Vec<u8>,
+}
+
+impl BuiltMail {
+    pub fn envelope(&self) -> &lettre::address::Envelope {
+        &self.envelope
+    }
+
+    pub fn formatted(&self) -> Vec<u8> {
+        self.raw.clone()
     }
 }
 

@@ -7,31 +7,15 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use ed25519_dalek::pkcs8::DecodePrivateKey as _;
-use lettre::message::dkim::{
-    DkimCanonicalization, DkimCanonicalizationType, DkimConfig as LettreDkim, DkimSigningAlgorithm,
-    DkimSigningKey,
-};
-use lettre::message::header::HeaderName;
-use lettre::Message;
 use rsa::pkcs1::{DecodeRsaPrivateKey as _, EncodeRsaPrivateKey as _};
-use rsa::pkcs8::{EncodePublicKey as _, LineEnding};
+use rsa::pkcs8::EncodePublicKey as _;
 use rsa::traits::PublicKeyParts as _;
 
 use crate::config::{Config, DkimAlgorithm, DkimConfig};
 use crate::error::UserError;
+use crate::mail::dkim_sign::{self, SignatureSpec, SigningKey};
 
-/// The headers every signature covers. Gmail and Yahoo honour RFC 8058 one-click unsubscribe
-/// only when the signature covers both List-Unsubscribe headers.
-pub const SIGNED_HEADERS: [&str; 8] = [
-    "From",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "To",
-    "List-Id",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-];
+pub use crate::mail::dkim_sign::SIGNED_HEADERS;
 
 /// RSA keys shorter than this are refused by receivers (RFC 8301).
 const MIN_RSA_BITS: usize = 1024;
@@ -65,7 +49,9 @@ pub enum DkimError {
 /// A loaded DKIM key with its domain and selector. Cheap to clone: the key is shared.
 #[derive(Clone)]
 pub struct DkimSigner {
-    inner: Arc<LettreDkim>,
+    key: Arc<SigningKey>,
+    /// The `h=` tag.
+    header_list: Arc<str>,
     domain: String,
     selector: String,
     algorithm: DkimAlgorithm,
@@ -102,23 +88,9 @@ impl DkimSigner {
             source,
         })?;
         let (key, public_key) = parse_key(&config.key_file, &text, config.algorithm)?;
-        let headers = SIGNED_HEADERS
-            .iter()
-            .map(|h| HeaderName::new_from_ascii_str(h))
-            .collect();
-        // relaxed/relaxed survives the header refolding and whitespace changes relays make.
-        let canonicalization = DkimCanonicalization {
-            header: DkimCanonicalizationType::Relaxed,
-            body: DkimCanonicalizationType::Relaxed,
-        };
         Ok(DkimSigner {
-            inner: Arc::new(LettreDkim::new(
-                config.selector.clone(),
-                config.domain.clone(),
-                key,
-                headers,
-                canonicalization,
-            )),
+            key: Arc::new(key),
+            header_list: dkim_sign::header_list().into(),
             domain: config.domain.clone(),
             selector: config.selector.clone(),
             algorithm: config.algorithm,
@@ -126,9 +98,26 @@ impl DkimSigner {
         })
     }
 
-    /// Adds the DKIM-Signature header to an assembled message.
-    pub fn sign(&self, message: &mut Message) {
-        message.sign(&self.inner);
+    fn spec(&self) -> SignatureSpec<'_> {
+        SignatureSpec {
+            key: &self.key,
+            domain: &self.domain,
+            selector: &self.selector,
+            timestamp: chrono::Utc::now().timestamp(),
+        }
+    }
+
+    /// The DKIM-Signature header line (relaxed/relaxed, with its CRLF) for a message with
+    /// these header fields (raw, top to bottom) and body hash, covering [`SIGNED_HEADERS`]
+    /// and over-signing the ones that must not be added to.
+    pub fn signature_header(&self, fields: &[&str], body_hash: &[u8; 32]) -> String {
+        dkim_sign::signature_header(&self.spec(), fields, &self.header_list, body_hash)
+    }
+
+    /// Signs a complete message built elsewhere, covering the headers named in `names` (an
+    /// `h=` list, e.g. `From:To:Subject`); returns the message with the signature on top.
+    pub fn sign_raw(&self, raw: &str, names: &str) -> String {
+        dkim_sign::sign_message(&self.spec(), raw, names) + raw
     }
 
     /// The signing domain (`d=`).
@@ -191,12 +180,12 @@ fn generate_hint(path: &Path, a: DkimAlgorithm) -> String {
 }
 
 /// Parses the key file: PKCS#8 or PKCS#1 PEM for RSA; PKCS#8 PEM or a base64 32-byte seed for
-/// Ed25519. Returns lettre's key and the base64 public key for the TXT record.
+/// Ed25519. Returns the signing key and the base64 public key for the TXT record.
 fn parse_key(
     path: &Path,
     text: &str,
     algorithm: DkimAlgorithm,
-) -> Result<(DkimSigningKey, String), DkimError> {
+) -> Result<(SigningKey, String), DkimError> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let expected = algorithm_name(algorithm);
     let invalid = |reason: String| DkimError::Invalid {
@@ -254,11 +243,8 @@ fn parse_key(
                 .to_public_key()
                 .to_public_key_der()
                 .map_err(|e| invalid(e.to_string()))?;
-            let pkcs1 = key
-                .to_pkcs1_pem(LineEnding::LF)
-                .map_err(|e| invalid(e.to_string()))?;
-            let signing = DkimSigningKey::new(&pkcs1, DkimSigningAlgorithm::Rsa)
-                .map_err(|e| invalid(e.to_string()))?;
+            let pkcs1 = key.to_pkcs1_der().map_err(|e| invalid(e.to_string()))?;
+            let signing = SigningKey::rsa_from_pkcs1_der(pkcs1.as_bytes()).map_err(invalid)?;
             Ok((signing, b64.encode(public.as_bytes())))
         }
         DkimAlgorithm::Ed25519 => {
@@ -285,9 +271,7 @@ fn parse_key(
                     })?;
                 ed25519_dalek::SigningKey::from_bytes(&seed)
             };
-            let signing =
-                DkimSigningKey::new(&b64.encode(key.to_bytes()), DkimSigningAlgorithm::Ed25519)
-                    .map_err(|e| invalid(e.to_string()))?;
+            let signing = SigningKey::ed25519_from_seed(&key.to_bytes()).map_err(invalid)?;
             Ok((signing, b64.encode(key.verifying_key().to_bytes())))
         }
     }
@@ -300,17 +284,8 @@ mod tests {
     #[test]
     fn long_records_are_split_into_dns_strings() {
         let signer = DkimSigner {
-            inner: Arc::new(LettreDkim::new(
-                "s".into(),
-                "example.com".into(),
-                DkimSigningKey::new(
-                    &base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
-                    DkimSigningAlgorithm::Ed25519,
-                )
-                .unwrap(),
-                vec![],
-                DkimCanonicalization::default(),
-            )),
+            key: Arc::new(SigningKey::ed25519_from_seed(&[7u8; 32]).unwrap()),
+            header_list: "From".into(),
             domain: "example.com".into(),
             selector: "s".into(),
             algorithm: DkimAlgorithm::Rsa,

@@ -1,23 +1,24 @@
 //! Per-recipient messages. The digest's two parts are quoted-printable encoded once per
-//! issue, around the unsubscribe placeholder; each recipient's copy splices in their own
-//! link and headers, so building a message is a few copies rather than a re-encode.
+//! issue, around the unsubscribe placeholder, into a body layout every copy shares; each
+//! recipient's copy is their headers, their encoded link and (with DKIM) a signature whose
+//! body hash continues from the shared part's.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use lettre::address::Envelope;
-use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
-use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
-use lettre::Message;
+use lettre::address::{Address, Envelope};
+use lettre::message::header::{self, HeaderName, HeaderValue, Headers};
+use lettre::message::{Mailbox, Mailboxes};
 
 use crate::config::Newsletter;
 use crate::digest::render::RenderedDigest;
-use crate::mail::address::{ascii_form, SubscriberEmail};
+use crate::mail::address::{ascii_form, AsciiFormError, SubscriberEmail};
 use crate::mail::dkim::DkimSigner;
+use crate::mail::outgoing::{encode_link, BodyHashPlan, BodyLayout, OutgoingMessage};
 use crate::mail::token::{TokenKey, SAMPLE_EMAIL, SAMPLE_SUBSCRIBER_ID};
 use crate::mail::verp::{Purpose, Tag, VerpKey};
 use crate::store::{IssueNumber, SubscriberId};
 
-/// The soft line break of quoted-printable: lets encoded pieces be joined anywhere.
-const SOFT_BREAK: &str = "=\r\n";
 /// Longest run of an encoded URL on one line (QP allows 76 with the soft break's `=`).
 const URL_CHUNK: usize = 72;
 
@@ -34,64 +35,32 @@ pub enum MessageError {
     NeedsSmtpUtf8(#[from] crate::mail::address::AsciiFormError),
 }
 
-/// One text part, pre-encoded around the places the unsubscribe URL goes.
-#[derive(Debug, Clone)]
-struct EncodedPart {
-    pieces: Vec<String>,
-    len: usize,
+/// A digest part quoted-printable encoded, split where the unsubscribe URL goes.
+fn encode_part(parts: &[String]) -> Vec<String> {
+    parts
+        .iter()
+        .map(|p| quoted_printable::encode_to_str(p.replace("\r\n", "\n").replace('\n', "\r\n")))
+        .collect()
 }
 
-impl EncodedPart {
-    fn new(parts: &[String]) -> Self {
-        let pieces: Vec<String> = parts
-            .iter()
-            .map(|p| quoted_printable::encode_to_str(p.replace("\r\n", "\n").replace('\n', "\r\n")))
-            .collect();
-        let len = pieces.iter().map(String::len).sum();
-        EncodedPart { pieces, len }
-    }
-
-    /// The encoded part with `url` in every placeholder.
-    fn with_url(&self, url: &str) -> Vec<u8> {
-        let encoded_url = encode_url(url);
-        let mut out = Vec::with_capacity(
-            self.len + self.pieces.len() * (encoded_url.len() + 2 * SOFT_BREAK.len()),
-        );
-        for (i, piece) in self.pieces.iter().enumerate() {
-            if i > 0 {
-                out.extend_from_slice(SOFT_BREAK.as_bytes());
-                out.extend_from_slice(encoded_url.as_bytes());
-                out.extend_from_slice(SOFT_BREAK.as_bytes());
-            }
-            out.extend_from_slice(piece.as_bytes());
-        }
-        out
-    }
+/// One header field as it appears in the message, with its CRLF.
+fn header_line(value: HeaderValue) -> String {
+    let mut h = Headers::new();
+    h.insert_raw(value);
+    h.to_string()
 }
 
-/// Quoted-printable for a URL: only `=` needs escaping; long URLs get soft breaks.
-fn encode_url(url: &str) -> String {
-    let escaped = url.replace('=', "=3D");
-    let mut out = String::with_capacity(escaped.len() + 8);
-    let mut line = 0;
-    let mut chars = escaped.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        // Never split an "=3D" escape across a soft break.
-        let width = if c == '=' { 3 } else { 1 };
-        if line + width > URL_CHUNK {
-            out.push_str(SOFT_BREAK);
-            line = 0;
-        }
-        if c == '=' {
-            out.push_str(&escaped[i..i + 3]);
-            chars.next();
-            chars.next();
-        } else {
-            out.push(c);
-        }
-        line += width;
-    }
-    out
+fn typed_line<H: header::Header>(value: H) -> String {
+    let mut h = Headers::new();
+    h.set(value);
+    h.to_string()
+}
+
+/// A MIME boundary that cannot occur in quoted-printable text (`=_` never does).
+fn boundary() -> String {
+    let mut b = String::from("=_verdicts_");
+    b.extend((0..24).map(|_| fastrand::alphanumeric()));
+    b
 }
 
 /// Who a copy goes to.
@@ -124,14 +93,22 @@ pub struct IssueMessages {
     issue_number: IssueNumber,
     slot: DateTime<Utc>,
     subject: String,
-    text: EncodedPart,
-    html: EncodedPart,
     key: TokenKey,
-    list_id: String,
     mailto: String,
+    body: Arc<BodyLayout>,
+    /// The header fields every copy shares, each with its CRLF.
+    from: String,
+    /// The From field for a server without SMTPUTF8 (its domain in punycode), or why the
+    /// address has no such form.
+    from_ascii: Result<String, AsciiFormError>,
+    subject_line: String,
+    list_id: String,
+    list_unsubscribe_post: String,
+    mime_version: String,
+    content_type: String,
     /// `inbound.address` and the key that tags it, when bounces are read back.
     verp: Option<(String, VerpKey)>,
-    dkim: Option<DkimSigner>,
+    dkim: Option<(DkimSigner, Arc<BodyHashPlan>)>,
     test: Option<TestCopy>,
 }
 
@@ -157,16 +134,35 @@ impl IssueMessages {
         let list_id = format!("{} <{}>", newsletter.name, newsletter.list_id);
         let mailto = format!("mailto:{}?subject=unsubscribe", newsletter.from.email);
         let digest = digest.for_issue(&newsletter.base_url, issue_number.get());
+        let boundary = boundary();
+        let body = BodyLayout::new(
+            &boundary,
+            &encode_part(digest.text_parts()),
+            &encode_part(digest.html_parts()),
+        );
         IssueMessages {
             newsletter: newsletter.clone(),
             issue_number,
             slot,
             subject: digest.subject.clone(),
-            text: EncodedPart::new(digest.text_parts()),
-            html: EncodedPart::new(digest.html_parts()),
             key,
-            list_id,
             mailto,
+            body: Arc::new(body),
+            from: typed_line(header::From::from(Mailboxes::from(newsletter.from.clone()))),
+            from_ascii: ascii_form(&newsletter.from.email).map(|email| {
+                let mailbox = Mailbox::new(newsletter.from.name.clone(), email);
+                typed_line(header::From::from(Mailboxes::from(mailbox)))
+            }),
+            subject_line: typed_line(header::Subject::from(digest.subject.clone())),
+            list_id: header_line(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Id"),
+                list_id,
+            )),
+            list_unsubscribe_post: "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n".into(),
+            mime_version: "MIME-Version: 1.0\r\n".into(),
+            content_type: format!(
+                "Content-Type: multipart/alternative;\r\n boundary=\"{boundary}\"\r\n"
+            ),
             verp: None,
             dkim: None,
             test: None,
@@ -202,14 +198,16 @@ impl IssueMessages {
     pub fn as_test_copy(mut self, copy: TestCopy) -> Self {
         if !copy.exact {
             self.subject = format!("[TEST] {}", self.subject);
+            self.subject_line = typed_line(header::Subject::from(self.subject.clone()));
         }
         self.test = Some(copy);
         self
     }
 
-    /// Signs every built message with `signer` (DKIM off when `None`).
+    /// Signs every built message with `signer` (DKIM off when `None`). The shared part of
+    /// the body is canonicalised and hashed here, once.
     pub fn with_dkim(mut self, signer: Option<DkimSigner>) -> Self {
-        self.dkim = signer;
+        self.dkim = signer.map(|s| (s, Arc::new(self.body.prepare_hash())));
         self
     }
 
@@ -220,6 +218,12 @@ impl IssueMessages {
 
     pub fn subject(&self) -> &str {
         &self.subject
+    }
+
+    /// Bytes of the body every copy shares before the first personal link (whose DKIM body
+    /// hash is computed once per issue).
+    pub fn shared_body_prefix(&self) -> usize {
+        self.body.shared_prefix_len()
     }
 
     /// The recipient's one-click unsubscribe URL.
@@ -251,30 +255,43 @@ impl IssueMessages {
         )
     }
 
-    /// The complete message for one recipient, for a server that offers SMTPUTF8.
-    pub fn build(&self, r: &Recipient) -> Result<Message, MessageError> {
+    /// The complete message for one recipient, for a server that offers SMTPUTF8 (signed
+    /// when DKIM is on).
+    pub fn build(&self, r: &Recipient) -> Result<OutgoingMessage, MessageError> {
         self.build_for(r, true)
     }
 
-    /// The complete message for one recipient. Without `smtputf8` the envelope and the
-    /// address headers carry international domains as punycode, and an address whose local
-    /// part is not ASCII is an error (no spelling of it reaches that mailbox).
-    pub fn build_for(&self, r: &Recipient, smtputf8: bool) -> Result<Message, MessageError> {
+    /// The complete message for one recipient (signed when DKIM is on). Without
+    /// `smtputf8` the envelope and the address headers carry international domains as
+    /// punycode, and an address whose local part is not ASCII is an error (no spelling of
+    /// it reaches that mailbox).
+    pub fn build_for(
+        &self,
+        r: &Recipient,
+        smtputf8: bool,
+    ) -> Result<OutgoingMessage, MessageError> {
         let (to_addr, from) = if smtputf8 {
-            (r.email.address().clone(), self.newsletter.from.clone())
+            (r.email.address().clone(), &self.from)
         } else {
-            let mut from = self.newsletter.from.clone();
-            from.email = ascii_form(&from.email)?;
+            let from = self.from_ascii.as_ref().map_err(Clone::clone)?;
             (ascii_form(r.email.address())?, from)
         };
-        // The envelope is given, not derived: lettre re-parses the To header for it, which
-        // fails on a quoted local part ("first last"@example.com). Its sender is the VERP
-        // address when bounces are read back, else the From address.
+        // The envelope is given, not derived from the To header (a quoted local part like
+        // "first last"@example.com would not survive the round trip). Its sender is the
+        // VERP address when bounces are read back, else the From address.
         let sender = match self.envelope_sender(r.subscriber_id) {
-            Some(verp) => verp
-                .parse()
-                .map_err(|_| MessageError::Address(verp.clone()))?,
-            None => from.email.clone(),
+            Some(verp) => {
+                let tagged: Address = verp
+                    .parse()
+                    .map_err(|_| MessageError::Address(verp.clone()))?;
+                if smtputf8 {
+                    tagged
+                } else {
+                    ascii_form(&tagged)?
+                }
+            }
+            None if smtputf8 => self.newsletter.from.email.clone(),
+            None => ascii_form(&self.newsletter.from.email)?,
         };
         let envelope = Envelope::new(Some(sender), vec![to_addr.clone()]).map_err(|source| {
             MessageError::Build {
@@ -283,63 +300,64 @@ impl IssueMessages {
             }
         })?;
         let url = self.unsubscribe_url(r);
-        let text = SinglePart::builder().header(ContentType::TEXT_PLAIN).body(
-            Body::dangerous_pre_encoded(
-                self.text.with_url(&url),
-                ContentTransferEncoding::QuotedPrintable,
-            ),
-        );
-        let html =
-            SinglePart::builder()
-                .header(ContentType::TEXT_HTML)
-                .body(Body::dangerous_pre_encoded(
-                    self.html.with_url(&url),
-                    ContentTransferEncoding::QuotedPrintable,
-                ));
-        let to = Mailbox::new(r.name.clone(), to_addr);
         let mailto = match self.tagged(r.subscriber_id, Purpose::Unsubscribe) {
             Some(address) => format!("mailto:{address}?subject=unsubscribe"),
             None => self.mailto.clone(),
         };
-        let mut message = Message::builder()
-            .from(from)
-            .to(to)
-            .envelope(envelope)
-            .subject(self.subject.clone())
-            .date_now()
-            .message_id(Some(self.message_id(r.subscriber_id)))
-            .raw_header(HeaderValue::new(
-                HeaderName::new_from_ascii_str("List-Id"),
-                self.list_id.clone(),
-            ))
-            .raw_header(HeaderValue::new(
-                HeaderName::new_from_ascii_str("List-Unsubscribe"),
-                format!("<{url}>, <{mailto}>"),
-            ))
-            .raw_header(HeaderValue::new(
-                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
-                "List-Unsubscribe=One-Click".into(),
-            ))
-            .multipart(MultiPart::alternative().singlepart(text).singlepart(html))
-            .map_err(|source| MessageError::Build {
-                recipient: r.email.to_string(),
-                source,
-            })?;
-        if let Some(signer) = &self.dkim {
-            signer.sign(&mut message);
+        let to = typed_line(header::To::from(Mailboxes::from(Mailbox::new(
+            r.name.clone(),
+            to_addr,
+        ))));
+        let date = typed_line(header::Date::now());
+        let message_id = typed_line(header::MessageId::from(self.message_id(r.subscriber_id)));
+        let list_unsubscribe = header_line(HeaderValue::new(
+            HeaderName::new_from_ascii_str("List-Unsubscribe"),
+            format!("<{url}>, <{mailto}>"),
+        ));
+        let fields: [&str; 10] = [
+            from,
+            &to,
+            &self.subject_line,
+            &date,
+            &message_id,
+            &self.list_id,
+            &list_unsubscribe,
+            &self.list_unsubscribe_post,
+            &self.mime_version,
+            &self.content_type,
+        ];
+        let link = encode_link(&url, URL_CHUNK);
+        let signature = self.dkim.as_ref().map(|(signer, plan)| {
+            signer.signature_header(&fields, &plan.body_hash(&self.body, &link))
+        });
+        let mut head = String::with_capacity(
+            fields.iter().map(|f| f.len()).sum::<usize>()
+                + signature.as_ref().map_or(0, String::len)
+                + 2,
+        );
+        head.push_str(signature.as_deref().unwrap_or(""));
+        for f in fields {
+            head.push_str(f);
         }
-        Ok(message)
+        head.push_str("\r\n");
+        Ok(OutgoingMessage::new(
+            envelope,
+            head,
+            link,
+            self.body.clone(),
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mail::outgoing::OutgoingMessage;
 
     #[test]
     fn url_encoding_escapes_equals_and_keeps_lines_short() {
         let url = format!("https://x.example/unsubscribe?token=12.{}", "A".repeat(100));
-        let enc = encode_url(&url);
+        let enc = encode_link(&url, URL_CHUNK);
         assert!(enc.contains("=3D"));
         for line in enc.split("\r\n") {
             assert!(line.len() <= 76, "{line}");
@@ -350,16 +368,34 @@ mod tests {
     }
 
     #[test]
-    fn spliced_part_decodes_to_the_personal_text() {
-        let parts = vec!["Hello — “reader”\nClick: ".to_string(), "\nBye ".repeat(40)];
-        let enc = EncodedPart::new(&parts);
+    fn spliced_parts_decode_to_the_personal_text() {
+        let text = vec!["Hello — “reader”\nClick: ".to_string(), "\nBye ".repeat(40)];
+        let html = vec!["<p>a</p>\n<a href=\"".to_string(), "\">x</a>\n".to_string()];
+        let body = Arc::new(BodyLayout::new(
+            "=_b",
+            &encode_part(&text),
+            &encode_part(&html),
+        ));
         let url = "https://x.example/unsubscribe?token=3.abc=def";
-        let body = enc.with_url(url);
-        let decoded = quoted_printable::decode(&body, quoted_printable::ParseMode::Strict).unwrap();
-        let expected = parts.join(url).replace('\n', "\r\n");
-        assert_eq!(String::from_utf8(decoded).unwrap(), expected);
-        for line in body.split(|b| *b == b'\n') {
-            assert!(line.len() <= 77);
+        let envelope =
+            lettre::address::Envelope::new(None, vec!["a@example.com".parse().unwrap()]).unwrap();
+        let message =
+            OutgoingMessage::new(envelope, "\r\n".into(), encode_link(url, URL_CHUNK), body);
+        let raw = String::from_utf8(message.formatted()).unwrap();
+        assert_eq!(raw.len(), message.len());
+        let parts: Vec<&str> = raw.split("--=_b").collect();
+        assert_eq!(parts.len(), 4, "{raw}");
+        assert_eq!(parts[3], "--\r\n");
+        for (part, source) in [(parts[1], &text), (parts[2], &html)] {
+            let (_, encoded) = part.split_once("\r\n\r\n").unwrap();
+            let encoded = encoded.strip_suffix("\r\n").unwrap();
+            let decoded =
+                quoted_printable::decode(encoded, quoted_printable::ParseMode::Strict).unwrap();
+            let expected = source.join(url).replace('\n', "\r\n");
+            assert_eq!(String::from_utf8(decoded).unwrap(), expected);
+            for line in encoded.split("\r\n") {
+                assert!(line.len() <= 76, "{line}");
+            }
         }
     }
 }

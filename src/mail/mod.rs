@@ -1,9 +1,12 @@
 //! The mail stage: subscriber addresses parsed once ([`address`]), each recipient's message
-//! ([`message`]), its DKIM signature ([`dkim`]) and the signed unsubscribe links ([`token`]).
+//! ([`message`]) laid out for sending ([`outgoing`]), its DKIM signature ([`dkim`], computed
+//! by [`dkim_sign`]) and the signed unsubscribe links ([`token`]).
 
 pub mod address;
 pub mod confirmation;
 pub mod dkim;
+pub mod dkim_sign;
 pub mod message;
+pub mod outgoing;
 pub mod token;
 pub mod verp;

@@ -75,6 +75,9 @@ pub struct DeliveryCounts {
     pub sending: u64,
     pub sent: u64,
     pub failed: u64,
+    /// Of `failed`, those that failed only temporarily (retries used up, or given up at
+    /// the deadline).
+    pub failed_temporarily: u64,
     pub skipped: u64,
 }
 
@@ -326,21 +329,32 @@ pub fn set_issue_state(
 }
 
 pub fn delivery_counts(conn: &Connection, number: IssueNumber) -> rusqlite::Result<DeliveryCounts> {
-    let mut stmt = conn
-        .prepare_cached("SELECT state, count(*) FROM deliveries WHERE issue = ? GROUP BY state")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, failure IS 'temporary', count(*) FROM deliveries WHERE issue = ?
+         GROUP BY state, failure IS 'temporary'",
+    )?;
     let mut counts = DeliveryCounts::default();
     let rows = stmt.query_map([number], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, bool>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
     })?;
     for row in rows {
-        let (state, n) = row?;
+        let (state, temporary, n) = row?;
         let n = n as u64;
         match state.as_str() {
-            "pending" => counts.pending = n,
-            "sending" => counts.sending = n,
-            "sent" => counts.sent = n,
-            "failed" => counts.failed = n,
-            "skipped" => counts.skipped = n,
+            "pending" => counts.pending += n,
+            "sending" => counts.sending += n,
+            "sent" => counts.sent += n,
+            "failed" => {
+                counts.failed += n;
+                if temporary {
+                    counts.failed_temporarily += n;
+                }
+            }
+            "skipped" => counts.skipped += n,
             _ => {}
         }
     }
@@ -472,6 +486,11 @@ pub enum Outcome {
         reply: String,
         retry_at_ms: i64,
     },
+    /// 4xx or a connection fault with no retry left in this run: failed (temporary). A
+    /// later run re-queues it until the issue's deadline (see `requeue_deferred`).
+    Deferred {
+        reply: String,
+    },
     /// 5xx: never retried. `bounce` also marks the subscriber bounced (user unknown).
     Permanent {
         reply: String,
@@ -531,6 +550,12 @@ pub fn record_outcome(
                 number,
                 subscriber_id
             ])?,
+        Outcome::Deferred { reply } => conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'failed', failure = 'temporary', last_reply = ?
+                 WHERE issue = ? AND subscriber_id = ?",
+            )?
+            .execute(params![reply, number, subscriber_id])?,
         Outcome::Permanent { reply, bounce } => {
             let n = conn
                 .prepare_cached(
@@ -577,11 +602,37 @@ pub fn refund_attempts(
         let mut stmt = tx.prepare_cached(
             "UPDATE deliveries SET attempts = max(attempts - 1, 0), state = 'pending',
                     failure = NULL, next_attempt_ms = 0
-             WHERE issue = ? AND subscriber_id = ? AND state IN ('pending', 'failed')",
+             WHERE issue = ? AND subscriber_id = ?
+               AND (state = 'pending' OR (state = 'failed' AND failure IS 'temporary'))",
         )?;
         for id in subscriber_ids {
             stmt.execute(params![number, id])?;
         }
         Ok(())
     })
+}
+
+/// Puts the deliveries that failed only temporarily back in the queue, keeping their
+/// attempt count (so each gets one more attempt per run). Returns how many.
+pub fn requeue_deferred(conn: &Connection, number: IssueNumber) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE deliveries SET state = 'pending', failure = NULL, next_attempt_ms = 0
+         WHERE issue = ? AND state = 'failed' AND failure IS 'temporary'",
+        [number],
+    )
+}
+
+/// Fails every delivery still pending, as a temporary failure with `reason` as its last
+/// reply: the issue's deadline passed. Returns how many.
+pub fn give_up_pending(
+    conn: &Connection,
+    number: IssueNumber,
+    reason: &str,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE deliveries SET state = 'failed', failure = 'temporary',
+                last_reply = coalesce(last_reply || ' / ', '') || ?
+         WHERE issue = ? AND state = 'pending'",
+        params![reason, number],
+    )
 }

@@ -13,6 +13,7 @@ mod content;
 mod daemon;
 mod deliverability;
 mod delivery;
+mod delivery_faults;
 mod digest_browser;
 mod docs;
 mod dovecot;

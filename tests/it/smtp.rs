@@ -2,7 +2,8 @@
 //!
 //! [`TestSmtp`] speaks SMTP over TCP on a random (or chosen) port, records every message it
 //! accepts, and can be told to misbehave per recipient (temporary failures, unknown users,
-//! rejection at end of DATA, slow answers). [`SilentServer`] accepts connections and never
+//! rejection at end of DATA, slow answers) or as a whole (a throttling policy on every RCPT
+//! that the test lifts). [`SilentServer`] accepts connections and never
 //! answers; [`closed_port`] gives a port where nothing listens.
 //!
 //! Why not `mailin-embedded`: its `Server::serve()` runs an accept loop that never returns
@@ -71,6 +72,12 @@ pub struct Behaviour {
     /// Leave SMTPUTF8 out of the EHLO reply and refuse its MAIL parameter, as a server
     /// without RFC 6531 support does.
     pub no_smtputf8: bool,
+    /// A policy on the whole relay: every RCPT is answered with this reply (e.g. Gmail's
+    /// `421 4.7.28` or SES's `454 Throttling failure`) until [`TestSmtp::lift`] is called.
+    pub every_rcpt: Option<String>,
+    /// Recipients answered at RCPT with the given reply (e.g. `452 4.2.2 Mailbox full`) for
+    /// their first `n` attempts (counted across connections), then accepted.
+    pub rcpt_reply_first: HashMap<String, (usize, String)>,
 }
 
 impl Behaviour {
@@ -104,6 +111,19 @@ impl Behaviour {
         self
     }
 
+    /// Answer every RCPT with `reply` until the policy is lifted.
+    pub fn every_rcpt(mut self, reply: &str) -> Self {
+        self.every_rcpt = Some(reply.to_owned());
+        self
+    }
+
+    /// Answer RCPT for `addr` with `reply` for its first `n` attempts.
+    pub fn rcpt_reply(mut self, addr: &str, n: usize, reply: &str) -> Self {
+        self.rcpt_reply_first
+            .insert(addr.to_lowercase(), (n, reply.to_owned()));
+        self
+    }
+
     /// Wait `delay` before answering the end of DATA.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.data_delay = delay;
@@ -122,6 +142,12 @@ impl Behaviour {
             data_delay: self.data_delay,
             reject_sender: self.reject_sender,
             no_smtputf8: self.no_smtputf8,
+            every_rcpt: self.every_rcpt,
+            rcpt_reply_first: self
+                .rcpt_reply_first
+                .into_iter()
+                .map(|(k, v)| (k.to_lowercase(), v))
+                .collect(),
         }
     }
 }
@@ -142,6 +168,8 @@ struct Inner {
 struct Shared {
     behaviour: Behaviour,
     stopped: AtomicBool,
+    /// Set by [`TestSmtp::lift`]: the `every_rcpt` policy no longer applies.
+    lifted: AtomicBool,
     inner: Mutex<Inner>,
     /// Notified whenever a message is recorded.
     changed: Condvar,
@@ -194,6 +222,7 @@ impl TestSmtp {
         let shared = Arc::new(Shared {
             behaviour: behaviour.normalised(),
             stopped: AtomicBool::new(false),
+            lifted: AtomicBool::new(false),
             inner: Mutex::new(Inner::default()),
             changed: Condvar::new(),
         });
@@ -235,6 +264,11 @@ impl TestSmtp {
     /// RCPT commands seen per recipient address (lowercased), whatever they were answered.
     pub fn rcpt_attempts(&self) -> HashMap<String, usize> {
         self.shared.lock().rcpt_attempts.clone()
+    }
+
+    /// Lifts the relay-wide `every_rcpt` policy: from now on RCPT is answered normally.
+    pub fn lift(&self) {
+        self.shared.lifted.store(true, Ordering::SeqCst);
     }
 
     /// Number of TCP connections accepted so far.
@@ -518,6 +552,21 @@ impl<'a> Session<'a> {
                 out,
                 &format!("550 5.1.1 <{to}>: Recipient address rejected: User unknown"),
             );
+        }
+        if let Some(policy) = &behaviour.every_rcpt {
+            if !self.shared.lifted.load(Ordering::SeqCst) {
+                reply(out, policy)?;
+                if policy.starts_with("421") {
+                    // 421 closes the channel (RFC 5321 3.8), as Gmail does.
+                    let _ = out.shutdown(Shutdown::Both);
+                }
+                return Ok(());
+            }
+        }
+        if let Some((n, text)) = behaviour.rcpt_reply_first.get(&key) {
+            if attempt <= *n {
+                return reply(out, text);
+            }
         }
         if attempt <= behaviour.temp_fail_first.get(&key).copied().unwrap_or(0) {
             return reply(

@@ -1,0 +1,211 @@
+//! The bytes of each recipient's message, laid out once per issue. The body is the issue's
+//! shared text with the recipient's link spliced in between fixed chunks, so a copy is a
+//! small header block, the encoded link, and references to the shared chunks: nothing of the
+//! ~50 KB body is copied until it is written to the server. With DKIM on, the fixed chunks
+//! are canonicalised once and the body hash of the first (up to the first link) is computed
+//! once; each copy continues from a clone of that state.
+
+use std::sync::Arc;
+
+use lettre::address::Envelope;
+
+use crate::mail::dkim_sign::{BodyHash, PreCanonical};
+
+/// The soft line break of quoted-printable: lets encoded pieces be joined anywhere.
+const SOFT_BREAK: &str = "=\r\n";
+
+/// The multipart body of an issue: fixed text with a place for the recipient's link
+/// between every two chunks.
+#[derive(Debug)]
+pub struct BodyLayout {
+    text: String,
+    /// Byte ranges of the chunks in `text`; each starts at a line start.
+    chunks: Vec<std::ops::Range<usize>>,
+    ascii: bool,
+}
+
+impl BodyLayout {
+    /// The `multipart/alternative` body with a text and an HTML part, each quoted-printable
+    /// encoded already and split where the link goes.
+    pub fn new(boundary: &str, text_pieces: &[String], html_pieces: &[String]) -> BodyLayout {
+        let mut text = String::with_capacity(
+            text_pieces
+                .iter()
+                .chain(html_pieces)
+                .map(String::len)
+                .sum::<usize>()
+                + 512,
+        );
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for (content_type, pieces) in [
+            ("text/plain; charset=utf-8", text_pieces),
+            ("text/html; charset=utf-8", html_pieces),
+        ] {
+            text.push_str("--");
+            text.push_str(boundary);
+            text.push_str("\r\nContent-Type: ");
+            text.push_str(content_type);
+            text.push_str("\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n");
+            for (i, piece) in pieces.iter().enumerate() {
+                if i > 0 {
+                    // The link goes here, on lines of its own.
+                    chunks.push(start..text.len());
+                    start = text.len();
+                }
+                text.push_str(piece);
+                if i + 1 < pieces.len() {
+                    text.push_str(SOFT_BREAK);
+                }
+            }
+            text.push_str("\r\n");
+        }
+        text.push_str("--");
+        text.push_str(boundary);
+        text.push_str("--\r\n");
+        chunks.push(start..text.len());
+        let ascii = text.is_ascii();
+        BodyLayout {
+            text,
+            chunks,
+            ascii,
+        }
+    }
+
+    fn chunks(&self) -> impl Iterator<Item = &str> {
+        self.chunks.iter().map(|r| &self.text[r.clone()])
+    }
+
+    /// Length of the part every recipient shares before their first link.
+    pub fn shared_prefix_len(&self) -> usize {
+        self.chunks[0].len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// The canonical chunks and the body hash up to the first link, for DKIM.
+    pub fn prepare_hash(&self) -> BodyHashPlan {
+        let pre: Vec<PreCanonical> = self
+            .chunks()
+            .map(|c| PreCanonical::new(c.as_bytes()))
+            .collect();
+        let mut prefix = BodyHash::default();
+        prefix.update_pre(&pre[0], self.chunks().next().unwrap_or("").as_bytes());
+        BodyHashPlan { pre, prefix }
+    }
+}
+
+/// What each copy's body hash continues from.
+#[derive(Clone)]
+pub struct BodyHashPlan {
+    pre: Vec<PreCanonical>,
+    prefix: BodyHash,
+}
+
+impl std::fmt::Debug for BodyHashPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyHashPlan")
+            .field("chunks", &self.pre.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BodyHashPlan {
+    /// The body hash of `layout` with `link` (the encoded link line) in every place.
+    pub fn body_hash(&self, layout: &BodyLayout, link: &str) -> [u8; 32] {
+        let mut hash = self.prefix.clone();
+        for (pre, chunk) in self.pre.iter().zip(layout.chunks()).skip(1) {
+            hash.update(link.as_bytes());
+            hash.update_pre(pre, chunk.as_bytes());
+        }
+        hash.finish()
+    }
+}
+
+/// One recipient's complete message.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    envelope: Envelope,
+    /// Every header line (DKIM-Signature first when signed) and the empty line after them.
+    head: String,
+    /// The recipient's link, quoted-printable encoded, with the soft break that ends it.
+    link: String,
+    body: Arc<BodyLayout>,
+}
+
+impl OutgoingMessage {
+    pub fn new(envelope: Envelope, head: String, link: String, body: Arc<BodyLayout>) -> Self {
+        OutgoingMessage {
+            envelope,
+            head,
+            link,
+            body,
+        }
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The message as consecutive pieces of text, in order.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        let link = self.link.as_str();
+        std::iter::once(self.head.as_str()).chain(
+            self.body
+                .chunks()
+                .enumerate()
+                .flat_map(move |(i, c)| [if i == 0 { "" } else { link }, c]),
+        )
+    }
+
+    /// True when every byte is 7-bit (otherwise the server must offer 8BITMIME).
+    pub fn is_ascii(&self) -> bool {
+        self.body.ascii && self.head.is_ascii() && self.link.is_ascii()
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len() + self.link.len() * (self.body.chunks.len() - 1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole message in one buffer (for files and checks; sending writes the segments).
+    pub fn formatted(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        for s in self.segments() {
+            out.extend_from_slice(s.as_bytes());
+        }
+        out
+    }
+}
+
+/// The link line for a URL: quoted-printable (only `=` needs escaping in a URL), soft breaks
+/// keeping lines short, and the soft break that joins it to the text after it.
+pub fn encode_link(url: &str, max_line: usize) -> String {
+    let mut out = String::with_capacity(url.len() + 16);
+    let mut line = 0;
+    for c in url.chars() {
+        let width = if c == '=' { 3 } else { c.len_utf8() };
+        if line + width > max_line {
+            out.push_str(SOFT_BREAK);
+            line = 0;
+        }
+        if c == '=' {
+            out.push_str("=3D");
+        } else {
+            out.push(c);
+        }
+        line += width;
+    }
+    out.push_str(SOFT_BREAK);
+    out
+}
