@@ -1,6 +1,7 @@
 //! How failures reach the operator: a user error (bad input, invalid content, a missing
-//! subscriber) exits 1 with a message saying what and where; anything else exits 3 with the
-//! cause chain on one line.
+//! subscriber, a state folder or database that is not where the config says) exits 1 with a
+//! message saying what and where; anything else (a damaged database among them) exits 3
+//! with the cause chain on one line.
 
 /// A mistake in what the operator asked for or supplied. Exit code 1.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,8 @@ pub fn is_user_error(err: &anyhow::Error) -> bool {
         e.is::<UserError>()
             || e.is::<crate::content::ContentErrors>()
             || e.is::<crate::config::ConfigError>()
+            || e.downcast_ref::<crate::store::DbError>()
+                .is_some_and(crate::store::DbError::is_missing)
     })
 }
 

@@ -72,6 +72,17 @@ pub enum Command {
         /// Send despite deliverability warnings; errors are never overridden
         #[arg(long)]
         force: bool,
+        /// Send a test copy of the issue to these addresses only, exactly as subscribers get
+        /// it (links work and change nothing); the ledger and the list are untouched.
+        /// Without --at: the issue `preview` shows
+        #[arg(long = "test", value_name = "ADDR", num_args = 1.., conflicts_with = "dry_run")]
+        test: Vec<String>,
+        /// With --test: keep the Subject as subscribers get it, without the [TEST] prefix
+        #[arg(long, requires = "test")]
+        exact: bool,
+        /// Create the issue even with no active subscriber (its comparisons then count as sent)
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Issue history and delivery counts; `issues show N`, `issues retry N`
     Issues {
@@ -79,7 +90,11 @@ pub enum Command {
         command: Option<IssuesCommand>,
     },
     /// Run the daemon: send each slot's issue on schedule and serve the unsubscribe endpoint
-    Run,
+    Run {
+        /// Create a slot's issue even with no active subscriber
+        #[arg(long)]
+        allow_empty: bool,
+    },
     /// Serve only the unsubscribe endpoint (web.listen)
     Serve,
     /// Check the issue that would go out at --at for deliverability problems
@@ -90,6 +105,13 @@ pub enum Command {
     },
     /// Print the DNS TXT record to publish for the configured DKIM key
     DkimRecord,
+    /// Create the state folder and an empty state database (state_dir in the config)
+    Init,
+    /// Write a consistent copy of the state database to FILE, safe while the daemon runs
+    Backup {
+        /// Where to write the copy (replaced if it exists)
+        file: PathBuf,
+    },
     /// Manage the subscriber list
     #[command(subcommand)]
     Subscribers(super::subscribers::SubscribersCommand),

@@ -4,6 +4,8 @@ mod args;
 mod deliverability;
 mod inbound;
 mod issues;
+pub mod logging;
+mod ops;
 mod run;
 mod runtime;
 mod send;
@@ -21,7 +23,7 @@ use crate::digest::Window;
 use crate::error::user_error;
 use crate::mail::message::{IssueMessages, Recipient};
 use crate::mail::token::TokenKey;
-use crate::store::IssueNumber;
+use crate::store::{DbError, IssueNumber};
 pub use args::*;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -50,19 +52,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
             out,
             force,
+            test,
+            exact,
+            allow_empty,
         } => {
             let config = Config::load(&config_path)?;
+            if !test.is_empty() {
+                return send::test(&config, at, &test, exact);
+            }
             let at = at.unwrap_or_else(Utc::now);
             if dry_run {
                 send::dry_run(&config, at, &out, force)
             } else {
-                send::send(&config, at, yes, force)
+                send::send(&config, at, yes, force, allow_empty)
             }
         }
-        Command::Run => {
+        Command::Run { allow_empty } => {
             let config = Config::load(&config_path)?;
-            run::run(&config, cli.log_format)
+            run::run(&config, allow_empty)
         }
+        Command::Init => ops::init(&Config::load(&config_path)?),
+        Command::Backup { file } => ops::backup(&Config::load(&config_path)?, &file),
         Command::Serve => {
             let config = Config::load(&config_path)?;
             run::serve(&config)
@@ -152,11 +162,21 @@ pub fn plan_preview<'a>(
     at: DateTime<Utc>,
 ) -> anyhow::Result<PlannedIssue<'a>> {
     // With a ledger, the window starts at the previous issue's cutoff and skips what was
-    // already sent, exactly as `send` would; without one, this is the first issue.
-    let conn = if config.database_path().exists() {
-        Some(crate::store::open(&config.database_path())?)
-    } else {
-        None
+    // already sent, exactly as `send` would; without one (a fresh clone), this is the first
+    // issue. A state folder that exists but holds no database is worth a note: it may be an
+    // unmounted disk. A damaged database is an error, as for `send`.
+    let path = config.database_path();
+    let conn = match crate::store::open(&path) {
+        Ok(conn) => Some(conn),
+        Err(DbError::NoStateDir { .. }) => None,
+        Err(DbError::Missing { .. }) => {
+            eprintln!(
+                "Note: there is no state database at {}, so this is previewed as the first issue.",
+                path.display()
+            );
+            None
+        }
+        Err(e) => return Err(e.into()),
     };
     let mut plan = plan_issue(config, conn.as_ref(), comparisons, at)?;
     if plan.comparisons.is_empty() {
@@ -293,6 +313,17 @@ fn check(config_path: &Path) -> anyhow::Result<()> {
         if comparisons.len() == 1 { "" } else { "s" },
         content::comparisons_dir(&config.content_dir).display()
     );
+    let skipped = content::skipped_files(&config.content_dir);
+    if !skipped.is_empty() {
+        println!(
+            "Skipped {} file{} not ending in .md (not read as comparisons):",
+            skipped.len(),
+            if skipped.len() == 1 { "" } else { "s" }
+        );
+        for path in skipped {
+            println!("  {}", path.display());
+        }
+    }
     if let Some(next) = config.schedule.slots.next_after(Utc::now()) {
         println!("Next slot: {}", describe_slot(&config, next));
     }

@@ -13,6 +13,7 @@ use crate::content;
 use crate::delivery::Finish;
 use crate::error::{user_error, Resumable, UserError};
 use crate::issue::{self, Confirm, Confirmation, Dispatcher, EmptyWeek, Event, Outcome};
+use crate::mail::address::SubscriberEmail;
 
 /// The slot at or before `at`, or a user error.
 pub(super) fn slot_at_or_before(
@@ -25,9 +26,15 @@ pub(super) fn slot_at_or_before(
     }
 }
 
-pub fn send(config: &Config, at: DateTime<Utc>, yes: bool, force: bool) -> anyhow::Result<()> {
+pub fn send(
+    config: &Config,
+    at: DateTime<Utc>,
+    yes: bool,
+    force: bool,
+    allow_empty: bool,
+) -> anyhow::Result<()> {
     let comparisons = content::load_dir(&config.content_dir)?;
-    let dispatcher = Dispatcher::for_sending(config)?;
+    let dispatcher = Dispatcher::for_sending(config)?.allow_empty(allow_empty);
     let slot = slot_at_or_before(config, at)?;
     let ask = |c: &Confirmation<'_>| confirm(config, c);
     let prepared = match dispatcher.prepare(
@@ -173,6 +180,15 @@ pub fn dry_run(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> a
         run.bytes as f64 / 1024.0,
         out.display()
     );
+    if run.needs_smtputf8 > 0 {
+        let n = run.needs_smtputf8;
+        println!(
+            "{n} of them {} a non-ASCII local part: only a server offering SMTPUTF8 can deliver {}; another server fails {} permanently.",
+            if n == 1 { "has" } else { "have" },
+            if n == 1 { "it" } else { "them" },
+            if n == 1 { "it" } else { "them" },
+        );
+    }
     for (email, reason) in &run.unbuildable {
         println!("Could not build the message to {email}: {reason}");
     }
@@ -182,6 +198,99 @@ pub fn dry_run(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> a
             "{} of {} messages could not be built (listed above); `send` would fail them permanently",
             run.unbuildable.len(),
             run.unbuildable.len() as u64 + run.written
+        ));
+    }
+    Ok(())
+}
+
+/// `send --test ADDR…`: the issue of the slot at or before `at` (without `at`, the issue
+/// `preview` shows) to the given addresses only, as subscribers get it; nothing recorded.
+pub fn test(
+    config: &Config,
+    at: Option<DateTime<Utc>>,
+    addresses: &[String],
+    exact: bool,
+) -> anyhow::Result<()> {
+    let mut to = Vec::new();
+    let mut bad = Vec::new();
+    for a in addresses {
+        match SubscriberEmail::parse(a) {
+            Ok(email) => to.push(email),
+            Err(e) => bad.push(format!("--test: {e}")),
+        }
+    }
+    if !bad.is_empty() {
+        return user_error(bad.join("\n"));
+    }
+    let comparisons = content::load_dir(&config.content_dir)?;
+    let dispatcher = Dispatcher::for_sending(config)?;
+    let slot = match at {
+        Some(at) => slot_at_or_before(config, at)?,
+        None => {
+            let next = config
+                .schedule
+                .slots
+                .next_after(Utc::now())
+                .unwrap_or_else(Utc::now);
+            super::plan_preview(config, &comparisons, next)?.slot
+        }
+    };
+    // Read the ledger when there is one; never create it.
+    let conn = if config.database_path().exists() {
+        Some(crate::store::open(&config.database_path())?)
+    } else {
+        None
+    };
+    let Some(copy) = dispatcher.test_issue(conn.as_ref(), &comparisons, slot)? else {
+        return user_error(format!(
+            "the issue for {} has nothing to send; pass --at for a week with new comparisons",
+            describe_slot(config, slot)
+        ));
+    };
+    drop(conn);
+    // Shown, not enforced: looking at a flawed issue in real clients is what a test is for.
+    let (findings, _) = dispatcher.gate(&copy.digest, true);
+    if !findings.is_empty() {
+        print_event(
+            config,
+            Event::Findings {
+                findings: &findings,
+                dkim: dispatcher.dkim(),
+            },
+        );
+    }
+    println!(
+        "Test copy of issue {}{} for {}: \"{}{}\", to {} address{}.",
+        copy.number,
+        if copy.stored {
+            ""
+        } else {
+            " (not created yet)"
+        },
+        describe_slot(config, copy.slot),
+        if exact { "" } else { "[TEST] " },
+        copy.digest.subject,
+        to.len(),
+        if to.len() == 1 { "" } else { "es" },
+    );
+    let results = runtime::block_on_until_signal(Some(1), |_stop| async {
+        Ok(dispatcher.send_test(&copy, &to, exact).await)
+    })?;
+    let mut failed = 0;
+    for r in &results {
+        match &r.outcome {
+            Ok(reply) => println!("  {}: accepted ({reply})", r.address),
+            Err(reason) => {
+                failed += 1;
+                println!("  {}: NOT sent: {reason}", r.address);
+            }
+        }
+    }
+    println!("Nothing was recorded: the ledger and the subscriber list are unchanged.");
+    if failed > 0 {
+        return user_error(format!(
+            "{failed} of {} test copies were not accepted (listed above)",
+            results.len()
         ));
     }
     Ok(())

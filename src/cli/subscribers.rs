@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::error::UserError;
 use crate::mail::address::{SubscriberEmail, SubscriberName};
 use crate::store;
-use crate::store::csv::{export_csv, import_csv, ImportOptions};
+use crate::store::csv::{export_csv, import_csv, neutralise_cell, ImportOptions};
 use crate::store::subscribers::*;
 
 /// How `subscribers list` prints.
@@ -82,16 +82,30 @@ pub enum SubscribersCommand {
         resubscribe: bool,
     },
     /// Write every subscriber as CSV (email,name,status), which `import` reads back
+    ///
+    /// A cell starting with =, +, - or @ is written with a leading ' so that a spreadsheet
+    /// shows it as text instead of running it as a formula; `import` removes the '.
     Export {
         /// Write to this file instead of standard output
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Write formula-like cells as they are (for tools other than spreadsheets)
+        #[arg(long)]
+        keep_formulas: bool,
     },
 }
 
 /// Runs one `subscribers` command against the configured state database.
 pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
-    let mut conn = store::open(&config.database_path())?;
+    if let SubscribersCommand::Add { email, name } = &cmd {
+        // Bad input is refused before a database is created for it.
+        let email = parse_email(email)?;
+        if let Some(n) = name {
+            SubscriberName::parse(n)
+                .map_err(|e| UserError::new(format!("invalid name for {email}: {e}")))?;
+        }
+    }
+    let mut conn = open_for(&cmd, config)?;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let result = match cmd {
@@ -120,10 +134,14 @@ pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
             };
             run_import(&mut conn, &mut out, &file, options)
         }
-        SubscribersCommand::Export { out: Some(path) } => {
-            run_export_to_file(&conn, &mut out, &path)
-        }
-        SubscribersCommand::Export { out: None } => export_csv(&conn, &mut out)
+        SubscribersCommand::Export {
+            out: Some(path),
+            keep_formulas,
+        } => run_export_to_file(&conn, &mut out, &path, keep_formulas),
+        SubscribersCommand::Export {
+            out: None,
+            keep_formulas,
+        } => export_csv(&conn, &mut out, keep_formulas)
             .map(drop)
             .map_err(anyhow::Error::from),
     };
@@ -132,6 +150,46 @@ pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
         Err(e) if is_broken_pipe(&e) => Ok(()),
         other => other,
     }
+}
+
+/// The database a command works on. Adding and importing create it when there is none
+/// (saying so on stderr): the explicit act that starts a list. Other changes need the
+/// existing one, intact. Reading from a database that does not exist yet shows an empty
+/// list, with a note naming the path.
+fn open_for(cmd: &SubscribersCommand, config: &Config) -> anyhow::Result<Connection> {
+    let path = config.database_path();
+    let writes = match cmd {
+        SubscribersCommand::Add { .. } | SubscribersCommand::Import { dry_run: false, .. } => {
+            let (conn, opened) = store::create(&path)?;
+            if opened == store::Opened::Created {
+                eprintln!("Created a new state database at {}.", path.display());
+                return Ok(conn);
+            }
+            conn
+        }
+        SubscribersCommand::Remove { .. }
+        | SubscribersCommand::Unsubscribe { .. }
+        | SubscribersCommand::Resubscribe { .. } => store::open(&path)?,
+        SubscribersCommand::List { .. }
+        | SubscribersCommand::Count
+        | SubscribersCommand::Export { .. }
+        | SubscribersCommand::Import { dry_run: true, .. } => {
+            return match store::open(&path) {
+                Ok(conn) => Ok(conn),
+                Err(e) if e.is_missing() => {
+                    eprintln!(
+                        "No state database at {} yet: no subscribers.",
+                        path.display()
+                    );
+                    Ok(store::empty_in_memory()?)
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+    };
+    // Writing into a damaged file would bury the damage under new pages.
+    store::quick_check(&writes, &path)?;
+    Ok(writes)
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -293,9 +351,10 @@ fn list_csv(
         "unsubscribed_at",
     ])?;
     for_each_subscriber(conn, status, |s| -> anyhow::Result<()> {
+        // For spreadsheets, so formula-like cells are neutralised as in `export`.
         writer.write_record([
-            s.email.as_str(),
-            s.name.as_ref().map_or("", SubscriberName::as_str),
+            &*neutralise_cell(s.email.as_str()),
+            &neutralise_cell(s.name.as_ref().map_or("", SubscriberName::as_str)),
             s.status.as_str(),
             s.source.as_str(),
             &store::timestamp(s.created_at),
@@ -423,7 +482,12 @@ fn run_import(
     Ok(())
 }
 
-fn run_export_to_file(conn: &Connection, out: &mut impl Write, path: &Path) -> anyhow::Result<()> {
+fn run_export_to_file(
+    conn: &Connection,
+    out: &mut impl Write,
+    path: &Path,
+    keep_formulas: bool,
+) -> anyhow::Result<()> {
     // Write beside the target and rename, so a failed export never leaves half a file
     // where a good one was.
     let shown = path.display();
@@ -436,7 +500,7 @@ fn run_export_to_file(conn: &Connection, out: &mut impl Write, path: &Path) -> a
     let partial = path.with_file_name(partial_name);
     let file = File::create(&partial)
         .map_err(|e| UserError::new(format!("cannot create {shown}: {e}")))?;
-    let written = export_csv(conn, BufWriter::new(&file)).and_then(|n| {
+    let written = export_csv(conn, BufWriter::new(&file), keep_formulas).and_then(|n| {
         file.sync_all()?;
         std::fs::rename(&partial, path)?;
         Ok(n)

@@ -121,6 +121,27 @@ fn default_retry_base() -> String {
 #[serde(deny_unknown_fields)]
 struct RawWeb {
     listen: String,
+    #[serde(default = "default_header_timeout")]
+    header_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+}
+
+fn default_header_timeout() -> String {
+    "10s".into()
+}
+fn default_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_body_bytes() -> usize {
+    64 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +191,7 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     pub smtp: SmtpConfig,
     pub web_listen: std::net::SocketAddr,
+    pub web: WebConfig,
     pub secret_env: String,
     pub dkim: Option<DkimConfig>,
     /// Where bounces and mailto unsubscribes come back, and the list-hygiene rules.
@@ -211,6 +233,20 @@ pub struct SmtpConfig {
     pub timeout: Duration,
     pub max_attempts: u32,
     pub retry_base: Duration,
+}
+
+/// The endpoint's limits (`web:`); see [`crate::web::server`].
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// How long a client has to send a request's headers (and a kept-alive connection to
+    /// start its next request).
+    pub header_timeout: Duration,
+    /// How long a connection may move no bytes at all before it is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +292,7 @@ impl Config {
             schedule: check.schedule(raw.schedule)?,
             smtp: check.smtp(raw.smtp)?,
             web_listen: check.web_listen(&raw.web.listen)?,
+            web: check.web(&raw.web)?,
             secret_env: raw.secret_env,
             dkim: raw.dkim.map(|d| DkimConfig {
                 domain: d.domain,
@@ -382,6 +419,36 @@ impl Check<'_> {
             concurrency: raw.concurrency,
             rate_per_second: raw.rate_per_second,
             max_attempts: raw.max_attempts,
+        })
+    }
+
+    fn web(&self, raw: &RawWeb) -> Result<WebConfig, ConfigError> {
+        let header_timeout = parse_duration(&raw.header_timeout)
+            .map_err(|e| self.invalid("web.header_timeout", e))?;
+        let idle_timeout =
+            parse_duration(&raw.idle_timeout).map_err(|e| self.invalid("web.idle_timeout", e))?;
+        for (field, d) in [
+            ("web.header_timeout", header_timeout),
+            ("web.idle_timeout", idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(self.invalid(field, "must be longer than 0s".into()));
+            }
+        }
+        if raw.max_connections == 0 || raw.max_connections > 100_000 {
+            return Err(self.invalid(
+                "web.max_connections",
+                format!("{} is out of range 1..=100000", raw.max_connections),
+            ));
+        }
+        if raw.max_body_bytes == 0 {
+            return Err(self.invalid("web.max_body_bytes", "must be at least 1".into()));
+        }
+        Ok(WebConfig {
+            header_timeout,
+            idle_timeout,
+            max_connections: raw.max_connections,
+            max_body_bytes: raw.max_body_bytes,
         })
     }
 

@@ -173,6 +173,34 @@ pub fn comparisons_dir(content_dir: &Path) -> PathBuf {
     content_dir.join("comparisons")
 }
 
+/// Whether a file in the comparisons folder is a comparison: it ends in `.md`, in any letter
+/// case (`broken.MD` is read, not silently passed over), and is not hidden.
+fn is_comparison_file(path: &Path) -> bool {
+    !is_hidden(path)
+        && path
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("md"))
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// The files in `content_dir/comparisons` that [`load_dir`] passes over for their name
+/// (not `.md`), hidden files (editor swap files, `.gitkeep`) aside, sorted.
+pub fn skipped_files(content_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(comparisons_dir(content_dir)) else {
+        return Vec::new();
+    };
+    let mut skipped: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && !is_hidden(p) && !is_comparison_file(p))
+        .collect();
+    skipped.sort();
+    skipped
+}
+
 /// Loads and validates every `*.md` file in `content_dir/comparisons`, sorted by
 /// publication time. Any problem in any file fails the whole load, listing all problems.
 pub fn load_dir(content_dir: &Path) -> Result<Vec<Comparison>, ContentErrors> {
@@ -192,7 +220,7 @@ pub fn load_dir(content_dir: &Path) -> Result<Vec<Comparison>, ContentErrors> {
         let path = entry
             .map_err(|e| fail(format!("cannot list the comparisons folder: {e}")))?
             .path();
-        if path.extension().is_some_and(|x| x == "md") {
+        if is_comparison_file(&path) {
             paths.push(path);
         }
     }
@@ -326,6 +354,53 @@ pub fn parse_comparison(path: &Path, text: &str) -> Result<Comparison, Vec<Conte
             errors.push(err(line(field, 0), Some(field), "must not be empty".into()));
         }
     }
+    // A control character in a subject line or heading is invisible in the editor but can
+    // break a header or a layout; multi-line fields may hold line breaks and tabs only.
+    let mut control = |field: String, key: &str, nth: usize, value: &str, multi_line: bool| {
+        if let Some(c) = control_char(value, multi_line) {
+            errors.push(err(
+                line(key, nth),
+                Some(&field),
+                format!(
+                    "contains the control character U+{:04X}{}; remove it",
+                    c as u32,
+                    if multi_line {
+                        ""
+                    } else {
+                        " (this field is a single line of plain text)"
+                    }
+                ),
+            ));
+        }
+    };
+    for (field, value) in [
+        ("title", &fm.title),
+        ("slug", &fm.slug),
+        ("published", &fm.published),
+        ("category", &fm.category),
+    ] {
+        control(field.to_owned(), field, 0, value, false);
+    }
+    for (i, tool) in fm.tools.iter().enumerate() {
+        for (key, value, multi_line) in [
+            ("name", &tool.name, false),
+            ("tagline", &tool.tagline, false),
+            ("entry", &tool.entry, false),
+            ("summary", &tool.summary, true),
+        ] {
+            control(format!("tools[{i}].{key}"), key, i, value, multi_line);
+        }
+        for lens in Lens::ALL {
+            let key = lens.label().to_lowercase();
+            control(
+                format!("tools[{i}].reviews.{key}.take"),
+                "take",
+                usize::MAX,
+                &tool.reviews.get(lens).take,
+                true,
+            );
+        }
+    }
     if !fm.slug.trim().is_empty() && !is_url_safe_slug(&fm.slug) {
         errors.push(err(
             line("slug", 0),
@@ -428,12 +503,48 @@ pub fn parse_comparison(path: &Path, text: &str) -> Result<Comparison, Vec<Conte
     })
 }
 
+/// The first control character in `value` (line breaks and tabs allowed when `multi_line`;
+/// a trailing line break, as YAML block scalars end, is allowed in any field).
+fn control_char(value: &str, multi_line: bool) -> Option<char> {
+    let value = value.strip_suffix('\n').unwrap_or(value);
+    value
+        .chars()
+        .find(|&c| c.is_control() && !(multi_line && matches!(c, '\n' | '\t' | '\r')))
+}
+
 /// The index among `panel_ship_percent:` lines that belongs to tool `i`.
 fn tools_before_with_percent(tools: &[Tool], i: usize) -> usize {
     tools[..i]
         .iter()
         .filter(|t| t.panel_ship_percent.is_some())
         .count()
+}
+
+/// The link schemes a note may use: a reader's mail client should never be handed a
+/// `javascript:`, `data:` or `vbscript:` link. (Relative links are left for `verdicts lint`
+/// to refuse by name, so the editor learns of them instead of losing them silently.)
+const NOTE_URL_SCHEMES: [&str; 3] = ["http", "https", "mailto"];
+
+fn has_allowed_scheme(url: &str) -> bool {
+    match url.split_once(':') {
+        // A colon after a slash, `?` or `#` is not a scheme's.
+        Some((scheme, _)) if !scheme.contains(['/', '?', '#']) => NOTE_URL_SCHEMES
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(scheme)),
+        _ => true,
+    }
+}
+
+/// The note's HTML cut down to an allow-list (ammonia's tags and attributes for text, and
+/// links only to http(s) and mailto URLs, or relative ones), whatever the Markdown renderer
+/// produced.
+fn sanitize_note(html: &str) -> String {
+    ammonia::Builder::default()
+        .url_schemes(NOTE_URL_SCHEMES.into_iter().collect())
+        .url_relative(ammonia::UrlRelative::PassThrough)
+        .link_rel(None)
+        .clean(html)
+        .to_string()
 }
 
 /// Renders the Markdown note to HTML (raw HTML neutralised) and to plain text.
@@ -449,8 +560,9 @@ fn render_note(body: &str) -> (Option<String>, Option<String>) {
             other => other,
         })
         .collect();
-    let mut html = String::new();
-    pulldown_cmark::html::push_html(&mut html, events.iter().cloned());
+    let mut markup = String::new();
+    pulldown_cmark::html::push_html(&mut markup, events.iter().cloned());
+    let html = sanitize_note(&markup);
 
     let mut text = String::new();
     let mut links: Vec<String> = Vec::new();
@@ -460,7 +572,7 @@ fn render_note(body: &str) -> (Option<String>, Option<String>) {
             Event::SoftBreak | Event::HardBreak => text.push(' '),
             Event::Start(Tag::Link { dest_url, .. }) => links.push(dest_url.to_string()),
             Event::End(TagEnd::Link) => {
-                if let Some(url) = links.pop() {
+                if let Some(url) = links.pop().filter(|u| has_allowed_scheme(u)) {
                     text.push_str(&format!(" <{url}>"));
                 }
             }
@@ -484,6 +596,33 @@ mod tests {
         assert_eq!(front, "title: x\r\n");
         assert_eq!(first, 2);
         assert_eq!(body, "body\r\n");
+    }
+
+    #[test]
+    fn note_links_survive_only_for_http_and_mailto() {
+        let (html, text) = render_note(
+            "[a](javascript:alert(1)) [b](data:text/html,x) [c](vbscript:x) [d](/relative) \
+             [e](JavaScript:alert(2)) [f](https://ok.example/) [g](mailto:ed@example.com)",
+        );
+        let (html, text) = (html.unwrap(), text.unwrap());
+        for bad in ["javascript:", "JavaScript:", "data:", "vbscript:"] {
+            assert!(!html.contains(bad), "{bad} in {html}");
+            assert!(!text.contains(bad), "{bad} in {text}");
+        }
+        assert!(html.contains(r#"href="https://ok.example/""#), "{html}");
+        assert!(html.contains(r#"href="mailto:ed@example.com""#), "{html}");
+        assert!(text.contains("<https://ok.example/>"), "{text}");
+        // Left for lint's link-absolute rule to name.
+        assert!(html.contains(r#"href="/relative""#), "{html}");
+    }
+
+    #[test]
+    fn control_characters_are_found_where_they_do_not_belong() {
+        assert_eq!(control_char("Title\u{7}", false), Some('\u{7}'));
+        assert_eq!(control_char("two\nlines", false), Some('\n'));
+        assert_eq!(control_char("block scalar\n", false), None);
+        assert_eq!(control_char("para one\n\npara two\n", true), None);
+        assert_eq!(control_char("esc \u{1b}[31m", true), Some('\u{1b}'));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::client::AsyncSmtpConnection;
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::extension::{ClientId, Extension};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
@@ -29,6 +29,7 @@ use writer::{writer_loop, WriteOp};
 
 use crate::config::SmtpConfig;
 use crate::mail::message::{IssueMessages, Recipient};
+use crate::mail::outgoing::OutgoingMessage;
 use crate::store::ledger::{self, DeliveryCounts, IssueState, Outcome};
 use crate::store::{self, IssueNumber, SubscriberId};
 
@@ -36,6 +37,79 @@ use crate::store::{self, IssueNumber, SubscriberId};
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// Deliveries read from the ledger per query.
 const BATCH: usize = 512;
+
+/// Sends each recipient's copy over one SMTP session, outside any ledger (test copies):
+/// the same connection setup, address spelling and SMTP exchange as a delivery, with
+/// nothing recorded and nothing retried. One attempt per recipient, in order.
+pub async fn send_unrecorded(
+    smtp: &SmtpConfig,
+    password: Option<&str>,
+    messages: &IssueMessages,
+    recipients: &[Recipient],
+) -> Vec<Attempt> {
+    let hello = ClientId::default();
+    let mut conn: Option<AsyncSmtpConnection> = None;
+    let mut attempts = Vec::with_capacity(recipients.len());
+    for r in recipients {
+        if conn.as_ref().is_some_and(|c| c.has_broken()) {
+            conn = None;
+        }
+        if conn.is_none() {
+            match tokio::time::timeout(smtp.timeout, connect(smtp, &hello, password)).await {
+                Ok(Ok(c)) => conn = Some(c),
+                Ok(Err(reason)) => {
+                    attempts.push(Attempt::Connection(reason));
+                    continue;
+                }
+                Err(_) => {
+                    attempts.push(Attempt::Connection(format!(
+                        "no answer from {}:{} within {:?} while connecting",
+                        smtp.host, smtp.port, smtp.timeout
+                    )));
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let smtputf8 = c.server_info().supports_feature(Extension::SmtpUtfEight);
+        let message = match messages.build_for(r, smtputf8) {
+            Ok(m) => m,
+            Err(e) => {
+                attempts.push(Attempt::Permanent {
+                    reply: e.to_string(),
+                    user_unknown: false,
+                });
+                continue;
+            }
+        };
+        let attempt = match transaction(c, &message, &mut None, smtp.timeout).await {
+            Ok(resp) => Attempt::Sent(response_text(&resp)),
+            Err(TxError::Unsupported(reason)) => Attempt::Permanent {
+                reply: reason,
+                user_unknown: false,
+            },
+            Err(TxError::Smtp(stage, e)) => {
+                conn = None;
+                classify(stage, &e)
+            }
+            Err(TxError::Timeout) => {
+                conn = None;
+                Attempt::Connection(format!(
+                    "{}:{} stopped answering mid-transaction (no reply within {:?})",
+                    smtp.host, smtp.port, smtp.timeout
+                ))
+            }
+            Err(TxError::Ledger | TxError::NotDue) => {
+                unreachable!("an unrecorded send waits for no ledger mark")
+            }
+        };
+        attempts.push(attempt);
+    }
+    if let Some(mut c) = conn {
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.quit()).await;
+    }
+    attempts
+}
 
 /// Exponential backoff with ±50% jitter: `base * 2^(attempts-1)`, capped.
 pub fn backoff(base: Duration, attempts: u32) -> Duration {
@@ -119,6 +193,22 @@ impl Shared {
         self.breaker.lock().expect("breaker lock").tripped.is_some()
     }
 
+    /// The recipient's message in the form `smtputf8` allows, or why there is none.
+    async fn build(&self, r: &Recipient, smtputf8: bool) -> Result<OutgoingMessage, String> {
+        if let Some(pool) = &self.builders {
+            // A signature costs up to a millisecond: keep it off the async workers.
+            let (messages, r) = (self.messages.clone(), r.clone());
+            match pool.run(move || messages.build_for(&r, smtputf8)).await {
+                Some(built) => built.map_err(|e| e.to_string()),
+                None => Err("building the message failed (the signer panicked)".into()),
+            }
+        } else {
+            self.messages
+                .build_for(r, smtputf8)
+                .map_err(|e| e.to_string())
+        }
+    }
+
     /// One SMTP attempt, reusing the worker's connection when it is healthy. `durable`
     /// resolves once the delivery's `sending` mark is committed.
     async fn attempt(
@@ -128,30 +218,9 @@ impl Shared {
         durable: oneshot::Receiver<bool>,
     ) -> Attempt {
         let mut durable = Some(durable);
-        let built = if let Some(pool) = &self.builders {
-            // A signature costs up to a millisecond: keep it off the async workers.
-            let (messages, r) = (self.messages.clone(), r.clone());
-            match pool.run(move || messages.build(&r)).await {
-                Some(built) => built,
-                None => {
-                    return Attempt::Permanent {
-                        reply: "building the message failed (the signer panicked)".into(),
-                        user_unknown: false,
-                    }
-                }
-            }
-        } else {
-            self.messages.build(r)
-        };
-        let message = match built {
-            Ok(m) => m,
-            Err(e) => {
-                return Attempt::Permanent {
-                    reply: e.to_string(),
-                    user_unknown: false,
-                }
-            }
-        };
+        // Built once the server is known: whether it offers SMTPUTF8 decides how an
+        // international address is spelled (UTF-8, or its domain in punycode).
+        let mut built: Option<(bool, OutgoingMessage)> = None;
         // A reused connection may have been closed by the server while idle; that is not
         // the recipient's fault, so it gets one fresh connection before anything counts.
         for fresh_try in [false, true] {
@@ -177,7 +246,20 @@ impl Shared {
                 }
             }
             let c = conn.as_mut().expect("connected above");
-            let result = transaction(c, &message, &mut durable, self.smtp.timeout).await;
+            let smtputf8 = c.server_info().supports_feature(Extension::SmtpUtfEight);
+            if built.as_ref().is_none_or(|(utf8, _)| *utf8 != smtputf8) {
+                match self.build(r, smtputf8).await {
+                    Ok(message) => built = Some((smtputf8, message)),
+                    Err(reason) => {
+                        return Attempt::Permanent {
+                            reply: reason,
+                            user_unknown: false,
+                        }
+                    }
+                }
+            }
+            let (_, message) = built.as_ref().expect("built above");
+            let result = transaction(c, message, &mut durable, self.smtp.timeout).await;
             match result {
                 Ok(resp) => return Attempt::Sent(response_text(&resp)),
                 Err(TxError::Ledger) => return Attempt::LedgerGone,

@@ -232,6 +232,14 @@ fn item_view<'a>(base_url: &str, c: &'a Comparison) -> ItemView<'a> {
         Verdict::Ship => "ship",
         Verdict::Skip => "skip",
     };
+    let take = c.tools[q.tool].reviews.get(q.lens).take.as_str();
+    // Most takes open with their verdict ("Skip: …"); the label names it only when the
+    // quote does not, so neither part says it twice.
+    let verdict_suffix = if opens_with_word(take, verdict) {
+        String::new()
+    } else {
+        format!(": {verdict}")
+    };
     ItemView {
         title: &c.title,
         url: comparison_url(base_url, &c.slug),
@@ -241,14 +249,24 @@ fn item_view<'a>(base_url: &str, c: &'a Comparison) -> ItemView<'a> {
         pick_name,
         lenses,
         quote_label: format!(
-            "{kind} — {} on {}: {verdict}",
+            "{kind} — {} on {}{verdict_suffix}",
             q.lens.label(),
             c.tools[q.tool].name
         ),
-        quote_text: &c.tools[q.tool].reviews.get(q.lens).take,
+        quote_text: take,
         note_html: c.note_html.as_deref(),
         note_text: c.note_text.as_deref(),
     }
+}
+
+/// True when `text` begins with `word` (any case) as a whole word.
+fn opens_with_word(text: &str, word: &str) -> bool {
+    text.get(..word.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(word))
+        && !text[word.len()..]
+            .chars()
+            .next()
+            .is_some_and(char::is_alphanumeric)
 }
 
 /// "A vs B + 4 more", or a plain note for an empty week.
@@ -449,6 +467,17 @@ mod tests {
         }
         assert!(out.lines().filter(|l| l.starts_with("     word")).count() >= 2);
         assert!(out.contains(&url));
+    }
+
+    #[test]
+    fn verdict_words_are_found_only_whole_at_the_start() {
+        assert!(opens_with_word("Skip: too dear", "skip"));
+        assert!(opens_with_word("SHIP, for now", "ship"));
+        assert!(opens_with_word("ship", "ship"));
+        assert!(!opens_with_word("Shipping is slow", "ship"));
+        assert!(!opens_with_word("I would skip it", "skip"));
+        assert!(!opens_with_word("Sk", "skip"));
+        assert!(!opens_with_word("Ünïcode first", "skip"));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct DryRun {
     /// Recipients whose message could not be built: address and reason. Every other
     /// message was still written.
     pub unbuildable: Vec<(String, String)>,
+    /// Written messages whose address only a server offering SMTPUTF8 can deliver (a
+    /// non-ASCII local part); the files are written as for such a server.
+    pub needs_smtputf8: u64,
 }
 
 impl Dispatcher<'_> {
@@ -52,34 +55,42 @@ impl Dispatcher<'_> {
             written: 0,
             bytes: 0,
             unbuildable: Vec::new(),
+            needs_smtputf8: 0,
         };
         let mut n = 0u64;
-        store::subscribers::for_each_subscriber(
-            &conn,
-            Some(store::subscribers::SubscriberStatus::Active),
-            |s| -> anyhow::Result<()> {
-                n += 1;
-                let recipient = Recipient {
-                    subscriber_id: s.id,
-                    email: s.email.clone(),
-                    name: s.name.as_ref().map(|n| n.as_str().to_owned()),
-                };
-                match messages.build(&recipient) {
-                    Ok(message) => {
-                        let raw = message.formatted();
-                        let path = file_name(out, n, s.email.as_str());
-                        std::fs::write(&path, &raw)
-                            .with_context(|| format!("cannot write {}", path.display()))?;
-                        run.written += 1;
-                        run.bytes += raw.len() as u64;
-                    }
-                    Err(e) => run
-                        .unbuildable
-                        .push((s.email.as_str().to_owned(), e.to_string())),
+        store::subscribers::for_each_active_addressee(&conn, |s| -> anyhow::Result<()> {
+            n += 1;
+            let email = match s.email {
+                Ok(email) => email,
+                Err((raw, reason)) => {
+                    run.unbuildable
+                        .push((raw, format!("the stored address is invalid: {reason}")));
+                    return Ok(());
                 }
-                Ok(())
-            },
-        )?;
+            };
+            if email.needs_smtputf8() {
+                run.needs_smtputf8 += 1;
+            }
+            let recipient = Recipient {
+                subscriber_id: s.id,
+                email,
+                name: s.name,
+            };
+            match messages.build(&recipient) {
+                Ok(message) => {
+                    let raw = message.formatted();
+                    let path = file_name(out, n, recipient.email.as_str());
+                    std::fs::write(&path, &raw)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    run.written += 1;
+                    run.bytes += raw.len() as u64;
+                }
+                Err(e) => run
+                    .unbuildable
+                    .push((recipient.email.as_str().to_owned(), e.to_string())),
+            }
+            Ok(())
+        })?;
         Ok(Some(run))
     }
 }

@@ -6,6 +6,7 @@
 //! CLI prints and the daemon logs.
 
 mod dry_run;
+mod test_send;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::store::lock::SenderLock;
 use crate::store::{self, IssueNumber};
 
 pub use dry_run::DryRun;
+pub use test_send::{TestIssue, TestResult};
 
 /// What to do on a slot with no new comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +154,7 @@ pub struct Dispatcher<'a> {
     key: TokenKey,
     password: Option<String>,
     dkim: Option<DkimSigner>,
+    allow_empty: bool,
 }
 
 impl<'a> Dispatcher<'a> {
@@ -161,6 +164,7 @@ impl<'a> Dispatcher<'a> {
             key: token_key(config)?,
             password: smtp_password(config)?,
             dkim: crate::mail::dkim::load(config)?,
+            allow_empty: false,
             config,
         })
     }
@@ -171,8 +175,17 @@ impl<'a> Dispatcher<'a> {
             key: token_key(config)?,
             password: None,
             dkim: crate::mail::dkim::load(config)?,
+            allow_empty: false,
             config,
         })
+    }
+
+    /// Whether a new issue may be created with no active subscriber (`--allow-empty`).
+    /// Without it that is refused: the issue would go to nobody, yet its comparisons would
+    /// count as sent and never go out.
+    pub fn allow_empty(mut self, allow: bool) -> Self {
+        self.allow_empty = allow;
+        self
     }
 
     pub fn dkim(&self) -> Option<&DkimSigner> {
@@ -217,7 +230,9 @@ impl<'a> Dispatcher<'a> {
         confirm: Option<Confirm<'_>>,
         events: &mut dyn FnMut(Event<'_>),
     ) -> anyhow::Result<Result<Prepared, Refused>> {
-        let conn = store::open(&self.config.database_path())?;
+        let path = self.config.database_path();
+        let conn = store::open(&path)?;
+        store::quick_check(&conn, &path)?;
         let plan = self.plan(&conn, comparisons, slot, on_empty)?;
         let stored;
         let digest = match &plan {
@@ -287,7 +302,10 @@ impl<'a> Dispatcher<'a> {
         let Some(_lock) = sender_lock(self.config, stop.clone(), events).await? else {
             return Ok(Outcome::Stopped);
         };
-        let conn = store::open(&self.config.database_path())?;
+        let path = self.config.database_path();
+        let conn = store::open(&path)?;
+        // Nothing is written into a damaged file: the error says how to restore.
+        store::quick_check(&conn, &path)?;
         let slot = prepared.slot;
         let (issue, created) = match prepared.plan {
             Plan::Existing(issue) => (issue, false),
@@ -312,7 +330,7 @@ impl<'a> Dispatcher<'a> {
                 window,
                 slugs,
                 digest,
-            } => match create(&conn, slot, &window, slugs, &digest, false)? {
+            } => match self.create_new(&conn, slot, &window, slugs, &digest)? {
                 Created::New { number, .. } => (load(&conn, number)?, true),
                 Created::Existing { number } => (load(&conn, number)?, false),
             },
@@ -349,6 +367,35 @@ impl<'a> Dispatcher<'a> {
             report: &report,
         });
         Ok(Outcome::Delivered { issue, report })
+    }
+
+    /// Creates a new issue, unless it would have no recipient and that was not allowed.
+    fn create_new(
+        &self,
+        conn: &Connection,
+        slot: DateTime<Utc>,
+        window: &Window,
+        slugs: Vec<String>,
+        digest: &RenderedDigest,
+    ) -> anyhow::Result<Created> {
+        if !self.allow_empty && ledger::issue_by_slot(conn, slot)?.is_none() {
+            let active = store::subscribers::count_by_status(conn)?
+                .get(store::subscribers::SubscriberStatus::Active);
+            if active == 0 {
+                return Err(UserError::new(format!(
+                    "not creating the issue for {}: the state database {} has no active \
+                     subscriber, so it would go to nobody and its {} comparison{} would count \
+                     as sent. Check state_dir in the config, add subscribers, or pass \
+                     --allow-empty to create it anyway",
+                    slot.format("%Y-%m-%dT%H:%M:%SZ"),
+                    self.config.database_path().display(),
+                    slugs.len(),
+                    if slugs.len() == 1 { "" } else { "s" },
+                ))
+                .into());
+            }
+        }
+        create(conn, slot, window, slugs, digest, false)
     }
 
     async fn deliver(

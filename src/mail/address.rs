@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 /// The longest address SMTP can carry in a forward path (RFC 5321 §4.5.3.1.3).
 pub const MAX_ADDRESS_LEN: usize = 254;
+/// The longest local part SMTP must accept (RFC 5321 §4.5.3.1.1), in octets.
+pub const MAX_LOCAL_PART_OCTETS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
@@ -19,6 +21,34 @@ pub enum AddressError {
     MissingDomain(String),
     #[error("`{addr}` is not a valid address: {reason}")]
     Invalid { addr: String, reason: String },
+}
+
+/// Why an address cannot be handed to a server that does not offer SMTPUTF8.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AsciiFormError {
+    #[error(
+        "`{0}` has a non-ASCII local part, which only a server offering SMTPUTF8 can deliver \
+         (this server does not offer it)"
+    )]
+    LocalPart(String),
+    #[error("the domain of `{0}` has no ASCII (IDNA) form")]
+    Domain(String),
+}
+
+/// The form of `addr` for a server without SMTPUTF8 (RFC 6531): an international domain
+/// becomes its IDNA (punycode) name, which names the same host; a non-ASCII local part has
+/// no such spelling, so it is an error.
+pub fn ascii_form(addr: &lettre::Address) -> Result<lettre::Address, AsciiFormError> {
+    let full: &str = addr.as_ref();
+    if full.is_ascii() {
+        return Ok(addr.clone());
+    }
+    if !addr.user().is_ascii() {
+        return Err(AsciiFormError::LocalPart(full.to_owned()));
+    }
+    let domain = idna::domain_to_ascii(addr.domain())
+        .map_err(|_| AsciiFormError::Domain(full.to_owned()))?;
+    lettre::Address::new(addr.user(), domain).map_err(|_| AsciiFormError::Domain(full.to_owned()))
 }
 
 /// A subscriber's address, stored as given and compared case-insensitively.
@@ -45,12 +75,40 @@ impl SubscriberEmail {
             Some((_, "")) => return Err(AddressError::MissingDomain(s.to_owned())),
             _ => {}
         }
-        lettre::Address::from_str(s)
-            .map(SubscriberEmail)
-            .map_err(|e| AddressError::Invalid {
-                addr: s.to_owned(),
-                reason: e.to_string(),
-            })
+        let address = lettre::Address::from_str(s).map_err(|e| AddressError::Invalid {
+            addr: s.to_owned(),
+            reason: e.to_string(),
+        })?;
+        // Refuse now what no server could take later: a local part over RFC 5321's 64
+        // octets, or an international domain whose IDNA form is too long for the envelope.
+        let invalid = |reason: String| AddressError::Invalid {
+            addr: s.to_owned(),
+            reason,
+        };
+        if address.user().len() > MAX_LOCAL_PART_OCTETS {
+            return Err(invalid(format!(
+                "the part before @ is {} bytes long (at most {MAX_LOCAL_PART_OCTETS})",
+                address.user().len()
+            )));
+        }
+        let domain = address.domain();
+        if !domain.is_ascii() {
+            let ascii = idna::domain_to_ascii(domain)
+                .map_err(|_| invalid("the domain has no IDNA (punycode) form".into()))?;
+            if address.user().len() + 1 + ascii.len() > MAX_ADDRESS_LEN {
+                return Err(invalid(format!(
+                    "with the domain in its IDNA form ({ascii}) it is longer than \
+                     {MAX_ADDRESS_LEN} characters"
+                )));
+            }
+        }
+        Ok(SubscriberEmail(address))
+    }
+
+    /// True when only a server offering SMTPUTF8 can deliver to this address (its local
+    /// part is not ASCII; an international domain alone travels as punycode).
+    pub fn needs_smtputf8(&self) -> bool {
+        !self.0.user().is_ascii()
     }
 
     pub fn as_str(&self) -> &str {
@@ -153,6 +211,40 @@ mod tests {
             SubscriberEmail::parse("two@@example.com"),
             Err(AddressError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn international_domains_have_an_ascii_form_and_local_parts_do_not() {
+        let idn = SubscriberEmail::parse("leser@bücher.example").unwrap();
+        assert!(!idn.needs_smtputf8());
+        assert_eq!(
+            ascii_form(idn.address()).unwrap().as_ref() as &str,
+            "leser@xn--bcher-kva.example"
+        );
+        let quoted = SubscriberEmail::parse("\"first last\"@example.com").unwrap();
+        assert_eq!(
+            ascii_form(quoted.address()).unwrap().as_ref() as &str,
+            "\"first last\"@example.com"
+        );
+        let utf8_local = SubscriberEmail::parse("jörg@example.com").unwrap();
+        assert!(utf8_local.needs_smtputf8());
+        let err = ascii_form(utf8_local.address()).unwrap_err();
+        assert_eq!(err, AsciiFormError::LocalPart("jörg@example.com".into()));
+        assert!(err.to_string().contains("SMTPUTF8"), "{err}");
+    }
+
+    #[test]
+    fn refuses_what_no_server_could_take() {
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        let err = SubscriberEmail::parse(&long_local).unwrap_err();
+        assert!(matches!(err, AddressError::Invalid { .. }), "{err}");
+        // Short enough as typed, too long once the domain is spelled in punycode.
+        let domain = vec!["ü".repeat(15); 10].join(".") + ".example";
+        let long_idn = format!("{}@{domain}", "a".repeat(40));
+        assert!(long_idn.chars().count() <= MAX_ADDRESS_LEN);
+        assert!(41 + idna::domain_to_ascii(&domain).unwrap().len() > MAX_ADDRESS_LEN);
+        let err = SubscriberEmail::parse(&long_idn).unwrap_err();
+        assert!(err.to_string().contains("IDNA"), "{err}");
     }
 
     #[test]

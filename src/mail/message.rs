@@ -11,10 +11,10 @@ use lettre::message::{Mailbox, Mailboxes};
 
 use crate::config::Newsletter;
 use crate::digest::render::RenderedDigest;
-use crate::mail::address::SubscriberEmail;
+use crate::mail::address::{ascii_form, SubscriberEmail};
 use crate::mail::dkim::DkimSigner;
 use crate::mail::outgoing::{encode_link, BodyHashPlan, BodyLayout, OutgoingMessage};
-use crate::mail::token::TokenKey;
+use crate::mail::token::{TokenKey, SAMPLE_EMAIL, SAMPLE_SUBSCRIBER_ID};
 use crate::mail::verp::{Purpose, Tag, VerpKey};
 use crate::store::{IssueNumber, SubscriberId};
 
@@ -30,6 +30,8 @@ pub enum MessageError {
     },
     #[error("`{0}` is not a deliverable address")]
     Address(String),
+    #[error(transparent)]
+    NeedsSmtpUtf8(#[from] crate::mail::address::AsciiFormError),
 }
 
 /// A digest part quoted-printable encoded, split where the unsubscribe URL goes.
@@ -69,11 +71,11 @@ pub struct Recipient {
 }
 
 impl Recipient {
-    /// The stand-in reader of previews and lint checks.
+    /// The stand-in reader of previews, lint checks and test copies' links.
     pub fn sample() -> Recipient {
         Recipient {
-            subscriber_id: SubscriberId(0),
-            email: SubscriberEmail::parse("reader@example.com").expect("valid sample address"),
+            subscriber_id: SAMPLE_SUBSCRIBER_ID,
+            email: SubscriberEmail::parse(SAMPLE_EMAIL).expect("valid sample address"),
             name: Some("Sample Reader".into()),
         }
     }
@@ -103,6 +105,18 @@ pub struct IssueMessages {
     /// `inbound.address` and the key that tags it, when bounces are read back.
     verp: Option<(String, VerpKey)>,
     dkim: Option<(DkimSigner, Arc<BodyHashPlan>)>,
+    test: Option<TestCopy>,
+}
+
+/// How a test copy differs from a subscriber's: its links are the sample subscriber's
+/// (they work and change nothing), its Message-IDs are new on every run (a mailbox would
+/// hide a second copy with an ID it has seen), and unless `exact` its Subject says TEST.
+#[derive(Debug, Clone)]
+pub struct TestCopy {
+    /// Unique per test run, e.g. the time it started.
+    pub run: String,
+    /// Keep the Subject exactly as subscribers get it.
+    pub exact: bool,
 }
 
 impl IssueMessages {
@@ -142,6 +156,7 @@ impl IssueMessages {
             ),
             verp: None,
             dkim: None,
+            test: None,
         }
     }
 
@@ -169,6 +184,17 @@ impl IssueMessages {
         ))
     }
 
+    /// Builds test copies instead (see [`TestCopy`]); a recipient's `subscriber_id` is then
+    /// only its place in the run, used in the Message-ID.
+    pub fn as_test_copy(mut self, copy: TestCopy) -> Self {
+        if !copy.exact {
+            self.subject = format!("[TEST] {}", self.subject);
+            self.subject_line = typed_line(header::Subject::from(self.subject.clone()));
+        }
+        self.test = Some(copy);
+        self
+    }
+
     /// Signs every built message with `signer` (DKIM off when `None`). The shared part of
     /// the body is canonicalised and hashed here, once.
     pub fn with_dkim(mut self, signer: Option<DkimSigner>) -> Self {
@@ -193,16 +219,24 @@ impl IssueMessages {
 
     /// The recipient's one-click unsubscribe URL.
     pub fn unsubscribe_url(&self, r: &Recipient) -> String {
-        format!(
-            "{}/unsubscribe?token={}",
-            self.newsletter.base_url,
-            self.key.issue(r.subscriber_id, &r.email_norm())
-        )
+        let token = match self.test {
+            Some(_) => self.key.issue(SAMPLE_SUBSCRIBER_ID, SAMPLE_EMAIL),
+            None => self.key.issue(r.subscriber_id, &r.email_norm()),
+        };
+        format!("{}/unsubscribe?token={token}", self.newsletter.base_url)
     }
 
     /// The same for every send of this issue to this subscriber, so a copy re-sent after a
     /// crash is recognisably the same message.
     pub fn message_id(&self, subscriber_id: SubscriberId) -> String {
+        if let Some(test) = &self.test {
+            return format!(
+                "<verdicts.test.{}.{}.{subscriber_id}@{}>",
+                test.run,
+                self.issue_number,
+                self.newsletter.sender_domain()
+            );
+        }
         format!(
             "<verdicts.{}.{}.{}@{}>",
             self.slot.format("%Y%m%dT%H%MZ"),
@@ -212,25 +246,51 @@ impl IssueMessages {
         )
     }
 
-    /// The complete message for one recipient (signed when DKIM is on).
+    /// The complete message for one recipient, for a server that offers SMTPUTF8.
     pub fn build(&self, r: &Recipient) -> Result<OutgoingMessage, MessageError> {
-        let envelope = match self.envelope_sender(r.subscriber_id) {
-            Some(sender) => {
-                let from = sender
-                    .parse()
-                    .map_err(|_| MessageError::Address(sender.clone()))?;
-                lettre::address::Envelope::new(Some(from), vec![r.email.address().clone()])
-                    .map_err(|_| MessageError::Address(r.email.to_string()))?
-            }
-            None => lettre::address::Envelope::new(
-                Some(self.newsletter.from.email.clone()),
-                vec![r.email.address().clone()],
+        self.build_for(r, true)
+    }
+
+    /// The complete message for one recipient (signed when DKIM is on). Without `smtputf8`
+    /// the envelope and the address headers carry international domains as punycode, and an
+    /// address whose local part is not ASCII is an error (no spelling of it reaches that
+    /// mailbox).
+    pub fn build_for(
+        &self,
+        r: &Recipient,
+        smtputf8: bool,
+    ) -> Result<OutgoingMessage, MessageError> {
+        let (to_addr, from_addr) = if smtputf8 {
+            (
+                r.email.address().clone(),
+                self.newsletter.from.email.clone(),
             )
+        } else {
+            (
+                ascii_form(r.email.address())?,
+                ascii_form(&self.newsletter.from.email)?,
+            )
+        };
+        // The From line formatted once per issue serves unless punycode changed the address.
+        let from_line = if from_addr == self.newsletter.from.email {
+            None
+        } else {
+            let mut from = self.newsletter.from.clone();
+            from.email = from_addr.clone();
+            Some(typed_line(header::From::from(Mailboxes::from(from))))
+        };
+        // Its sender is the VERP address when bounces are read back, else the From address.
+        let sender = match self.envelope_sender(r.subscriber_id) {
+            Some(verp) => verp
+                .parse()
+                .map_err(|_| MessageError::Address(verp.clone()))?,
+            None => from_addr,
+        };
+        let envelope = lettre::address::Envelope::new(Some(sender), vec![to_addr.clone()])
             .map_err(|source| MessageError::Build {
                 recipient: r.email.to_string(),
                 source,
-            })?,
-        };
+            })?;
         let url = self.unsubscribe_url(r);
         let mailto = match self.tagged(r.subscriber_id, Purpose::Unsubscribe) {
             Some(address) => format!("mailto:{address}?subject=unsubscribe"),
@@ -238,7 +298,7 @@ impl IssueMessages {
         };
         let to = typed_line(header::To::from(Mailboxes::from(Mailbox::new(
             r.name.clone(),
-            r.email.address().clone(),
+            to_addr,
         ))));
         let date = typed_line(header::Date::now());
         let message_id = typed_line(header::MessageId::from(self.message_id(r.subscriber_id)));
@@ -247,7 +307,7 @@ impl IssueMessages {
             format!("<{url}>, <{mailto}>"),
         ));
         let fields: [&str; 10] = [
-            &self.from,
+            from_line.as_deref().unwrap_or(&self.from),
             &to,
             &self.subject_line,
             &date,

@@ -87,6 +87,19 @@ impl TokenKey {
     }
 }
 
+/// The sample subscriber of previews and test copies. SQLite numbers real subscribers from
+/// 1, so a link signed for id 0 verifies (the page works) but can unsubscribe nobody.
+pub const SAMPLE_SUBSCRIBER_ID: SubscriberId = SubscriberId(0);
+/// The sample subscriber's address, which its links are signed for.
+pub const SAMPLE_EMAIL: &str = "reader@example.com";
+
+impl TokenKey {
+    /// True for a genuine link of the sample subscriber (from a preview or a test copy).
+    pub fn is_sample(&self, token: &str) -> bool {
+        self.verify(token, SAMPLE_SUBSCRIBER_ID, SAMPLE_EMAIL)
+    }
+}
+
 /// The subscriber id a token claims; verify it before trusting it.
 pub fn claimed_subscriber(token: &str) -> Option<SubscriberId> {
     token.split_once('.')?.0.parse().ok()
@@ -119,5 +132,15 @@ mod tests {
         ));
         assert!(!key.verify(&t[..t.len() - 4], SubscriberId(7), "ada@example.com"));
         assert!(!key.verify("7", SubscriberId(7), "ada@example.com"));
+    }
+
+    #[test]
+    fn only_genuine_sample_links_are_samples() {
+        let key = TokenKey::new(b"0123456789abcdef0123");
+        assert!(key.is_sample(&key.issue(SAMPLE_SUBSCRIBER_ID, SAMPLE_EMAIL)));
+        assert!(!key.is_sample(&key.issue(SAMPLE_SUBSCRIBER_ID, "ada@example.com")));
+        assert!(!key.is_sample(&key.issue(SubscriberId(7), SAMPLE_EMAIL)));
+        let other = TokenKey::new(b"another key entirely!");
+        assert!(!key.is_sample(&other.issue(SAMPLE_SUBSCRIBER_ID, SAMPLE_EMAIL)));
     }
 }

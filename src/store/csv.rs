@@ -11,9 +11,50 @@ use crate::store;
 /// The columns of the import and export CSV, in export order.
 pub const CSV_COLUMNS: [&str; 3] = ["email", "name", "status"];
 
+/// Whether a cell would be read as a formula by a spreadsheet (OWASP's CSV injection rule:
+/// it starts with `=`, `+`, `-` or `@`), or is an already quoted one, so that the quoting
+/// stays reversible.
+fn looks_like_formula(cell: &str) -> bool {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@') => true,
+        Some(b'\'') => looks_like_formula(&cell[1..]),
+        _ => false,
+    }
+}
+
+/// A cell made safe for spreadsheets: one that looks like a formula gets a leading `'`,
+/// which spreadsheets show as text. [`restore_cell`] undoes it exactly.
+pub fn neutralise_cell(cell: &str) -> std::borrow::Cow<'_, str> {
+    if looks_like_formula(cell) {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
+    }
+}
+
+/// The cell [`neutralise_cell`] was given.
+pub fn restore_cell(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if looks_like_formula(rest) => rest,
+        _ => cell,
+    }
+}
+
 /// Writes every subscriber as CSV with the header `email,name,status`, in the order they
-/// joined, streaming. Returns how many were written.
-pub fn export_csv(conn: &Connection, out: impl Write) -> Result<u64, ExportError> {
+/// joined, streaming, with formula-like cells neutralised (see [`neutralise_cell`]) unless
+/// `keep_formulas`. Returns how many were written.
+pub fn export_csv(
+    conn: &Connection,
+    out: impl Write,
+    keep_formulas: bool,
+) -> Result<u64, ExportError> {
+    let cell = |s: &'_ str| -> String {
+        if keep_formulas {
+            s.to_owned()
+        } else {
+            neutralise_cell(s).into_owned()
+        }
+    };
     let mut writer = csv::Writer::from_writer(out);
     writer.write_record(CSV_COLUMNS)?;
     let mut stmt = conn
@@ -35,7 +76,7 @@ pub fn export_csv(conn: &Connection, out: impl Write) -> Result<u64, ExportError
             .get_ref(2)
             .and_then(|v| Ok(v.as_str()?))
             .map_err(StoreError)?;
-        writer.write_record([email, name.unwrap_or(""), status])?;
+        writer.write_record([cell(email), cell(name.unwrap_or("")), cell(status)])?;
         written += 1;
     }
     writer.flush()?;
@@ -206,8 +247,10 @@ impl ImportRow {
                 columns.len
             ));
         }
+        // Cells an export neutralised for spreadsheets are read back as they were.
         let text = |idx: usize, column: &str| {
             std::str::from_utf8(&record[idx])
+                .map(restore_cell)
                 .map_err(|_| format!("the {column} is not valid UTF-8 text"))
         };
         let email = SubscriberEmail::parse(text(columns.email, "email")?).map_err(|e| match e {
@@ -468,17 +511,33 @@ impl<'tx> RowWriter<'tx> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formula_cells_are_quoted_and_restored_exactly() {
+        for cell in [
+            "=HYPERLINK(\"http://x\")",
+            "+1",
+            "-2",
+            "@SUM(A1)",
+            "'=already quoted",
+            "''=twice",
+            "'plain",
+            "O'Brien",
+            "plain",
+            "",
+        ] {
+            let safe = neutralise_cell(cell);
+            assert!(
+                !matches!(safe.chars().next(), Some('=' | '+' | '-' | '@')),
+                "{safe}"
+            );
+            assert_eq!(restore_cell(&safe), cell);
+        }
+        assert_eq!(neutralise_cell("=1+1"), "'=1+1");
+        assert_eq!(neutralise_cell("O'Brien"), "O'Brien");
+    }
     use crate::store::subscribers::{add, find, SubscriberSource};
-
-    fn store() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = store::open(&dir.path().join("verdicts.db")).unwrap();
-        (dir, conn)
-    }
-
-    fn email(s: &str) -> SubscriberEmail {
-        SubscriberEmail::parse(s).unwrap()
-    }
+    use crate::store::testing::{email, store};
 
     fn import(
         conn: &mut Connection,

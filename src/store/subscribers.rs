@@ -406,6 +406,39 @@ where
     Ok(())
 }
 
+/// An active subscriber as a send reads them.
+#[derive(Debug)]
+pub struct Addressee {
+    pub id: SubscriberId,
+    /// The address, or the stored text and why it no longer parses (a row written by an
+    /// older version or by hand): one such row must not stop the others' messages.
+    pub email: Result<SubscriberEmail, (String, String)>,
+    pub name: Option<String>,
+}
+
+/// Calls `f` with every active subscriber, in id order, tolerating unparsable addresses.
+pub fn for_each_active_addressee<E>(
+    conn: &Connection,
+    mut f: impl FnMut(Addressee) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<StoreError>,
+{
+    let mut stmt = conn
+        .prepare("SELECT id, email, name FROM subscribers WHERE status = 'active' ORDER BY id")
+        .map_err(StoreError)?;
+    let mut rows = stmt.query([]).map_err(StoreError)?;
+    while let Some(row) = rows.next().map_err(StoreError)? {
+        let raw: String = row.get(1).map_err(StoreError)?;
+        f(Addressee {
+            id: row.get(0).map_err(StoreError)?,
+            email: SubscriberEmail::parse(&raw).map_err(|e| (raw, e.to_string())),
+            name: row.get(2).map_err(StoreError)?,
+        })?;
+    }
+    Ok(())
+}
+
 /// How many subscribers have `status` (all when `None`), and the longest address and name
 /// among them in characters, so a table can be printed while the rows stream.
 pub fn column_widths(
@@ -427,16 +460,7 @@ pub fn column_widths(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn store() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = store::open(&dir.path().join("verdicts.db")).unwrap();
-        (dir, conn)
-    }
-
-    fn email(s: &str) -> SubscriberEmail {
-        SubscriberEmail::parse(s).unwrap()
-    }
+    use crate::store::testing::{email, store};
 
     #[test]
     fn status_names_round_trip() {

@@ -1,7 +1,9 @@
 //! The unsubscribe endpoint: `GET /unsubscribe?token=…` shows a confirmation page,
 //! `POST /unsubscribe?token=…` (RFC 8058 one-click, or the page's button) unsubscribes,
 //! idempotently. Tokens are HMAC-signed; a forged or altered one is a 400 and changes nothing.
-//! `GET /healthz` reports ok and the next slot.
+//! `GET /healthz` reports ok and the next slot. [`server`] is the listener and its limits.
+
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::config::schedule::SlotSchedule;
+use crate::config::WebConfig;
 use crate::mail::token::{claimed_subscriber, TokenKey};
 use crate::store::events::{self, Channel};
 use crate::store::subscribers::{self, StatusChange, Subscriber, SubscriberStatus};
@@ -45,6 +48,17 @@ impl WebState {
     }
 }
 
+impl WebState {
+    /// The shared connection. A handler that panicked while holding it left no transaction
+    /// open (SQLite rolls back an unfinished one), so the connection is still good: take it
+    /// back rather than fail every later request.
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 #[derive(Deserialize)]
 struct TokenQuery {
     token: Option<String>,
@@ -59,22 +73,14 @@ pub fn router(state: Arc<WebState>) -> Router {
         .with_state(state)
 }
 
-/// Serves the router on `addr` until `stop` resolves.
+/// Serves the router on `addr`, within the limits of `web`, until `stop` resolves.
 pub async fn serve(
     addr: SocketAddr,
+    web: &WebConfig,
     state: Arc<WebState>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (web.listen): {e}"))?;
-    // The bound address, so `web.listen: 127.0.0.1:0` (any free port) says which one.
-    let bound = listener.local_addr().unwrap_or(addr);
-    info!(addr = %bound, "web endpoint listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop)
-        .await?;
-    Ok(())
+    server::serve(addr, web, router(state), stop).await
 }
 
 fn escape(s: &str) -> String {
@@ -111,10 +117,7 @@ fn verified_subscriber(state: &WebState, token: &str) -> anyhow::Result<Option<S
     let Some(id) = claimed_subscriber(token) else {
         return Ok(None);
     };
-    let db = state
-        .db
-        .lock()
-        .map_err(|_| anyhow::anyhow!("database lock poisoned"))?;
+    let db = state.db();
     let Some(sub) = subscribers::get(&db, id)? else {
         return Ok(None);
     };
@@ -124,10 +127,38 @@ fn verified_subscriber(state: &WebState, token: &str) -> anyhow::Result<Option<S
         .then_some(sub))
 }
 
+/// The sample subscriber's link (previews, test copies): the pages a subscriber would see,
+/// saying that nothing changes, and nothing does.
+fn sample_page(state: &WebState, token: &str, confirmed: bool) -> Response {
+    let name = escape(&state.newsletter_name);
+    let note = "<p><strong>This link is from a preview or a test copy:</strong> it works \
+                like a subscriber's, but unsubscribes nobody.</p>";
+    if confirmed {
+        return page(
+            StatusCode::OK,
+            "You are unsubscribed",
+            &format!("<p>A subscriber would receive no more issues of {name}.</p>{note}"),
+        );
+    }
+    page(
+        StatusCode::OK,
+        &format!("Unsubscribe from {name}?"),
+        &format!(
+            "{note}<form method=\"post\" action=\"/unsubscribe?token={}\">\
+             <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+             <button type=\"submit\">Unsubscribe</button></form>",
+            escape(token)
+        ),
+    )
+}
+
 async fn confirm_page(State(state): State<Arc<WebState>>, Query(q): Query<TokenQuery>) -> Response {
     let Some(token) = q.token else {
         return invalid_link();
     };
+    if state.key.is_sample(&token) {
+        return sample_page(&state, &token, false);
+    }
     let result = tokio::task::spawn_blocking({
         let state = state.clone();
         move || verified_subscriber(&state, &token).map(|s| (s, token))
@@ -176,6 +207,10 @@ async fn unsubscribe(State(state): State<Arc<WebState>>, Query(q): Query<TokenQu
     let Some(token) = q.token else {
         return invalid_link();
     };
+    if state.key.is_sample(&token) {
+        info!("sample unsubscribe link used; nothing changed");
+        return sample_page(&state, &token, true);
+    }
     let channel = match q.via.as_deref() {
         Some("page") => Channel::Page,
         _ => Channel::OneClick,
@@ -186,10 +221,7 @@ async fn unsubscribe(State(state): State<Arc<WebState>>, Query(q): Query<TokenQu
             let Some(sub) = verified_subscriber(&state, &token)? else {
                 return Ok(None);
             };
-            let db = state
-                .db
-                .lock()
-                .map_err(|_| anyhow::anyhow!("database lock poisoned"))?;
+            let db = state.db();
             let changed = crate::store::in_write_transaction(&db, |tx| -> anyhow::Result<bool> {
                 let changed = matches!(
                     subscribers::set_status_by_id(tx, sub.id, SubscriberStatus::Unsubscribed)?,

@@ -31,7 +31,7 @@ fn fast(smtp_port: u16) -> TestConfig {
         .schedule("*/2 * * * * *", "UTC")
 }
 
-fn http() -> ureq::Agent {
+pub(crate) fn http() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -95,6 +95,19 @@ fn every_slot_is_sent_exactly_once_and_sigterm_exits_cleanly() {
         server.wait_for(12, Duration::from_secs(30)) >= 12,
         "three slots' worth"
     );
+    // The last outcomes reach the ledger a moment after the server has the messages.
+    let started = Instant::now();
+    while count(
+        &site,
+        "SELECT count(*) FROM issues WHERE state = 'complete'",
+    ) < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "three issues complete"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     daemon.sigterm();
     let (code, stderr) = daemon.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{stderr}");

@@ -26,7 +26,7 @@ fn slot() -> DateTime<Utc> {
     AT.parse().unwrap()
 }
 
-fn dkim_fixture(name: &str) -> PathBuf {
+pub(crate) fn dkim_fixture(name: &str) -> PathBuf {
     Path::new(REPO).join("tests/fixtures/dkim").join(name)
 }
 
@@ -76,7 +76,7 @@ fn signed_copy(signer: Option<DkimSigner>) -> (Vec<u8>, String) {
 
 /// What dkimpy says about `message`, looking `DNS_NAME` up in `record`: `Ok(its report)`
 /// when the signature verifies. Panics when python3 or dkimpy is missing (CI installs both).
-fn dkimpy_verify(message: &[u8], record: &Path) -> Result<String, String> {
+pub(crate) fn dkimpy_verify(message: &[u8], record: &Path) -> Result<String, String> {
     let dir = tempfile::tempdir().unwrap();
     let eml = dir.path().join("message.eml");
     std::fs::write(&eml, message).unwrap();
@@ -257,7 +257,7 @@ fn key_problems_are_named_with_the_file_and_the_fix() {
 }
 
 /// A site with the bundled content and DKIM turned on by the three documented lines.
-fn site_with_dkim(key: &str, extra: &str) -> TempSite {
+pub(crate) fn site_with_dkim(key: &str, extra: &str) -> TempSite {
     let site = TempSite::with_bundled_content();
     std::fs::copy(dkim_fixture(key), site.path().join("dkim.pem")).unwrap();
     site.edit_config(|c| {

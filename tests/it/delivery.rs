@@ -21,7 +21,7 @@ fn site_with_subscribers(n: usize, config: TestConfig) -> TempSite {
     site
 }
 
-fn send(site: &TempSite) -> assert_cmd::assert::Assert {
+pub(crate) fn send(site: &TempSite) -> assert_cmd::assert::Assert {
     site.cmd()
         .args(["send", "--at", AT, "--yes"])
         .timeout(Duration::from_secs(120))
@@ -47,7 +47,7 @@ fn deliveries(site: &TempSite) -> HashMap<String, (String, u32)> {
         .collect()
 }
 
-fn header(m: &Received, name: &str) -> String {
+pub(crate) fn header(m: &Received, name: &str) -> String {
     mailparse::parse_mail(&m.raw)
         .unwrap()
         .headers

@@ -5,14 +5,21 @@
 mod common;
 mod smtp;
 
+mod addresses;
+mod backup;
 mod cli;
 mod cli_output;
 mod content;
 mod daemon;
 mod deliverability;
 mod delivery;
+mod digest_browser;
 mod docs;
+mod endpoint;
+mod faults;
+mod hardening;
 mod inbound;
 mod render;
 mod smtp_harness;
 mod subscribers;
+mod test_send;

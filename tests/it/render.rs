@@ -5,7 +5,7 @@ use crate::common::{fixture, TempSite};
 use chrono::{DateTime, Utc};
 use verdicts::config::Config;
 use verdicts::content::{load_dir, parse_comparison};
-use verdicts::digest::render::{render_digest, RenderedDigest, TEXT_WIDTH};
+use verdicts::digest::render::{render_digest, RenderedDigest, GMAIL_CLIP_BYTES, TEXT_WIDTH};
 use verdicts::mail::message::{IssueMessages, Recipient};
 use verdicts::mail::token::TokenKey;
 use verdicts::store::{IssueNumber, SubscriberId};
@@ -97,22 +97,133 @@ fn every_seed_fact_appears_in_both_parts() {
         assert!(part.contains("—"), "community votes should show as a dash");
     }
     assert!(html.contains("Panel pick: Gemini 2.5 Flash Lite"));
-    assert!(html.contains("The dissent — Business on Meta Llama 4 Scout Fine-Tuning Toolkit: skip"));
+    // The quoted take opens with "Skip:", so the label does not say it too.
+    assert!(html.contains("The dissent — Business on Meta Llama 4 Scout Fine-Tuning Toolkit</p>"));
+    assert!(text.contains("The dissent — Business on Meta Llama 4 Scout Fine-Tuning Toolkit:\n"));
+    assert!(
+        !text.contains("skip:\n     \"Skip"),
+        "the verdict is said twice"
+    );
     assert!(html.contains("Panel split"));
 }
 
 #[test]
-fn html_is_inlined_and_under_gmail_clip() {
+fn html_is_inlined_and_under_half_the_gmail_clip() {
     let (_, digest) = bundled();
     let html = digest.html_for(UNSUB);
-    assert!(html.len() < 60 * 1024, "HTML is {} bytes", html.len());
+    assert!(
+        html.len() < GMAIL_CLIP_BYTES / 2,
+        "HTML is {} bytes, over half of Gmail's {GMAIL_CLIP_BYTES}",
+        html.len()
+    );
     assert!(html.contains("style=\""), "CSS should be inlined");
     assert!(
         html.contains("prefers-color-scheme: dark"),
         "dark-mode rules kept"
     );
-    assert!(html.contains("width=\"600\""));
     assert!(!html.contains("<img"), "no images required");
+}
+
+/// The HTML outside Outlook's conditional comments (which only Outlook for Windows reads).
+fn html_outside_mso(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(start) = rest.find("<!--[if mso]>") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find("<![endif]-->")
+            .expect("closed conditional")
+            + start;
+        rest = &rest[end + "<![endif]-->".len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn layout_is_fluid_up_to_600_px() {
+    let (_, digest) = bundled();
+    let html = html_outside_mso(&digest.html_for(UNSUB));
+    assert!(
+        html.contains("max-width: 600px"),
+        "the column is capped at 600 px"
+    );
+    assert!(
+        !html.contains("width=\"600\"")
+            && html
+                .match_indices("width: 600px")
+                .all(|(i, _)| html[..i].ends_with("max-")),
+        "no fixed 600 px width outside Outlook's conditional comments"
+    );
+    assert!(
+        !html.contains("@media only screen"),
+        "the layout does not depend on a media query"
+    );
+}
+
+#[test]
+fn headings_tables_and_links_read_well_without_sight() {
+    let (config, digest) = bundled();
+    let html = digest.html_for(UNSUB);
+    let cs = load_dir(&config.content_dir).unwrap();
+    assert_eq!(html.matches("<h1").count(), 1, "one masthead heading");
+    assert!(html.contains(">Weekly AI Tool Verdicts</h1>"));
+    assert_eq!(
+        html.matches("<h2").count(),
+        cs.len(),
+        "a heading per comparison"
+    );
+    // Each lens grid is a data table: column and row headers, not hidden from readers.
+    let data_tables: Vec<&str> = html
+        .split("<table")
+        .skip(1)
+        .filter(|t| t.contains("scope=\"col\""))
+        .collect();
+    assert_eq!(data_tables.len(), cs.len());
+    for t in &data_tables {
+        let open_tag = &t[..t.find('>').unwrap()];
+        assert!(
+            !open_tag.contains("role="),
+            "data table with a role: {open_tag}"
+        );
+        assert_eq!(
+            t.matches("scope=\"row\"").count(),
+            4,
+            "one row header per lens"
+        );
+    }
+    // Every other table lays things out and says so.
+    let layout = html.matches("<table").count() - data_tables.len();
+    assert_eq!(html.matches("role=\"presentation\"").count(), layout);
+    // No two "read more" links read the same.
+    let more: Vec<&str> = html
+        .split("Read the full comparison")
+        .skip(1)
+        .map(|s| &s[..s.find("<span").unwrap()])
+        .collect();
+    assert_eq!(more.len(), cs.len());
+    for c in &cs {
+        let title = c.title.replace('&', "&amp;");
+        assert!(
+            more.iter().any(|m| m.contains(&title)),
+            "no link names {title}"
+        );
+    }
+}
+
+#[test]
+fn dark_mode_dims_the_table_rules() {
+    let (_, digest) = bundled();
+    let html = digest.html_for(UNSUB);
+    let dark = &html[html.find("prefers-color-scheme: dark").unwrap()..];
+    let dark = &dark[..dark.find("</style>").unwrap()];
+    for selector in [".colhead", ".split td", ".lens"] {
+        assert!(
+            dark.lines()
+                .any(|l| l.contains(selector) && l.contains("border-bottom-color")),
+            "no dark-mode rule line colour for {selector}"
+        );
+    }
 }
 
 #[test]

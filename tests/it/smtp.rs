@@ -39,6 +39,8 @@ pub struct Received {
     /// The message exactly as transferred after DATA, dot-unstuffed, every line ending in
     /// CRLF, without the terminating `.\r\n`.
     pub raw: Vec<u8>,
+    /// The client asked for SMTPUTF8 on its MAIL command (RFC 6531).
+    pub smtputf8: bool,
 }
 
 impl Received {
@@ -66,6 +68,9 @@ pub struct Behaviour {
     /// Answer every MAIL FROM with `553 5.7.1 Sender address rejected: not owned by user`
     /// (a relay that will not send for our From address).
     pub reject_sender: bool,
+    /// Leave SMTPUTF8 out of the EHLO reply and refuse its MAIL parameter, as a server
+    /// without RFC 6531 support does.
+    pub no_smtputf8: bool,
 }
 
 impl Behaviour {
@@ -93,6 +98,12 @@ impl Behaviour {
         self
     }
 
+    /// Do not offer SMTPUTF8.
+    pub fn without_smtputf8(mut self) -> Self {
+        self.no_smtputf8 = true;
+        self
+    }
+
     /// Wait `delay` before answering the end of DATA.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.data_delay = delay;
@@ -110,6 +121,7 @@ impl Behaviour {
             reject_data: self.reject_data.iter().map(|a| a.to_lowercase()).collect(),
             data_delay: self.data_delay,
             reject_sender: self.reject_sender,
+            no_smtputf8: self.no_smtputf8,
         }
     }
 }
@@ -349,6 +361,7 @@ struct Session<'a> {
     shared: &'a Shared,
     greeted: bool,
     mail_from: Option<String>,
+    smtputf8: bool,
     rcpt: Vec<String>,
 }
 
@@ -363,12 +376,14 @@ impl<'a> Session<'a> {
             shared,
             greeted: false,
             mail_from: None,
+            smtputf8: false,
             rcpt: Vec::new(),
         }
     }
 
     fn reset(&mut self) {
         self.mail_from = None;
+        self.smtputf8 = false;
         self.rcpt.clear();
     }
 
@@ -409,9 +424,14 @@ impl<'a> Session<'a> {
             "EHLO" if !arg.is_empty() => {
                 self.greeted = true;
                 self.reset();
+                let utf8 = if self.shared.behaviour.no_smtputf8 {
+                    ""
+                } else {
+                    "250-SMTPUTF8\r\n"
+                };
                 reply(
                     out,
-                    "250-localhost\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 SIZE 33554432",
+                    &format!("250-localhost\r\n250-8BITMIME\r\n{utf8}250-ENHANCEDSTATUSCODES\r\n250 SIZE 33554432"),
                 )?;
             }
             "HELO" if !arg.is_empty() => {
@@ -450,9 +470,21 @@ impl<'a> Session<'a> {
                 "553 5.7.1 <sender>: Sender address rejected: not owned by user",
             );
         }
+        let smtputf8 = arg
+            .split_whitespace()
+            .skip(1)
+            .any(|p| p.eq_ignore_ascii_case("SMTPUTF8"));
+        if smtputf8 && self.shared.behaviour.no_smtputf8 {
+            return reply(out, "555 5.5.4 Unsupported option: SMTPUTF8");
+        }
         match path_arg(arg, "FROM:") {
+            Some(from) if !from.is_ascii() && !smtputf8 => reply(
+                out,
+                &format!("553 5.6.7 <{from}>: non-ASCII sender address requires SMTPUTF8"),
+            ),
             Some(from) => {
                 self.mail_from = Some(from);
+                self.smtputf8 = smtputf8;
                 reply(out, "250 2.1.0 Ok")
             }
             None => reply(out, "501 5.5.4 Syntax: MAIL FROM:<address>"),
@@ -466,6 +498,13 @@ impl<'a> Session<'a> {
         let Some(to) = path_arg(arg, "TO:").filter(|a| !a.is_empty()) else {
             return reply(out, "501 5.5.4 Syntax: RCPT TO:<address>");
         };
+        if !to.is_ascii() && !self.smtputf8 {
+            // What RFC 6531 servers answer a UTF-8 address outside an SMTPUTF8 transaction.
+            return reply(
+                out,
+                &format!("553 5.6.7 <{to}>: non-ASCII recipient address requires SMTPUTF8"),
+            );
+        }
         let key = to.to_lowercase();
         let behaviour = &self.shared.behaviour;
         let attempt = {
@@ -529,6 +568,7 @@ impl<'a> Session<'a> {
             thread::sleep(behaviour.data_delay);
         }
         let from = self.mail_from.take().unwrap_or_default();
+        let smtputf8 = std::mem::take(&mut self.smtputf8);
         let rcpt = std::mem::take(&mut self.rcpt);
         if too_big {
             return reply(out, "552 5.3.4 Message size exceeds fixed limit");
@@ -549,6 +589,7 @@ impl<'a> Session<'a> {
                 mail_from: from,
                 rcpt,
                 raw,
+                smtputf8,
             });
             self.shared.changed.notify_all();
             inner.received.len()

@@ -1,0 +1,226 @@
+//! Whether the database file can be trusted, and copies of it: the header checks that run
+//! before every open (so an empty, truncated or foreign file is never taken for an empty
+//! list), `PRAGMA quick_check` before anything is written in bulk, and online backups.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode};
+
+use super::DbError;
+
+/// The smallest SQLite database file: one page of the smallest page size.
+const MIN_DATABASE_BYTES: u64 = 512;
+
+/// Checks what is on disk at `path` before SQLite opens it: the state folder and the file
+/// exist, and the file is not empty or shorter than one page. SQLite itself would treat a
+/// 0-byte file as a new, empty database, which is how a truncated file used to become an
+/// empty subscriber list. (A file that is not SQLite, or is cut short after its first page,
+/// SQLite reports itself on the first read; see [`classify`].)
+///
+/// This only looks at the file's metadata and never opens it: closing any descriptor of a
+/// database file drops the POSIX locks SQLite holds on it in this process.
+pub fn check_file(path: &Path) -> Result<(), DbError> {
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(folder) = folder {
+        if !folder.is_dir() {
+            return Err(DbError::NoStateDir {
+                path: folder.to_owned(),
+            });
+        }
+    }
+    let not_db = |problem: String| DbError::NotADatabase {
+        path: path.to_owned(),
+        problem,
+    };
+    let len = match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(_) => return Err(not_db("not a file".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DbError::Missing {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) => return Err(not_db(format!("unreadable ({e})"))),
+    };
+    match len {
+        0 => Err(not_db("empty (0 bytes)".into())),
+        n if n < MIN_DATABASE_BYTES => Err(not_db(format!("only {n} bytes long (cut short)"))),
+        _ => Ok(()),
+    }
+}
+
+/// Turns an error from opening `path` into the operator's words when SQLite says the file
+/// is damaged or not a database.
+pub fn classify(path: &Path, e: rusqlite::Error) -> DbError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => DbError::NotADatabase {
+            path: path.to_owned(),
+            problem: "not a SQLite database".into(),
+        },
+        // Damage, or a file cut short after its first page: SQLite finds fewer pages than
+        // its header records ("malformed"), or a read runs past the end ("truncated?").
+        Some(ErrorCode::SystemIoFailure) if e.to_string().contains("truncated") => {
+            DbError::Corrupt {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            }
+        }
+        Some(ErrorCode::DatabaseCorrupt) => DbError::Corrupt {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
+        _ => DbError::Open {
+            path: path.to_owned(),
+            source: e,
+        },
+    }
+}
+
+/// True when SQLite reported a damaged database somewhere in `err` without one of our
+/// messages that already say what to do (a query that ran into a bad page).
+pub fn is_unexplained_corruption(err: &anyhow::Error) -> bool {
+    let explained = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<DbError>(),
+            Some(DbError::Corrupt { .. } | DbError::NotADatabase { .. })
+        )
+    });
+    !explained
+        && err.chain().any(|e| {
+            e.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
+                matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+                )
+            })
+        })
+}
+
+/// `PRAGMA quick_check` (every page and index entry readable, without the slower
+/// cross-checks of `integrity_check`). Runs before a send and at daemon start, so nothing is
+/// written into a damaged file.
+pub fn quick_check(conn: &Connection, path: &Path) -> Result<(), DbError> {
+    let corrupt = |detail: String| DbError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check(5)")
+        .map_err(|e| corrupt(e.to_string()))?;
+    let problems: Vec<String> = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| corrupt(e.to_string()))?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    Err(corrupt(format!("quick_check: {}", problems.join("; "))))
+}
+
+/// How many pages a backup copies between pauses, and the pause: small steps so the daemon
+/// and a running send keep writing while the copy is made.
+const BACKUP_PAGES_PER_STEP: std::os::raw::c_int = 256;
+const BACKUP_PAUSE: Duration = Duration::from_millis(5);
+
+/// Writes a consistent copy of the open database `conn` to `dest` with SQLite's online
+/// backup API: the copy is a snapshot of one committed state, whatever other processes
+/// write meanwhile (a write during the copy restarts it from that page on). The copy is
+/// made under a temporary name and renamed into place, so `dest` is never half written.
+pub fn backup(conn: &Connection, dest: &Path) -> Result<u64, BackupError> {
+    let err = |source| BackupError::Sqlite {
+        path: dest.to_owned(),
+        source,
+    };
+    let file_name = dest
+        .file_name()
+        .ok_or_else(|| BackupError::NotAFile(dest.to_owned()))?;
+    let mut partial_name = file_name.to_owned();
+    partial_name.push(".partial");
+    let partial = dest.with_file_name(partial_name);
+    let _ = std::fs::remove_file(&partial);
+    {
+        let mut copy = Connection::open(&partial).map_err(err)?;
+        let backup = rusqlite::backup::Backup::new(conn, &mut copy).map_err(err)?;
+        backup
+            .run_to_completion(BACKUP_PAGES_PER_STEP, BACKUP_PAUSE, None)
+            .map_err(err)?;
+        drop(backup);
+        // A self-contained file: the copy's pages go into the file itself, not a WAL.
+        copy.pragma_update(None, "journal_mode", "DELETE")
+            .map_err(err)?;
+        quick_check(&copy, &partial).map_err(BackupError::Check)?;
+    }
+    std::fs::rename(&partial, dest).map_err(|source| BackupError::Io {
+        path: dest.to_owned(),
+        source,
+    })?;
+    Ok(std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{0} is not a file name")]
+    NotAFile(std::path::PathBuf),
+    #[error("cannot write the backup {path}")]
+    Sqlite {
+        path: std::path::PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot move the finished backup to {path}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the backup failed its own check")]
+    Check(#[source] DbError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_short_foreign_and_truncated_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("verdicts.db");
+        let (conn, _) = crate::store::create(&path).unwrap();
+        conn.execute_batch("CREATE TABLE pad (x); INSERT INTO pad VALUES (zeroblob(100000));")
+            .unwrap();
+        conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+            .unwrap();
+        drop(conn);
+        let good = std::fs::read(&path).unwrap();
+        for (bytes, says) in [
+            (vec![], "empty (0 bytes)"),
+            (good[..50].to_vec(), "only 50 bytes"),
+            (
+                b"hello, this is a text file, not a database at all; ".repeat(40),
+                "not a SQLite",
+            ),
+            (good[..good.len() / 2].to_vec(), "is damaged"),
+        ] {
+            std::fs::write(&path, &bytes).unwrap();
+            let err = crate::store::open(&path).unwrap_err().to_string();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains(says), "{says}: {err}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_created_where_nothing_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing_dir = dir.path().join("nope/verdicts.db");
+        assert!(matches!(
+            crate::store::open(&missing_dir),
+            Err(DbError::NoStateDir { .. })
+        ));
+        assert!(!dir.path().join("nope").exists());
+        let missing = dir.path().join("verdicts.db");
+        assert!(matches!(
+            crate::store::open(&missing),
+            Err(DbError::Missing { .. })
+        ));
+        assert!(!missing.exists());
+    }
+}

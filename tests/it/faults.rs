@@ -1,0 +1,396 @@
+//! A state database that is missing, empty, cut short, not a database or damaged, and an
+//! issue with nobody to send to: each is one clear error naming the path, and nothing is
+//! created or written. Also: debug logging stays small.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use predicates::prelude::*;
+
+use crate::common::{TempSite, TEST_SECRET};
+use crate::smtp::TestSmtp;
+
+/// The bundled week's slot.
+const AT: &str = "2026-11-23T09:00:00Z";
+
+fn db_path(site: &TempSite) -> PathBuf {
+    site.path().join("state/verdicts.db")
+}
+
+/// A site with the bundled content, `n` subscribers and SMTP at `port`.
+fn site_with_subscribers(n: usize, port: u16) -> TempSite {
+    let site = TempSite::with_bundled_content();
+    site.write_config(port, "");
+    let mut csv = String::from("email\n");
+    for i in 0..n {
+        csv.push_str(&format!("reader{i}@example.com\n"));
+    }
+    std::fs::write(site.path().join("subs.csv"), csv).unwrap();
+    site.cmd()
+        .args(["subscribers", "import", "subs.csv"])
+        .assert()
+        .success();
+    site
+}
+
+/// Moves everything in the WAL into the database file, so the file alone holds the data.
+fn checkpoint(path: &Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        .unwrap();
+}
+
+fn issue_count(site: &TempSite) -> i64 {
+    rusqlite::Connection::open(db_path(site))
+        .unwrap()
+        .query_row("SELECT count(*) FROM issues", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// `send`, `issues`, `run` and `preview` against a state file that is there but broken: each
+/// fails naming the path and what is wrong, and the file is left exactly as it was.
+fn assert_refused_everywhere(site: &TempSite, says: &str) {
+    let path = db_path(site);
+    let before = std::fs::read(&path).unwrap();
+    let shown = "state/verdicts.db";
+    for args in [
+        vec!["send", "--at", AT, "--yes"],
+        vec!["issues"],
+        vec!["run"],
+        vec!["preview", "--at", AT],
+        vec!["subscribers", "count"],
+        vec!["subscribers", "add", "late@example.com"],
+    ] {
+        let out = site
+            .cmd()
+            .args(&args)
+            .timeout(Duration::from_secs(30))
+            .assert()
+            .code(3)
+            .get_output()
+            .clone();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(shown), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("backup"),
+            "{args:?} says how to restore: {stderr}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("Created issue"),
+            "{args:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file was changed"
+    );
+}
+
+#[test]
+fn an_empty_database_file_is_an_error_not_an_empty_list() {
+    let site = site_with_subscribers(3, 2525);
+    std::fs::write(db_path(&site), b"").unwrap();
+    assert_refused_everywhere(&site, "is empty (0 bytes)");
+}
+
+#[test]
+fn a_truncated_database_file_is_an_error() {
+    let site = site_with_subscribers(2000, 2525);
+    let path = db_path(&site);
+    checkpoint(&path);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert_refused_everywhere(&site, "is damaged");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_an_error() {
+    let site = site_with_subscribers(3, 2525);
+    std::fs::write(db_path(&site), "email\nreader0@example.com\n".repeat(20)).unwrap();
+    assert_refused_everywhere(&site, "not a SQLite database");
+}
+
+#[test]
+fn a_missing_state_folder_stops_send_issues_and_run_and_nothing_is_created() {
+    let server = TestSmtp::start();
+    let site = TempSite::with_bundled_content();
+    site.write_config(server.port(), "");
+    site.edit_config(|t| t.replace("state_dir: state", "state_dir: /nonexistent-mount/state"));
+    for args in [
+        vec!["send", "--at", AT, "--yes"],
+        vec!["issues"],
+        vec!["run"],
+    ] {
+        site.cmd()
+            .args(&args)
+            .timeout(Duration::from_secs(30))
+            .assert()
+            .code(1)
+            .stderr(
+                predicate::str::contains(
+                    "the state folder /nonexistent-mount/state does not exist",
+                )
+                .and(predicate::str::contains("mount it")),
+            );
+    }
+    // Preview is read-only and the README's first command: it shows the first issue.
+    site.cmd()
+        .args(["preview", "--at", AT])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Comparisons: 5"));
+    assert!(!Path::new("/nonexistent-mount").exists());
+    assert_eq!(server.received().len(), 0);
+}
+
+#[test]
+fn a_missing_database_in_an_existing_folder_is_named_and_not_recreated() {
+    let site = TempSite::with_bundled_content();
+    std::fs::create_dir_all(site.path().join("state")).unwrap();
+    site.cmd()
+        .args(["send", "--at", AT, "--yes"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "there is no state database at {}; nothing was created",
+            db_path(&site).display()
+        )));
+    // Preview says why it shows a first issue: the folder may be an unmounted disk.
+    site.cmd()
+        .args(["preview", "--at", AT])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "there is no state database at {}, so this is previewed as the first issue",
+            db_path(&site).display()
+        )));
+    // Reading the list shows an empty one and says where it looked.
+    site.cmd()
+        .args(["subscribers", "count"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("total                 0"))
+        .stderr(predicate::str::contains(format!(
+            "No state database at {} yet",
+            db_path(&site).display()
+        )));
+    assert!(!db_path(&site).exists());
+}
+
+#[test]
+fn creating_a_database_is_announced_once() {
+    let site = TempSite::with_bundled_content();
+    site.cmd()
+        .args(["subscribers", "add", "ada@example.com"])
+        .assert()
+        .success()
+        .stdout("added ada@example.com\n")
+        .stderr(format!(
+            "Created a new state database at {}.\n",
+            db_path(&site).display()
+        ));
+    site.cmd()
+        .args(["subscribers", "add", "grace@example.com"])
+        .assert()
+        .success()
+        .stderr("");
+    // Bad input creates nothing.
+    let other = TempSite::with_bundled_content();
+    other
+        .cmd()
+        .args(["subscribers", "add", "not an address"])
+        .assert()
+        .code(1);
+    assert!(!db_path(&other).exists());
+
+    let fresh = TempSite::with_bundled_content();
+    fresh.cmd().arg("init").assert().success().stderr(format!(
+        "Created a new state database at {}.\n",
+        db_path(&fresh).display()
+    ));
+    fresh
+        .cmd()
+        .arg("init")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "already exists and is intact; nothing changed",
+        ));
+}
+
+#[test]
+fn an_issue_for_nobody_needs_allow_empty() {
+    let server = TestSmtp::start();
+    let site = TempSite::with_bundled_content();
+    site.write_config(server.port(), "");
+    site.cmd().arg("init").assert().success();
+    site.cmd()
+        .args(["send", "--at", AT, "--yes"])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("not creating the issue for 2026-11-23T09:00:00Z")
+                .and(predicate::str::contains("has no active subscriber"))
+                .and(predicate::str::contains("state/verdicts.db"))
+                .and(predicate::str::contains("--allow-empty")),
+        );
+    assert_eq!(
+        issue_count(&site),
+        0,
+        "the week's comparisons are not consumed"
+    );
+
+    // Everyone unsubscribed is no different.
+    site.cmd()
+        .args(["subscribers", "add", "ada@example.com"])
+        .assert()
+        .success();
+    site.cmd()
+        .args(["subscribers", "unsubscribe", "ada@example.com"])
+        .assert()
+        .success();
+    site.cmd()
+        .args(["send", "--at", AT, "--yes"])
+        .assert()
+        .code(1);
+    assert_eq!(issue_count(&site), 0);
+
+    site.cmd()
+        .args(["send", "--at", AT, "--yes", "--allow-empty"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("Created issue 1")
+                .and(predicate::str::contains("0 recipients")),
+        );
+    assert_eq!(issue_count(&site), 1);
+}
+
+#[test]
+fn the_daemon_does_not_create_an_issue_for_nobody() {
+    let server = TestSmtp::start();
+    let site = TempSite::new();
+    let published = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    site.add_comparison(
+        "fresh.md",
+        &crate::common::fixture("valid.md").replace("2026-11-17T12:00:00+00:00", &published),
+    );
+    site.write_config(server.port(), "");
+    site.edit_config(|t| {
+        t.replace("cron: \"0 0 9 * * Mon\"", "cron: \"*/2 * * * * *\"")
+            .replace("Europe/London", "UTC")
+            .replace(
+                "127.0.0.1:8080",
+                &format!("127.0.0.1:{}", crate::smtp::closed_port()),
+            )
+    });
+    site.cmd().arg("init").assert().success();
+    let mut daemon = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
+        .arg("run")
+        .current_dir(site.path())
+        .env("VERDICTS_CONFIG", site.config_path())
+        .env("VERDICTS_SECRET", TEST_SECRET)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon keeps running"
+    );
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let out = daemon.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("has no active subscriber"), "{stderr}");
+    assert_eq!(issue_count(&site), 0);
+}
+
+/// Overwrites one page in the middle of the database file with garbage, as a failing disk
+/// or a stray write would.
+fn damage_a_page(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    let pages = bytes.len() / page;
+    assert!(pages > 8, "the database is big enough to damage one page");
+    let at = page * (pages / 2);
+    bytes[at..at + page].fill(0xA5);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_database_refuses_writes_and_sends_and_says_how_to_restore() {
+    let server = TestSmtp::start();
+    let site = site_with_subscribers(3000, server.port());
+    let path = db_path(&site);
+    checkpoint(&path);
+    damage_a_page(&path);
+    let before = std::fs::read(&path).unwrap();
+    for args in [
+        vec!["subscribers", "add", "late@example.com"],
+        vec!["subscribers", "unsubscribe", "reader1@example.com"],
+        vec!["send", "--at", AT, "--yes"],
+        vec!["run"],
+    ] {
+        site.cmd()
+            .args(&args)
+            .timeout(Duration::from_secs(30))
+            .assert()
+            .code(3)
+            .stderr(
+                predicate::str::contains(format!(
+                    "the state database {} is damaged",
+                    path.display()
+                ))
+                .and(predicate::str::contains("nothing was written"))
+                .and(predicate::str::contains("restore the latest backup")),
+            );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
+    assert_eq!(server.received().len(), 0);
+}
+
+#[test]
+fn debug_logging_of_a_preview_stays_small() {
+    let site = TempSite::with_bundled_content();
+    for level in ["debug", "trace"] {
+        let out = site
+            .cmd()
+            .env("RUST_LOG", level)
+            .args(["preview", "--at", AT])
+            .timeout(Duration::from_secs(120))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.len() < 1024 * 1024,
+            "RUST_LOG={level} wrote {} bytes of logs",
+            out.stderr.len()
+        );
+    }
+    // Naming a dependency still turns its logs on: the filter narrows, it does not mute.
+    let out = site
+        .cmd()
+        .env("RUST_LOG", "info,html5ever=trace")
+        .args(["preview", "--at", AT])
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("html5ever"),
+        "html5ever was named, so it logs"
+    );
+}
