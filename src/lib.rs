@@ -4,7 +4,8 @@
 //! [`content`] (comparison files) → [`digest`] (which comparisons an issue holds, rendered
 //! once) → [`mail`] (each recipient's message) → [`delivery`] (the SMTP engine), with
 //! [`store`] (the only place that speaks SQL) beside them. [`issue`] is the one dispatcher
-//! that sends an issue; [`daemon`], [`web`] and [`cli`] are the ways in.
+//! that sends an issue; [`daemon`], [`web`] and [`cli`] are the ways in; [`signup`] is the
+//! public door to the list (limits, the confirmation mail worker).
 //! `ARCHITECTURE.md` at the repository root is the map.
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, clippy::dbg_macro)]
@@ -20,5 +21,6 @@ pub mod error;
 pub mod inbound;
 pub mod issue;
 pub mod mail;
+pub mod signup;
 pub mod store;
 pub mod web;

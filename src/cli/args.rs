@@ -89,13 +89,13 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<IssuesCommand>,
     },
-    /// Run the daemon: send each slot's issue on schedule and serve the unsubscribe endpoint
+    /// Run the daemon: send each slot's issue on schedule and serve the web endpoint
     Run {
         /// Create a slot's issue even with no active subscriber
         #[arg(long)]
         allow_empty: bool,
     },
-    /// Serve only the unsubscribe endpoint (web.listen)
+    /// Serve only the web endpoint (web.listen): unsubscribe, signup and confirmation
     Serve,
     /// Check the issue that would go out at --at for deliverability problems
     Lint {
@@ -120,8 +120,11 @@ pub enum Command {
     /// database is busy or unavailable (the mail server retries)
     Inbound {
         /// Every message of this mbox file
-        #[arg(long, value_name = "FILE", conflicts_with = "maildir")]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["maildir", "imap"])]
         mbox: Option<PathBuf>,
+        /// Poll the inbound.imap mailbox once (the daemon polls it on its own)
+        #[arg(long, conflicts_with = "maildir")]
+        imap: bool,
         /// Every message of this Maildir (its new/ and cur/ folders)
         #[arg(long, value_name = "DIR")]
         maildir: Option<PathBuf>,
@@ -130,6 +133,8 @@ pub enum Command {
         #[arg(long, env = "ORIGINAL_RECIPIENT", value_name = "ADDRESS")]
         recipient: Option<String>,
     },
+    /// Print the HTML signup form (no JavaScript needed) to paste into any page
+    SignupForm,
 }
 
 fn parse_issue_number(s: &str) -> Result<IssueNumber, String> {

@@ -30,8 +30,17 @@ pub fn lint(config: &Config, at: Option<DateTime<Utc>>) -> anyhow::Result<()> {
             "s"
         }
     );
+    // Not a finding (those can stop a send): sending without reading bounces is allowed,
+    // only unwise.
+    if config.inbound.address.is_none() {
+        println!(
+            "Inbound: off. Bounces and mailto unsubscribes go to {} and are never read: set inbound.address (docs/inbound.md).",
+            config.newsletter.from.email
+        );
+    }
     let findings = lint::check_issue(config, &digest, dkim.as_ref());
     print_findings(config, dkim.as_ref(), &findings);
+
     let (errors, _) = lint::tally(&findings);
     if errors > 0 {
         return user_error(format!(
@@ -112,12 +121,6 @@ pub(super) fn print_findings(config: &Config, dkim: Option<&DkimSigner>, finding
             "DKIM: off. Unless your SMTP relay signs for {}, Gmail and Yahoo will reject bulk mail: see `verdicts dkim-record`.",
             config.newsletter.sender_domain()
         ),
-    }
-    if config.inbound.address.is_none() {
-        println!(
-            "Inbound: off. Bounces and mailto unsubscribes go to {} and are never read: set inbound.address (docs/inbound.md).",
-            config.newsletter.from.email
-        );
     }
     for f in findings {
         println!();

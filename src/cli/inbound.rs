@@ -22,7 +22,11 @@ use crate::store::{self};
 
 /// Where the messages come from.
 pub enum Source {
-    Stdin { recipient: Option<String> },
+    Stdin {
+        recipient: Option<String>,
+    },
+    /// One poll of `inbound.imap`.
+    Imap,
     Mbox(PathBuf),
     Maildir(PathBuf),
 }
@@ -40,14 +44,52 @@ pub fn run(config_path: &Path, source: Source) -> anyhow::Result<()> {
     let key = TokenKey::from_env(&config.secret_env)
         .map_err(|e| retry_later("cannot read the signing secret", e))?
         .verp_key();
-    let conn = store::open(&config.database_path())
-        .map_err(|e| retry_later("cannot open the state database", format!("{e:#}")))?;
+    let open = || {
+        store::open(&config.database_path())
+            .map_err(|e| retry_later("cannot open the state database", format!("{e:#}")))
+    };
     match source {
+        // Each message opens the database itself, so a failure leaves it in the mailbox.
+        Source::Imap => {
+            let Some(mailbox) = imap_mailbox(&config)? else {
+                return crate::error::user_error(format!(
+                    "{}: --imap needs an inbound.imap section",
+                    config_path.display()
+                ));
+            };
+            let poll = super::runtime::block_on_until_signal(Some(1), |_stop| async move {
+                Ok(mailbox.poll().await)
+            })?
+            .map_err(|e| retry_later("the IMAP poll failed", e))?;
+            println!(
+                "{}: {} message{} handled and moved to {}, {} left in place.",
+                config
+                    .inbound
+                    .imap
+                    .as_ref()
+                    .map_or("", |i| i.folder.as_str()),
+                poll.handled,
+                plural(poll.handled as u64),
+                config
+                    .inbound
+                    .imap
+                    .as_ref()
+                    .map_or("", |i| i.processed_folder.as_str()),
+                poll.left
+            );
+            if poll.left > 0 {
+                return Err(retry_later(
+                    "some messages could not be handled",
+                    format!("{} left in the mailbox", poll.left),
+                ));
+            }
+            Ok(())
+        }
         Source::Stdin { recipient } => {
             let raw = read_bounded(std::io::stdin().lock())
                 .map_err(|e| retry_later("cannot read the message", e))?;
             let settings = settings(&config, &key, recipient.as_deref());
-            let (inbound, outcome) = process(&conn, &raw, settings)
+            let (inbound, outcome) = process(&open()?, &raw, settings)
                 .map_err(|e| retry_later("the state database refused the update", e))?;
             println!("{}", describe(&inbound, &outcome));
             Ok(())
@@ -57,14 +99,14 @@ pub fn run(config_path: &Path, source: Source) -> anyhow::Result<()> {
                 crate::error::UserError::new(format!("cannot read {}: {e}", path.display()))
             })?;
             let messages = mailbox::split_mbox(&data);
-            batch(&conn, &config, &key, &path, messages.into_iter().map(Ok))
+            batch(&open()?, &config, &key, &path, messages.into_iter().map(Ok))
         }
         Source::Maildir(dir) => {
             let files = mailbox::maildir_files(&dir).map_err(|e| {
                 crate::error::UserError::new(format!("cannot list {}: {e}", dir.display()))
             })?;
             batch(
-                &conn,
+                &open()?,
                 &config,
                 &key,
                 &dir,
@@ -74,6 +116,22 @@ pub fn run(config_path: &Path, source: Source) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// The IMAP mailbox of the config, ready to poll; `None` without `inbound.imap`.
+pub fn imap_mailbox(config: &Config) -> anyhow::Result<Option<crate::inbound::imap::Mailbox>> {
+    let Some(imap) = config.inbound.imap.clone() else {
+        return Ok(None);
+    };
+    let key = crate::issue::token_key(config)?.verp_key();
+    let mailbox = crate::inbound::imap::Mailbox::new(
+        imap,
+        config.database_path(),
+        key,
+        config.inbound.hygiene,
+    )
+    .map_err(|e| crate::error::UserError::new(e.to_string()))?;
+    Ok(Some(mailbox))
 }
 
 fn settings<'a>(config: &Config, key: &'a VerpKey, recipient: Option<&'a str>) -> Settings<'a> {

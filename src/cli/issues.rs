@@ -8,7 +8,74 @@ use crate::config::Config;
 use crate::error::user_error;
 use crate::error::Resumable;
 use crate::issue;
+use crate::store::events::{self, IssueEvents};
 use crate::store::ledger::{self, IssueState};
+
+/// Above this complaint rate Gmail starts filtering bulk mail (it asks senders to stay
+/// below 0.1% and never reach 0.3%).
+const COMPLAINT_WARNING: f64 = 0.001;
+/// Above this bounce rate the list is stale enough to hurt the sender's reputation.
+const BOUNCE_WARNING: f64 = 0.02;
+
+fn percent(n: u64, of: u64) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        n as f64 / of as f64
+    }
+}
+
+/// `bounces 1.00% (2 hard, 0 soft), complaints 0.00%, unsubscribes 0.50%`
+fn rates_line(e: &IssueEvents) -> String {
+    format!(
+        "bounces {:.2}% ({} hard, {} soft), complaints {:.2}%, unsubscribes {:.2}%",
+        100.0 * percent(e.bounces(), e.attempted),
+        e.hard_bounces,
+        e.soft_bounces,
+        100.0 * percent(e.complaints, e.delivered),
+        100.0 * percent(e.unsubscribes(), e.delivered),
+    )
+}
+
+/// What the issue did to the list: bounce rate over the deliveries attempted, complaint
+/// and unsubscribe rates over those accepted.
+fn print_readers(e: &IssueEvents) {
+    let bounce_rate = percent(e.bounces(), e.attempted);
+    let complaint_rate = percent(e.complaints, e.delivered);
+    println!("Delivered:   {} of {} attempted", e.delivered, e.attempted);
+    println!(
+        "Bounces:     {} ({:.2}%): {} hard, {} soft",
+        e.bounces(),
+        100.0 * bounce_rate,
+        e.hard_bounces,
+        e.soft_bounces
+    );
+    println!(
+        "Complaints:  {} ({:.2}%)",
+        e.complaints,
+        100.0 * complaint_rate
+    );
+    println!(
+        "Unsubscribes: {} ({:.2}%): {} one-click, {} page, {} mailto",
+        e.unsubscribes(),
+        100.0 * percent(e.unsubscribes(), e.delivered),
+        e.one_click,
+        e.page,
+        e.mailto
+    );
+    if complaint_rate > COMPLAINT_WARNING {
+        println!(
+            "warning: the complaint rate {:.2}% is over 0.1%; Gmail filters bulk senders above it and asks them never to reach 0.3%",
+            100.0 * complaint_rate
+        );
+    }
+    if bounce_rate > BOUNCE_WARNING {
+        println!(
+            "warning: the bounce rate {:.2}% is over 2%; the list holds dead addresses (were they imported from an old export?)",
+            100.0 * bounce_rate
+        );
+    }
+}
 
 pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()> {
     let conn = crate::store::open(&config.database_path())?;
@@ -37,6 +104,10 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
                     issue.slugs.len(),
                     issue.subject
                 );
+                let e = events::issue_events(&conn, issue.number)?;
+                if e.bounces() + e.complaints + e.unsubscribes() > 0 {
+                    println!("{:>6}{}", "", rates_line(&e));
+                }
             }
         }
         IssuesCommand::Show { number } => {
@@ -64,6 +135,10 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
                 c.sending,
                 c.skipped
             );
+            let e = events::issue_events(&conn, number)?;
+            if e.attempted > 0 {
+                print_readers(&e);
+            }
             let failed = ledger::failed_deliveries(&conn, number)?;
             if !failed.is_empty() {
                 println!("Failed recipients:");

@@ -95,15 +95,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Inbound {
             mbox,
+            imap,
             maildir,
             recipient,
         } => {
             let source = match (mbox, maildir) {
                 (Some(file), _) => inbound::Source::Mbox(file),
                 (None, Some(dir)) => inbound::Source::Maildir(dir),
+                (None, None) if imap => inbound::Source::Imap,
                 (None, None) => inbound::Source::Stdin { recipient },
             };
             inbound::run(&config_path, source)
+        }
+        Command::SignupForm => {
+            let config = Config::load(&config_path)?;
+            let action = format!("{}/subscribe", config.newsletter.base_url);
+            print!(
+                "{}",
+                crate::signup::form::form_html(&action, &config.newsletter.name)
+            );
+            Ok(())
         }
     }
 }

@@ -1,23 +1,33 @@
 //! `verdicts run` (the scheduled daemon, with the web endpoint) and `verdicts serve` (the
-//! endpoint alone).
+//! endpoint alone). Both also send the queued signup confirmation mails.
 
 use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use super::runtime::{self, stopped};
 use crate::config::Config;
 use crate::issue::{self, Dispatcher};
+use crate::signup::limits::Limits;
+use crate::signup::outbox::Outbox;
 use crate::store::lock::DaemonLock;
+use crate::web::signup::SignupService;
 use crate::web::{self, WebState};
 
-fn web_state(config: &Config) -> anyhow::Result<Arc<WebState>> {
+fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox)> {
     let key = issue::token_key(config)?;
     let conn = crate::store::open(&config.database_path())?;
-    Ok(Arc::new(WebState::new(
+    let wake = Arc::new(Notify::new());
+    let limits = Arc::new(Limits::new(&config.signup));
+    let outbox = Outbox::new(config, key.clone(), wake.clone(), limits.clone())?;
+    let state = WebState::new(
         conn,
         key,
         config.newsletter.name.clone(),
         config.schedule.slots.clone(),
-    )))
+    )
+    .with_signup(SignupService::new(config.signup.clone(), limits, wake));
+    Ok((Arc::new(state), outbox))
 }
 
 pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
@@ -28,16 +38,26 @@ pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
     crate::store::quick_check(&crate::store::open(&path)?, &path)?;
     raise_file_limit();
     let _daemon = DaemonLock::acquire(&config.state_dir)?;
-    let state = web_state(config)?;
+    let (state, outbox) = web_state(config)?;
+    let mailbox = super::inbound::imap_mailbox(config)?;
     runtime::block_on_until_signal(None, |stop| async move {
-        let (listen, limits, stop_web) = (config.web_listen, config.web.clone(), stop.clone());
-        let web =
-            tokio::spawn(
-                async move { web::serve(listen, &limits, state, stopped(stop_web)).await },
-            );
+        let mails = tokio::spawn(outbox.run(stop.clone()));
+        // Listening first: a daemon whose unsubscribe links cannot be served must not start.
+        let listener = web::server::bind(config.web_listen).await?;
+        let (limits, stop_web) = (config.web.clone(), stop.clone());
+        let web = tokio::spawn(async move {
+            web::server::serve_on(listener, &limits, web::router(state), stopped(stop_web)).await
+        });
+        // The hosted mailbox, when there is one, is polled beside the schedule.
+        let imap = mailbox.map(|m| tokio::spawn(m.run(stop.clone())));
         let result = crate::daemon::run(dispatcher, stop).await;
         web.abort();
         let _ = web.await;
+        mails.abort();
+        let _ = mails.await;
+        if let Some(imap) = imap {
+            let _ = imap.await;
+        }
         result
     })
 }
@@ -53,9 +73,12 @@ fn raise_file_limit() {
 }
 
 pub fn serve(config: &Config) -> anyhow::Result<()> {
-    let state = web_state(config)?;
+    let (state, outbox) = web_state(config)?;
     raise_file_limit();
     runtime::block_on_until_signal(None, |stop| async move {
-        web::serve(config.web_listen, &config.web, state, stopped(stop)).await
+        let mails = tokio::spawn(outbox.run(stop.clone()));
+        let result = web::serve(config.web_listen, &config.web, state, stopped(stop)).await;
+        let _ = mails.await;
+        result
     })
 }

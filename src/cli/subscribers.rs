@@ -81,7 +81,8 @@ pub enum SubscribersCommand {
         #[arg(long)]
         resubscribe: bool,
     },
-    /// Write every subscriber as CSV (email,name,status), which `import` reads back
+    /// Write every subscriber as CSV (email,name,status and the consent record), which
+    /// `import` reads back
     ///
     /// A cell starting with =, +, - or @ is written with a leading ' so that a spreadsheet
     /// shows it as text instead of running it as a formula; `import` removes the '.
@@ -103,6 +104,22 @@ pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
         if let Some(n) = name {
             SubscriberName::parse(n)
                 .map_err(|e| UserError::new(format!("invalid name for {email}: {e}")))?;
+        }
+    }
+    if let SubscribersCommand::Import {
+        file,
+        dry_run: false,
+        skip_invalid,
+        resubscribe,
+    } = &cmd
+    {
+        if !config.database_path().exists() {
+            let options = ImportOptions {
+                dry_run: false,
+                skip_invalid: *skip_invalid,
+                resubscribe: *resubscribe,
+            };
+            return first_import(config, file, options);
         }
     }
     let mut conn = open_for(&cmd, config)?;
@@ -192,6 +209,28 @@ fn open_for(cmd: &SubscribersCommand, config: &Config) -> anyhow::Result<Connect
     Ok(writes)
 }
 
+/// An import that starts a list: it fills a new database that is put in place only when
+/// the import succeeds, so a refused file leaves no database behind.
+fn first_import(config: &Config, file: &Path, options: ImportOptions) -> anyhow::Result<()> {
+    let path = config.database_path();
+    let mut fresh = store::Fresh::build(&path)?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    run_import(fresh.conn(), &mut out, file, options)?;
+    match fresh.publish()? {
+        store::Opened::Created => {
+            out.flush()?;
+            eprintln!("Created a new state database at {}.", path.display());
+            Ok(())
+        }
+        store::Opened::Existing => Err(UserError::new(format!(
+            "another process created {} while this import ran; nothing was imported. Run the import again",
+            path.display()
+        ))
+        .into()),
+    }
+}
+
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     let broken = |e: &io::Error| e.kind() == io::ErrorKind::BrokenPipe;
     err.chain().any(|e| {
@@ -225,6 +264,10 @@ fn run_add(
         AddOutcome::AlreadyListed(s) => {
             let hint = match s.status {
                 SubscriberStatus::Active => "",
+                SubscriberStatus::Pending => {
+                    "; they signed up and have not confirmed yet; `subscribers resubscribe` \
+                     activates them without confirmation"
+                }
                 _ => "; use `subscribers resubscribe` to send to them again",
             };
             writeln!(
@@ -271,6 +314,7 @@ fn run_set_status(
                 SubscriberStatus::Active => "resubscribed",
                 SubscriberStatus::Unsubscribed => "unsubscribed",
                 SubscriberStatus::Bounced => "marked as bounced",
+                SubscriberStatus::Pending => "marked as pending",
             };
             writeln!(out, "{verb} {} (was {from})", subscriber.email)?;
         }
@@ -281,6 +325,10 @@ fn run_set_status(
 fn run_count(conn: &Connection, out: &mut impl Write) -> anyhow::Result<()> {
     let counts = count_by_status(conn)?;
     for status in SubscriberStatus::ALL {
+        // A list that takes no signups never has pending subscribers; keep its count short.
+        if status == SubscriberStatus::Pending && counts.pending == 0 {
+            continue;
+        }
         writeln!(out, "{:<12}  {:>9}", status.as_str(), counts.get(status))?;
     }
     writeln!(out, "{:<12}  {:>9}", "total", counts.total())?;
@@ -316,15 +364,34 @@ fn list_table(
     }
     let email_width = email_width.max(5);
     let name_width = name_width.max(4);
+    // Bounced subscribers also show when and why: what an operator checks before
+    // re-activating an address.
+    let bounced = status == Some(SubscriberStatus::Bounced);
     writeln!(
         out,
-        "{:<email_width$}  {:<name_width$}  {:<12}  {:<6}  JOINED",
-        "EMAIL", "NAME", "STATUS", "SOURCE"
+        "{:<email_width$}  {:<name_width$}  {:<12}  {:<6}  JOINED{}",
+        "EMAIL",
+        "NAME",
+        "STATUS",
+        "SOURCE",
+        if bounced {
+            "      BOUNCED     REASON"
+        } else {
+            ""
+        }
     )?;
     for_each_subscriber(conn, status, |s| -> anyhow::Result<()> {
+        let why = if bounced {
+            match crate::store::events::last_bounce(conn, s.id)? {
+                Some(b) => format!("  {}  {}", b.at.format("%Y-%m-%d"), bounce_reason(&b)),
+                None => format!("  {:<10}  not recorded", "-"),
+            }
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "{:<email_width$}  {:<name_width$}  {:<12}  {:<6}  {}",
+            "{:<email_width$}  {:<name_width$}  {:<12}  {:<6}  {}{why}",
             s.email.as_str(),
             s.name.as_ref().map_or("", SubscriberName::as_str),
             s.status.as_str(),
@@ -333,6 +400,23 @@ fn list_table(
         )?;
         Ok(())
     })
+}
+
+/// `hard 5.1.1: 550 5.1.1 <ada@example.com>: Recipient address rejected…`, one line.
+fn bounce_reason(b: &crate::store::events::BounceReason) -> String {
+    let kind = b.kind.trim_end_matches("_bounce");
+    let mut reason = match &b.status {
+        Some(status) => format!("{kind} {status}"),
+        None => kind.to_string(),
+    };
+    if let Some(d) = &b.diagnostic {
+        reason.push_str(": ");
+        reason.extend(d.chars().take(100));
+        if d.chars().count() > 100 {
+            reason.push('…');
+        }
+    }
+    reason
 }
 
 fn list_csv(

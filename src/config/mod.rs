@@ -2,6 +2,7 @@
 //! relative paths resolved against the file's own folder so the binary can run from anywhere.
 
 pub mod schedule;
+pub mod signup;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -11,6 +12,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use crate::config::schedule::SlotSchedule;
+use crate::config::signup::{RawSignup, SignupConfig};
 use crate::mail::address::SubscriberEmail;
 
 /// Where the configuration is looked for when neither `--config` nor `VERDICTS_CONFIG` is given.
@@ -51,6 +53,8 @@ struct RawConfig {
     dkim: Option<RawDkim>,
     #[serde(default)]
     inbound: Option<crate::inbound::config::RawInbound>,
+    #[serde(default)]
+    signup: RawSignup,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,6 +200,7 @@ pub struct Config {
     pub dkim: Option<DkimConfig>,
     /// Where bounces and mailto unsubscribes come back, and the list-hygiene rules.
     pub inbound: crate::inbound::config::InboundConfig,
+    pub signup: SignupConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -284,6 +289,7 @@ impl Config {
             .unwrap_or_default()
             .validate()
             .map_err(|(field, reason)| check.invalid(field, reason))?;
+        let signup = SignupConfig::from_raw(raw.signup, |f, r| check.invalid(f, r))?;
         Ok(Config {
             path: path.to_owned(),
             newsletter: check.newsletter(raw.newsletter)?,
@@ -301,6 +307,7 @@ impl Config {
                 algorithm: d.algorithm,
             }),
             inbound,
+            signup,
         })
     }
 

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 mod breaker;
 pub mod build_pool;
 pub mod data;
-mod smtp;
+pub(crate) mod smtp;
 mod writer;
 
 use breaker::Breaker;

@@ -192,7 +192,7 @@ pub(super) fn response_text(resp: &lettre::transport::smtp::response::Response) 
 }
 
 /// Opens an SMTP session as configured: TCP, TLS (implicit or STARTTLS), EHLO and AUTH.
-pub(super) async fn connect(
+pub(crate) async fn connect(
     smtp: &SmtpConfig,
     hello: &ClientId,
     password: Option<&str>,

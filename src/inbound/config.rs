@@ -1,8 +1,11 @@
 //! The `inbound` section of the config file: the address bounces and mailto unsubscribes
 //! come back to, and the list-hygiene thresholds.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
+use crate::config::TlsMode;
 use crate::mail::address::SubscriberEmail;
 use crate::store::events::Hygiene;
 
@@ -13,6 +16,54 @@ pub struct RawInbound {
     address: Option<String>,
     #[serde(default)]
     hygiene: Option<RawHygiene>,
+    #[serde(default)]
+    imap: Option<RawImap>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImap {
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    username: String,
+    #[serde(default = "default_imap_password_env")]
+    password_env: String,
+    #[serde(default = "default_folder")]
+    folder: String,
+    #[serde(default = "default_processed_folder")]
+    processed_folder: String,
+    #[serde(default = "default_poll")]
+    poll: String,
+}
+
+fn default_imap_password_env() -> String {
+    "VERDICTS_IMAP_PASSWORD".into()
+}
+fn default_folder() -> String {
+    "INBOX".into()
+}
+fn default_processed_folder() -> String {
+    "Processed".into()
+}
+fn default_poll() -> String {
+    "5m".into()
+}
+
+/// A mailbox at a provider where bounces land, polled by the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImapConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub username: String,
+    /// The variable holding the password (never the password itself).
+    pub password_env: String,
+    /// Where new messages are read.
+    pub folder: String,
+    /// Where a message goes once its result is committed.
+    pub processed_folder: String,
+    pub poll: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +89,7 @@ pub struct InboundConfig {
     /// Without it, the envelope sender is the From address and nothing reads replies.
     pub address: Option<String>,
     pub hygiene: Hygiene,
+    pub imap: Option<ImapConfig>,
 }
 
 impl RawInbound {
@@ -73,6 +125,102 @@ impl RawInbound {
                 }
             }
         };
-        Ok(InboundConfig { address, hygiene })
+        let imap = match self.imap {
+            None => None,
+            Some(i) => {
+                if i.host.trim().is_empty() {
+                    return Err(("inbound.imap.host", "must not be empty".into()));
+                }
+                if i.folder == i.processed_folder {
+                    return Err((
+                        "inbound.imap.processed_folder",
+                        format!("must differ from the folder read (`{}`)", i.folder),
+                    ));
+                }
+                let poll = humantime::parse_duration(i.poll.trim()).map_err(|e| {
+                    (
+                        "inbound.imap.poll",
+                        format!("`{}` is not a duration like 30s or 5m: {e}", i.poll),
+                    )
+                })?;
+                if poll.is_zero() {
+                    return Err(("inbound.imap.poll", "must be longer than 0s".into()));
+                }
+                Some(ImapConfig {
+                    host: i.host,
+                    port: i.port,
+                    tls: i.tls,
+                    username: i.username,
+                    password_env: i.password_env,
+                    folder: i.folder,
+                    processed_folder: i.processed_folder,
+                    poll,
+                })
+            }
+        };
+        Ok(InboundConfig {
+            address,
+            hygiene,
+            imap,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(yaml: &str) -> Result<InboundConfig, (&'static str, String)> {
+        serde_yaml::from_str::<RawInbound>(yaml)
+            .expect("parses")
+            .validate()
+    }
+
+    #[test]
+    fn defaults_and_a_full_section() {
+        let c = validate("address: Bounces@Example.com\n").unwrap();
+        assert_eq!(c.address.as_deref(), Some("Bounces@Example.com"));
+        assert_eq!(c.hygiene, Hygiene::default());
+        assert_eq!(c.imap, None);
+        let c = validate(
+            "hygiene: {hard_bounces: 2}\nimap: {host: imap.example.com, port: 993, tls: tls, username: b}\n",
+        )
+        .unwrap();
+        assert_eq!(c.address, None);
+        assert_eq!(c.hygiene.hard_bounces, 2);
+        assert_eq!(c.hygiene.soft_bounce_issues, 3);
+        let imap = c.imap.unwrap();
+        assert_eq!(
+            (imap.folder.as_str(), imap.processed_folder.as_str()),
+            ("INBOX", "Processed")
+        );
+        assert_eq!(imap.poll, Duration::from_secs(300));
+        assert_eq!(imap.password_env, "VERDICTS_IMAP_PASSWORD");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (yaml, field) in [
+            ("address: not-an-address\n", "inbound.address"),
+            (
+                "hygiene: {hard_bounces: 0}\n",
+                "inbound.hygiene.hard_bounces",
+            ),
+            (
+                "hygiene: {soft_bounce_issues: 0}\n",
+                "inbound.hygiene.soft_bounce_issues",
+            ),
+            (
+                "imap: {host: h, port: 1, tls: none, username: u, poll: soon}\n",
+                "inbound.imap.poll",
+            ),
+            (
+                "imap: {host: h, port: 1, tls: none, username: u, processed_folder: INBOX}\n",
+                "inbound.imap.processed_folder",
+            ),
+        ] {
+            assert_eq!(validate(yaml).unwrap_err().0, field, "{yaml}");
+        }
+        assert!(serde_yaml::from_str::<RawInbound>("adress: b@example.com\n").is_err());
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod config;
 mod hints;
+pub mod imap;
 pub mod mailbox;
 mod plain;
 pub mod process;

@@ -460,7 +460,9 @@ pub async fn requeue_failed(
     let Some(_lock) = sender_lock(config, stop, events).await? else {
         return Ok(None);
     };
-    let conn = store::open(&config.database_path())?;
+    let path = config.database_path();
+    let conn = store::open(&path)?;
+    store::quick_check(&conn, &path)?;
     Ok(Some(ledger::requeue_failed(&conn, number)?))
 }
 

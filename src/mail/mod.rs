@@ -3,6 +3,7 @@
 //! by [`dkim_sign`]) and the signed unsubscribe links ([`token`]).
 
 pub mod address;
+pub mod confirmation;
 pub mod dkim;
 pub mod dkim_sign;
 pub mod message;

@@ -8,7 +8,7 @@ use sha2::Sha256;
 
 use crate::store::SubscriberId;
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// The shortest secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -51,8 +51,13 @@ impl TokenKey {
         Ok(TokenKey(value.into_bytes()))
     }
 
+    /// A MAC keyed with this secret, for the other kinds of signed links.
+    pub(crate) fn keyed(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length")
+    }
+
     fn mac(&self, subscriber_id: SubscriberId, email_norm: &str) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac = self.keyed();
         mac.update(b"verdicts-unsubscribe-v1\0");
         mac.update(&subscriber_id.get().to_be_bytes());
         mac.update(email_norm.as_bytes());

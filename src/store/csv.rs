@@ -4,12 +4,21 @@ use std::io::{self, Read, Write};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::subscribers::{now, StoreError, SubscriberStatus, UPDATE_SUBSCRIBER};
+use super::subscribers::{now, StoreError, SubscriberSource, SubscriberStatus, UPDATE_SUBSCRIBER};
 use crate::mail::address::{AddressError, SubscriberEmail, SubscriberName};
 use crate::store;
 
-/// The columns of the import and export CSV, in export order.
-pub const CSV_COLUMNS: [&str; 3] = ["email", "name", "status"];
+/// The columns of the import and export CSV, in export order: the list itself, then the
+/// consent record (how and when each subscriber signed up and confirmed).
+pub const CSV_COLUMNS: [&str; 7] = [
+    "email",
+    "name",
+    "status",
+    "source",
+    "signed_up_at",
+    "confirmed_at",
+    "signup_ip",
+];
 
 /// Whether a cell would be read as a formula by a spreadsheet (OWASP's CSV injection rule:
 /// it starts with `=`, `+`, `-` or `@`), or is an already quoted one, so that the quoting
@@ -40,7 +49,7 @@ pub fn restore_cell(cell: &str) -> &str {
     }
 }
 
-/// Writes every subscriber as CSV with the header `email,name,status`, in the order they
+/// Writes every subscriber as CSV with the header of [`CSV_COLUMNS`], in the order they
 /// joined, streaming, with formula-like cells neutralised (see [`neutralise_cell`]) unless
 /// `keep_formulas`. Returns how many were written.
 pub fn export_csv(
@@ -58,25 +67,25 @@ pub fn export_csv(
     let mut writer = csv::Writer::from_writer(out);
     writer.write_record(CSV_COLUMNS)?;
     let mut stmt = conn
-        .prepare("SELECT email, name, status FROM subscribers ORDER BY id")
+        .prepare(
+            "SELECT email, name, status, source, signed_up_at, confirmed_at, signup_ip
+             FROM subscribers ORDER BY id",
+        )
         .map_err(StoreError)?;
     let mut rows = stmt.query([]).map_err(StoreError)?;
     let mut written = 0;
     while let Some(row) = rows.next().map_err(StoreError)? {
+        let mut record: [String; CSV_COLUMNS.len()] = Default::default();
         // Stored values were validated on the way in; copy them out as they are.
-        let email = row
-            .get_ref(0)
-            .and_then(|v| Ok(v.as_str()?))
-            .map_err(StoreError)?;
-        let name = row
-            .get_ref(1)
-            .and_then(|v| Ok(v.as_str_or_null()?))
-            .map_err(StoreError)?;
-        let status = row
-            .get_ref(2)
-            .and_then(|v| Ok(v.as_str()?))
-            .map_err(StoreError)?;
-        writer.write_record([cell(email), cell(name.unwrap_or("")), cell(status)])?;
+        for (i, field) in record.iter_mut().enumerate() {
+            let value = row
+                .get_ref(i)
+                .and_then(|v| Ok(v.as_str_or_null()?))
+                .map_err(StoreError)?
+                .unwrap_or("");
+            *field = cell(value);
+        }
+        writer.write_record(&record)?;
         written += 1;
     }
     writer.flush()?;
@@ -191,6 +200,10 @@ struct Columns {
     email: usize,
     name: Option<usize>,
     status: Option<usize>,
+    source: Option<usize>,
+    signed_up_at: Option<usize>,
+    confirmed_at: Option<usize>,
+    signup_ip: Option<usize>,
 }
 
 impl Columns {
@@ -225,6 +238,10 @@ impl Columns {
             email,
             name: position("name")?,
             status: position("status")?,
+            source: position("source")?,
+            signed_up_at: position("signed_up_at")?,
+            confirmed_at: position("confirmed_at")?,
+            signup_ip: position("signup_ip")?,
         })
     }
 }
@@ -234,6 +251,11 @@ struct ImportRow {
     email: SubscriberEmail,
     name: Option<SubscriberName>,
     status: Option<SubscriberStatus>,
+    /// The consent record, as exported; used only when the row adds a subscriber.
+    source: Option<SubscriberSource>,
+    signed_up_at: Option<String>,
+    confirmed_at: Option<String>,
+    signup_ip: Option<String>,
 }
 
 impl ImportRow {
@@ -268,10 +290,53 @@ impl ImportRow {
             },
             None => None,
         };
+        let optional = |idx: Option<usize>, column: &str| -> Result<Option<&str>, String> {
+            match idx {
+                Some(idx) => Ok(Some(text(idx, column)?.trim()).filter(|s| !s.is_empty())),
+                None => Ok(None),
+            }
+        };
+        let source = optional(columns.source, "source")?
+            .map(|s| {
+                SubscriberSource::parse(s).ok_or_else(|| {
+                    format!(
+                        "source `{}` is not one of cli, import, web, api",
+                        s.escape_debug()
+                    )
+                })
+            })
+            .transpose()?;
+        let time = |idx: Option<usize>, column: &str| -> Result<Option<String>, String> {
+            optional(idx, column)?
+                .map(|s| {
+                    store::parse_timestamp(s)
+                        .map(store::timestamp)
+                        .ok_or_else(|| {
+                            format!(
+                            "{column} `{}` is not an RFC 3339 time such as 2026-11-23T09:00:00Z",
+                            s.escape_debug()
+                        )
+                        })
+                })
+                .transpose()
+        };
+        let signed_up_at = time(columns.signed_up_at, "signed_up_at")?;
+        let confirmed_at = time(columns.confirmed_at, "confirmed_at")?;
+        let signup_ip = optional(columns.signup_ip, "signup_ip")?
+            .map(|s| {
+                s.parse::<std::net::IpAddr>()
+                    .map(|ip| ip.to_string())
+                    .map_err(|_| format!("signup_ip `{}` is not an IP address", s.escape_debug()))
+            })
+            .transpose()?;
         Ok(ImportRow {
             email,
             name,
             status,
+            source,
+            signed_up_at,
+            confirmed_at,
+            signup_ip,
         })
     }
 }
@@ -420,8 +485,9 @@ impl<'tx> RowWriter<'tx> {
                 .prepare_cached("SELECT id, name, status FROM subscribers WHERE email_norm = ?1")?,
             insert: tx.prepare_cached(
                 "INSERT INTO subscribers (email, email_norm, name, status, source, created_at,
-                                          updated_at, unsubscribed_at)
-                 VALUES (?1, ?2, ?3, ?4, 'import', ?5, ?5, ?6)
+                                          updated_at, unsubscribed_at, signed_up_at, confirmed_at,
+                                          signup_ip)
+                 VALUES (?1, ?2, ?3, ?4, ?7, ?5, ?5, ?6, coalesce(?8, ?5), ?9, ?10)
                  ON CONFLICT (email_norm) DO NOTHING",
             )?,
             update: tx.prepare_cached(UPDATE_SUBSCRIBER)?,
@@ -450,7 +516,11 @@ impl<'tx> RowWriter<'tx> {
             name,
             status,
             self.stamp,
-            unsubscribed_at
+            unsubscribed_at,
+            row.source.unwrap_or(SubscriberSource::Import),
+            row.signed_up_at,
+            row.confirmed_at,
+            row.signup_ip,
         ])?;
         if inserted == 1 {
             self.mark_seen.execute(params![(self.last_id)(), line])?;
@@ -593,7 +663,7 @@ mod tests {
             rejected,
             [
                 "5: `new@EXAMPLE.com` is a duplicate of line 2",
-                "6: status `paused` is not one of active, unsubscribed, bounced"
+                "6: status `paused` is not one of active, pending, unsubscribed, bounced"
             ]
         );
         let old = find(&conn, &email("old@example.com")).unwrap().unwrap();

@@ -12,6 +12,7 @@ pub mod health;
 pub mod ids;
 pub mod ledger;
 pub mod lock;
+pub mod signup;
 pub mod subscribers;
 
 pub use health::{backup, quick_check};
@@ -39,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 
 /// How long a connection waits for another process's write to finish before giving up.
 /// Generous, because a million-row import holds the write lock for several seconds and a
@@ -52,6 +53,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_subscribers.sql"),
     include_str!("migrations/002_ledger.sql"),
     include_str!("migrations/003_events.sql"),
+    include_str!("migrations/004_signup.sql"),
 ];
 
 /// The schema version this binary creates and understands.
@@ -156,54 +158,83 @@ pub enum Opened {
 /// Opens the database at `path`, creating it (and its folder) when there is none: the one
 /// way a database comes into being. An existing file must pass the same checks as [`open`].
 /// The caller announces a creation.
-///
-/// A new database is built and migrated under a temporary name, then linked into place
-/// only if nothing is there yet: another process never sees a half-made file at `path`,
-/// and of two processes creating at once, one wins and the other opens its database.
 pub fn create(path: &Path) -> Result<(Connection, Opened), DbError> {
     if path.exists() {
         return open(path).map(|c| (c, Opened::Existing));
     }
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(parent) = parent {
-        std::fs::create_dir_all(parent).map_err(|source| DbError::CreateDir {
-            path: parent.to_owned(),
-            source,
-        })?;
+    let opened = Fresh::build(path)?.publish()?;
+    open(path).map(|c| (c, opened))
+}
+
+/// A new database built and migrated under a temporary name beside `path`, put in place
+/// by [`Fresh::publish`] only if nothing is there yet: no other process ever sees a
+/// half-made file at `path`, and of two processes creating at once, one wins and the other
+/// uses its database. Dropped unpublished, it is deleted.
+pub struct Fresh {
+    conn: Option<Connection>,
+    temp: PathBuf,
+    path: PathBuf,
+}
+
+impl Fresh {
+    pub fn build(path: &Path) -> Result<Fresh, DbError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| DbError::CreateDir {
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        let mut name = std::ffi::OsString::from(".");
+        name.push(path.file_name().unwrap_or_default());
+        name.push(format!(".new-{}", std::process::id()));
+        let mut fresh = Fresh {
+            conn: None,
+            temp: path.with_file_name(name),
+            path: path.to_owned(),
+        };
+        fresh.remove_temp();
+        let conn = open_file(
+            &fresh.temp,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
+        migrate(&conn, path)?;
+        fresh.conn = Some(conn);
+        Ok(fresh)
     }
-    let mut name = std::ffi::OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(format!(".new-{}", std::process::id()));
-    let fresh = path.with_file_name(name);
-    let remove_fresh = || {
+
+    /// The new database, to fill before it is published.
+    pub fn conn(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("open until published")
+    }
+
+    /// Puts the database in place; `Existing` if another process created one first (this
+    /// one is then discarded).
+    pub fn publish(mut self) -> Result<Opened, DbError> {
+        // Closing checkpoints the WAL into the file and removes it: the file is complete.
+        drop(self.conn.take());
+        match std::fs::hard_link(&self.temp, &self.path) {
+            Ok(()) => Ok(Opened::Created),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Opened::Existing),
+            Err(source) => Err(DbError::CreateDir {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn remove_temp(&self) {
         for suffix in ["", "-wal", "-shm"] {
-            let mut p = fresh.clone().into_os_string();
+            let mut p = self.temp.clone().into_os_string();
             p.push(suffix);
             let _ = std::fs::remove_file(p);
         }
-    };
-    remove_fresh();
-    let built = open_file(
-        &fresh,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
-    )
-    .and_then(|conn| migrate(&conn, path));
-    if let Err(e) = built {
-        remove_fresh();
-        return Err(e);
     }
-    // The connection is closed: its WAL is checkpointed into the file and removed.
-    let linked = std::fs::hard_link(&fresh, path);
-    remove_fresh();
-    match linked {
-        Ok(()) => open(path).map(|c| (c, Opened::Created)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            open(path).map(|c| (c, Opened::Existing))
-        }
-        Err(source) => Err(DbError::CreateDir {
-            path: path.to_owned(),
-            source,
-        }),
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        drop(self.conn.take());
+        self.remove_temp();
     }
 }
 
@@ -273,6 +304,27 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
     if check(user_version(conn).map_err(open_err)?)? == MIGRATIONS.len() {
         return Ok(());
     }
+    // A migration that rebuilds a table drops the old one, which with foreign keys on would
+    // cascade into every row that references it. SQLite's documented way is to switch them
+    // off outside the transaction, check them before committing, and switch them back on.
+    conn.pragma_update(None, "foreign_keys", "OFF")
+        .map_err(open_err)?;
+    let result = migrate_locked(conn, path, check);
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    result
+}
+
+fn migrate_locked(
+    conn: &Connection,
+    path: &Path,
+    check: impl Fn(i64) -> Result<usize, DbError>,
+) -> Result<(), DbError> {
+    let known = schema_version();
+    let open_err = |source| DbError::Open {
+        path: path.to_owned(),
+        source,
+    };
     // Another process may be migrating at the same moment: take the write lock, then look
     // again, so each migration runs exactly once.
     let tx = write_transaction(conn).map_err(open_err)?;
@@ -288,6 +340,22 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
         tx.pragma_update(None, "user_version", version)
             .map_err(migrate_err)?;
         tracing::debug!(version, path = %path.display(), "applied migration");
+    }
+    let dangling: Option<String> = tx
+        .query_row("PRAGMA foreign_key_check", [], |row| row.get(0))
+        .optional()
+        .map_err(open_err)?;
+    if let Some(table) = dangling {
+        return Err(DbError::Migrate {
+            path: path.to_owned(),
+            version: known,
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                Some(format!(
+                    "table {table} has rows whose references no longer resolve"
+                )),
+            ),
+        });
     }
     tx.commit().map_err(|source| DbError::Migrate {
         path: path.to_owned(),
@@ -377,13 +445,67 @@ mod tests {
     }
 
     #[test]
+    fn signup_migration_keeps_subscribers_and_their_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("verdicts.db");
+        {
+            // A database as the previous release left it.
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO subscribers (id, email, email_norm, status, source, created_at, updated_at)
+                 VALUES (7, 'a@example.com', 'a@example.com', 'active', 'cli',
+                         '2026-01-02T03:04:05Z', '2026-01-02T03:04:05Z');
+                 INSERT INTO issues (number, slot, window_after, cutoff, subject, preheader,
+                                     comparison_count, html_parts, text_parts, state, created_at)
+                 VALUES (1, 's', 'w', 'c', 'subj', 'pre', 1, '[]', '[]', 'complete', 'x');
+                 INSERT INTO deliveries (issue, subscriber_id, state) VALUES (1, 7, 'sent');",
+            )
+            .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let deliveries: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM deliveries WHERE subscriber_id = 7",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            deliveries, 1,
+            "the rebuild must not cascade into deliveries"
+        );
+        let signed_up: String = conn
+            .query_row(
+                "SELECT signed_up_at FROM subscribers WHERE id = 7",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(signed_up, "2026-01-02T03:04:05Z");
+        conn.execute(
+            "UPDATE subscribers SET status = 'pending', source = 'api' WHERE id = 7",
+            [],
+        )
+        .unwrap();
+        let fk: i64 = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1, "foreign keys are back on after migrating");
+    }
+
+    #[test]
     fn failed_write_transaction_rolls_back() {
         let dir = tempfile::tempdir().unwrap();
         let (conn, _) = create(&dir.path().join("verdicts.db")).unwrap();
         let result: Result<(), rusqlite::Error> = in_write_transaction(&conn, |c| {
             c.execute(
-                "INSERT INTO subscribers (email, email_norm, status, source, created_at, updated_at)
-                 VALUES ('a@example.com', 'a@example.com', 'active', 'cli', 'x', 'x')",
+                "INSERT INTO subscribers
+                     (email, email_norm, status, source, created_at, updated_at, signed_up_at)
+                 VALUES ('a@example.com', 'a@example.com', 'active', 'cli', 'x', 'x', 'x')",
                 [],
             )?;
             c.execute(

@@ -17,6 +17,8 @@ use crate::store::{self, SubscriberId};
 pub enum SubscriberStatus {
     /// Receives every issue
     Active,
+    /// Signed up through the form and not yet confirmed; never mailed an issue
+    Pending,
     /// Asked to stop; kept on the list so an import cannot silently add them back
     Unsubscribed,
     /// Their mail server refused the address permanently
@@ -24,8 +26,9 @@ pub enum SubscriberStatus {
 }
 
 impl SubscriberStatus {
-    pub const ALL: [SubscriberStatus; 3] = [
+    pub const ALL: [SubscriberStatus; 4] = [
         SubscriberStatus::Active,
+        SubscriberStatus::Pending,
         SubscriberStatus::Unsubscribed,
         SubscriberStatus::Bounced,
     ];
@@ -33,6 +36,7 @@ impl SubscriberStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             SubscriberStatus::Active => "active",
+            SubscriberStatus::Pending => "pending",
             SubscriberStatus::Unsubscribed => "unsubscribed",
             SubscriberStatus::Bounced => "bounced",
         }
@@ -49,7 +53,7 @@ impl SubscriberStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("status `{0}` is not one of active, unsubscribed, bounced")]
+#[error("status `{0}` is not one of active, pending, unsubscribed, bounced")]
 pub struct UnknownStatus(pub String);
 
 impl fmt::Display for SubscriberStatus {
@@ -70,7 +74,10 @@ impl FromStr for SubscriberStatus {
 pub enum SubscriberSource {
     Cli,
     Import,
+    /// The signup form
     Web,
+    /// The signup endpoint called with JSON
+    Api,
 }
 
 impl SubscriberSource {
@@ -79,6 +86,7 @@ impl SubscriberSource {
             SubscriberSource::Cli => "cli",
             SubscriberSource::Import => "import",
             SubscriberSource::Web => "web",
+            SubscriberSource::Api => "api",
         }
     }
 
@@ -87,6 +95,7 @@ impl SubscriberSource {
             SubscriberSource::Cli,
             SubscriberSource::Import,
             SubscriberSource::Web,
+            SubscriberSource::Api,
         ]
         .into_iter()
         .find(|source| source.as_str() == input)
@@ -137,10 +146,15 @@ pub struct Subscriber {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub unsubscribed_at: Option<DateTime<Utc>>,
+    /// The consent record: when and how they (last) signed up, when they confirmed by
+    /// mail (never for operator adds and imports), and the IP only if `signup.record_ip`.
+    pub signed_up_at: DateTime<Utc>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub signup_ip: Option<String>,
 }
 
-const SUBSCRIBER_COLUMNS: &str =
-    "id, email, name, status, source, created_at, updated_at, unsubscribed_at";
+const SUBSCRIBER_COLUMNS: &str = "id, email, name, status, source, created_at, updated_at, \
+     unsubscribed_at, signed_up_at, confirmed_at, signup_ip";
 
 impl Subscriber {
     /// Reads a row selected with `SUBSCRIBER_COLUMNS`. Values are re-parsed with the domain
@@ -173,6 +187,12 @@ impl Subscriber {
                 ValueRef::Null => None,
                 _ => Some(time(7)?),
             },
+            signed_up_at: time(8)?,
+            confirmed_at: match row.get_ref(9)? {
+                ValueRef::Null => None,
+                _ => Some(time(9)?),
+            },
+            signup_ip: row.get(10)?,
         })
     }
 }
@@ -210,6 +230,7 @@ pub enum StatusChange {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatusCounts {
     pub active: u64,
+    pub pending: u64,
     pub unsubscribed: u64,
     pub bounced: u64,
 }
@@ -218,13 +239,14 @@ impl StatusCounts {
     pub fn get(&self, status: SubscriberStatus) -> u64 {
         match status {
             SubscriberStatus::Active => self.active,
+            SubscriberStatus::Pending => self.pending,
             SubscriberStatus::Unsubscribed => self.unsubscribed,
             SubscriberStatus::Bounced => self.bounced,
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.active + self.unsubscribed + self.bounced
+        self.active + self.pending + self.unsubscribed + self.bounced
     }
 }
 
@@ -266,8 +288,9 @@ pub fn add(
         let stamp = store::timestamp(now);
         conn.prepare_cached(
             "INSERT INTO subscribers
-                 (email, email_norm, name, status, source, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                 (email, email_norm, name, status, source, created_at, updated_at,
+                  signed_up_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?6)",
         )?
         .execute(params![
             email.as_str(),
@@ -286,6 +309,9 @@ pub fn add(
             created_at: now,
             updated_at: now,
             unsubscribed_at: None,
+            signed_up_at: now,
+            confirmed_at: None,
+            signup_ip: None,
         }))
     })
 }
@@ -361,7 +387,7 @@ fn change_status(
     match status {
         SubscriberStatus::Unsubscribed => subscriber.unsubscribed_at = Some(now),
         SubscriberStatus::Active => subscriber.unsubscribed_at = None,
-        SubscriberStatus::Bounced => {}
+        SubscriberStatus::Bounced | SubscriberStatus::Pending => {}
     }
     Ok(StatusChange::Changed { from, subscriber })
 }
@@ -377,6 +403,7 @@ pub fn count_by_status(conn: &Connection) -> Result<StatusCounts, StoreError> {
         let n = u64::try_from(n).unwrap_or_default();
         match row.get(0)? {
             SubscriberStatus::Active => counts.active = n,
+            SubscriberStatus::Pending => counts.pending = n,
             SubscriberStatus::Unsubscribed => counts.unsubscribed = n,
             SubscriberStatus::Bounced => counts.bounced = n,
         }

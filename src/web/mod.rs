@@ -1,9 +1,12 @@
 //! The unsubscribe endpoint: `GET /unsubscribe?token=…` shows a confirmation page,
 //! `POST /unsubscribe?token=…` (RFC 8058 one-click, or the page's button) unsubscribes,
 //! idempotently. Tokens are HMAC-signed; a forged or altered one is a 400 and changes nothing.
-//! `GET /healthz` reports ok and the next slot. [`server`] is the listener and its limits.
+//! `GET /healthz` reports ok and the next slot. The signup routes (`/subscribe`, `/confirm`)
+//! are in [`signup`]; [`server`] is the listener and its limits.
 
 pub mod server;
+
+pub mod signup;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -30,6 +33,7 @@ pub struct WebState {
     key: TokenKey,
     newsletter_name: String,
     schedule: SlotSchedule,
+    signup: Option<signup::SignupService>,
 }
 
 impl WebState {
@@ -44,7 +48,14 @@ impl WebState {
             key,
             newsletter_name,
             schedule,
+            signup: None,
         }
+    }
+
+    /// Opens the signup routes (`/subscribe`, `/confirm`).
+    pub fn with_signup(mut self, service: signup::SignupService) -> Self {
+        self.signup = Some(service);
+        self
     }
 }
 
@@ -70,6 +81,7 @@ pub fn router(state: Arc<WebState>) -> Router {
     Router::new()
         .route("/unsubscribe", get(confirm_page).post(unsubscribe))
         .route("/healthz", get(healthz))
+        .merge(signup::routes())
         .with_state(state)
 }
 

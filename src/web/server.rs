@@ -35,6 +35,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one "connection limit reached" warning per this interval.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// Listens on `addr` (`web.listen`).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (web.listen): {e}"))
+}
+
 /// Serves `app` on `addr` with the limits of `web` until `stop` resolves.
 pub async fn serve(
     addr: SocketAddr,
@@ -42,13 +49,19 @@ pub async fn serve(
     app: Router,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (web.listen): {e}"))?;
-    // The bound address, so `web.listen: 127.0.0.1:0` (any free port) says which one.
-    let bound = listener.local_addr().unwrap_or(addr);
+    serve_on(bind(addr).await?, web, app, stop).await
+}
+
+/// Serves `app` on a bound listener with the limits of `web` until `stop` resolves.
+pub async fn serve_on(
+    listener: TcpListener,
+    web: &WebConfig,
+    app: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
     info!(
-        addr = %bound,
+        %addr,
         max_connections = web.max_connections,
         header_timeout = ?web.header_timeout,
         idle_timeout = ?web.idle_timeout,
@@ -87,7 +100,10 @@ pub async fn serve(
             }
             continue;
         };
-        let app = app.clone();
+        // The peer address, for handlers that need it (the signup limits per client IP).
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
         let limits = (web.header_timeout, web.idle_timeout);
         let shutting_down = shutting_down.clone();
         tokio::spawn(async move {

@@ -149,9 +149,10 @@ fn dry_run_writes_every_message_it_can_and_lists_the_rest() {
     // could have left it.
     let conn = rusqlite::Connection::open(site.path().join("state/verdicts.db")).unwrap();
     conn.execute(
-        "INSERT INTO subscribers (email, email_norm, status, source, created_at, updated_at)
+        "INSERT INTO subscribers (email, email_norm, status, source, created_at, updated_at,
+                                  signed_up_at)
          VALUES ('broken@@example.com', 'broken@@example.com', 'active', 'cli',
-                 '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
+                 '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
         [],
     )
     .unwrap();

@@ -40,15 +40,7 @@ fn a_backup_taken_during_a_send_restores_and_resumes_without_loss() {
     let server = TestSmtp::start_with(Behaviour::default().delay(Duration::from_millis(30)));
     let site = TempSite::with_bundled_content();
     site.write_config(server.port(), &format!("  concurrency: {CONCURRENCY}"));
-    let mut csv = String::from("email\n");
-    for i in 0..READERS {
-        csv.push_str(&format!("reader{i}@example.com\n"));
-    }
-    std::fs::write(site.path().join("readers.csv"), csv).unwrap();
-    site.cmd()
-        .args(["subscribers", "import", "readers.csv"])
-        .assert()
-        .success();
+    site.import_readers(READERS);
 
     let mut send = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
         .args(["send", "--at", AT, "--yes"])

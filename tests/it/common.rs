@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -65,6 +67,19 @@ impl TempSite {
         std::fs::write(self.config_path(), edit(text)).unwrap();
     }
 
+    /// Imports `n` active subscribers, reader0@example.com and up.
+    pub fn import_readers(&self, n: usize) {
+        let mut csv = String::from("email\n");
+        for i in 0..n {
+            csv.push_str(&format!("reader{i}@example.com\n"));
+        }
+        std::fs::write(self.path().join("readers.csv"), csv).unwrap();
+        self.cmd()
+            .args(["subscribers", "import", "readers.csv"])
+            .assert()
+            .success();
+    }
+
     /// The `verdicts` binary, run against this site's config.
     pub fn cmd(&self) -> assert_cmd::Command {
         let mut cmd = assert_cmd::Command::cargo_bin("verdicts").unwrap();
@@ -73,6 +88,46 @@ impl TempSite {
             .env("VERDICTS_SECRET", TEST_SECRET)
             .env_remove("RUST_LOG");
         cmd
+    }
+}
+
+impl TempSite {
+    /// Starts `verdicts ARG` (a daemon: `run` or `serve`) against this site, output discarded.
+    pub fn spawn(&self, arg: &str) -> Child {
+        Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
+            .arg(arg)
+            .current_dir(self.path())
+            .env("VERDICTS_CONFIG", self.config_path())
+            .env("VERDICTS_SECRET", TEST_SECRET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// An HTTP client that returns error statuses instead of failing on them.
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// Waits (up to 30 s) until the web endpoint on `port` answers.
+pub fn wait_for_http(port: u16) {
+    let started = Instant::now();
+    while http()
+        .get(&format!("http://127.0.0.1:{port}/healthz"))
+        .call()
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "endpoint never came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

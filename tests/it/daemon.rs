@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::common::{fixture, seed_subscribers, Process, TempSite, TestConfig};
+use crate::common::{
+    fixture, http, seed_subscribers, wait_for_http, Process, TempSite, TestConfig,
+};
 use crate::smtp::{Behaviour, TestSmtp};
 use mailparse::MailHeaderMap;
 use predicates::prelude::*;
@@ -29,29 +31,6 @@ fn fast(smtp_port: u16) -> TestConfig {
     TestConfig::default()
         .smtp_port(smtp_port)
         .schedule("*/2 * * * * *", "UTC")
-}
-
-pub(crate) fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
-}
-
-fn wait_for_http(port: u16) {
-    let started = Instant::now();
-    while http()
-        .get(&format!("http://127.0.0.1:{port}/healthz"))
-        .call()
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "endpoint never came up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn db(site: &TempSite) -> rusqlite::Connection {

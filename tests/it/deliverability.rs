@@ -471,6 +471,41 @@ fn copies_received_by_the_server_verify_with_two_independent_verifiers() {
 }
 
 #[test]
+fn signup_confirmations_verify_with_both_verifiers_for_both_algorithms() {
+    use verdicts::mail::address::SubscriberEmail;
+    use verdicts::mail::confirmation::ConfirmationMail;
+    let (config, _) = bundled();
+    let email = SubscriberEmail::parse("ada@example.com").unwrap();
+    let created = slot();
+    let mail = ConfirmationMail {
+        id: 42,
+        email: &email,
+        name: None,
+        created_at: created,
+        expires_at: created + chrono::Duration::days(7),
+    };
+    for (key, algorithm, record) in [
+        ("rsa2048.pem", DkimAlgorithm::Rsa, "rsa2048.txt"),
+        ("ed25519.pem", DkimAlgorithm::Ed25519, "ed25519.txt"),
+    ] {
+        let signer = DkimSigner::load(&dkim_config(key, algorithm)).unwrap();
+        let raw = mail
+            .build(
+                &config.newsletter,
+                &TokenKey::new(b"a-test-key-of-enough-length"),
+                Some(&signer),
+            )
+            .unwrap()
+            .formatted();
+        let record = dkim_fixture(record);
+        dkimpy_verify(&raw, &record).unwrap_or_else(|e| panic!("{key}: dkimpy: {e}"));
+        mail_auth_verify(&raw, &record).unwrap_or_else(|e| panic!("{key}: mail-auth: {e}"));
+        let forged = with_header_added(&raw, "Subject: Your account is locked", false);
+        assert!(dkimpy_verify(&forged, &record).is_err(), "{key}");
+    }
+}
+
+#[test]
 fn an_added_header_or_an_altered_content_type_fails_both_verifiers() {
     for (key, extra, record, _) in ALGORITHMS {
         let record = dkim_fixture(record);

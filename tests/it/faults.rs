@@ -22,15 +22,7 @@ fn db_path(site: &TempSite) -> PathBuf {
 fn site_with_subscribers(n: usize, port: u16) -> TempSite {
     let site = TempSite::with_bundled_content();
     site.write_config(port, "");
-    let mut csv = String::from("email\n");
-    for i in 0..n {
-        csv.push_str(&format!("reader{i}@example.com\n"));
-    }
-    std::fs::write(site.path().join("subs.csv"), csv).unwrap();
-    site.cmd()
-        .args(["subscribers", "import", "subs.csv"])
-        .assert()
-        .success();
+    site.import_readers(n);
     site
 }
 
@@ -197,14 +189,43 @@ fn creating_a_database_is_announced_once() {
         .assert()
         .success()
         .stderr("");
-    // Bad input creates nothing.
+    // Bad input creates nothing: neither a bad address nor a refused first import.
     let other = TempSite::with_bundled_content();
     other
         .cmd()
         .args(["subscribers", "add", "not an address"])
         .assert()
         .code(1);
+    std::fs::write(
+        other.path().join("bad.csv"),
+        "email\nada@example.com\nnope\n",
+    )
+    .unwrap();
+    other
+        .cmd()
+        .args(["subscribers", "import", "bad.csv"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("Created").not());
     assert!(!db_path(&other).exists());
+    assert_eq!(
+        std::fs::read_dir(other.path().join("state"))
+            .unwrap()
+            .count(),
+        0,
+        "no temporary file is left behind"
+    );
+    std::fs::write(other.path().join("good.csv"), "email\nada@example.com\n").unwrap();
+    other
+        .cmd()
+        .args(["subscribers", "import", "good.csv"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("imported good.csv: 1 added"))
+        .stderr(format!(
+            "Created a new state database at {}.\n",
+            db_path(&other).display()
+        ));
 
     let fresh = TempSite::with_bundled_content();
     fresh.cmd().arg("init").assert().success().stderr(format!(
@@ -337,6 +358,7 @@ fn a_damaged_database_refuses_writes_and_sends_and_says_how_to_restore() {
     for args in [
         vec!["subscribers", "add", "late@example.com"],
         vec!["subscribers", "unsubscribe", "reader1@example.com"],
+        vec!["subscribers", "import", "readers.csv"],
         vec!["send", "--at", AT, "--yes"],
         vec!["run"],
     ] {
@@ -393,4 +415,59 @@ fn debug_logging_of_a_preview_stays_small() {
         String::from_utf8_lossy(&out.stderr).contains("html5ever"),
         "html5ever was named, so it logs"
     );
+}
+
+#[test]
+fn the_daemon_rides_out_a_state_folder_that_goes_away_and_comes_back() {
+    let server = TestSmtp::start();
+    let web = crate::smtp::closed_port();
+    let site = TempSite::new();
+    // Published a few seconds from now, so the slots before it have nothing to send.
+    let published = (chrono::Utc::now() + chrono::Duration::seconds(6)).to_rfc3339();
+    site.add_comparison(
+        "fresh.md",
+        &crate::common::fixture("valid.md").replace("2026-11-17T12:00:00+00:00", &published),
+    );
+    site.write_config(server.port(), "");
+    site.edit_config(|t| {
+        t.replace("cron: \"0 0 9 * * Mon\"", "cron: \"*/2 * * * * *\"")
+            .replace("Europe/London", "UTC")
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{web}"))
+    });
+    site.import_readers(5);
+    let mut daemon = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
+        .arg("run")
+        .current_dir(site.path())
+        .env("VERDICTS_CONFIG", site.config_path())
+        .env("VERDICTS_SECRET", TEST_SECRET)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The disk goes away (as an unmount would) across the publication time, then returns.
+    let (state, away) = (site.path().join("state"), site.path().join("state.away"));
+    std::fs::rename(&state, &away).unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon kept running"
+    );
+    std::fs::rename(&away, &state).unwrap();
+    assert_eq!(
+        server.wait_for(5, Duration::from_secs(60)),
+        5,
+        "the issue went out once the folder was back"
+    );
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let out = daemon.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(stderr.contains("retry_in"), "{stderr}");
+    assert_eq!(server.received().len(), 5, "nobody twice");
 }

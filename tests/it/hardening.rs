@@ -142,6 +142,14 @@ fn exports_neutralise_formulas_and_import_reads_them_back() {
     assert!(safe.contains("'=HYPERLINK"), "{safe}");
     assert!(safe.contains(",''=quoted,"), "{safe}");
     assert!(safe.contains("O'Brien"), "{safe}");
+    site.cmd()
+        .args(["subscribers", "list", "--format", "csv"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("\"'=HYPERLINK(")
+                .and(predicate::str::contains(",'+1 555 0100,")),
+        );
 
     let raw = site
         .cmd()

@@ -7,8 +7,8 @@ use std::time::Duration;
 use predicates::prelude::*;
 use verdicts::mail::token::{claimed_subscriber, TokenKey, SAMPLE_SUBSCRIBER_ID};
 
+use crate::common::http;
 use crate::common::{Process, TempSite, TEST_SECRET};
-use crate::daemon::http;
 use crate::deliverability::{dkim_fixture, dkimpy_verify, site_with_dkim};
 use crate::delivery::header;
 use crate::smtp::{Behaviour, Received, TestSmtp};

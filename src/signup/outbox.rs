@@ -1,0 +1,249 @@
+//! The confirmation mail worker of the web process (`serve` and `run`): sends the mails
+//! queued in the database by signups, retrying temporary failures, and removes signups that
+//! were never confirmed. A signup returns as soon as its row is committed; a slow relay
+//! delays mails, never the endpoint, and a crash before sending leaves the row queued for
+//! the next start.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::extension::ClientId;
+use rusqlite::Connection;
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+use crate::config::{Config, Newsletter, SmtpConfig};
+use crate::mail::confirmation::ConfirmationMail;
+use crate::mail::dkim::DkimSigner;
+use crate::mail::token::TokenKey;
+use crate::signup::limits::Limits;
+use crate::store::signup::{self as store_signup, QueuedMail};
+use crate::store::subscribers::StoreError;
+
+/// How often unconfirmed signups are swept and idle limiter entries forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How long to wait after the relay could not be reached at all.
+const RELAY_DOWN_WAIT: Duration = Duration::from_secs(30);
+/// The longest wait between two attempts of one mail.
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Mails sent per SMTP session.
+const BATCH: usize = 50;
+
+pub struct Outbox {
+    db: Arc<Mutex<Connection>>,
+    newsletter: Newsletter,
+    smtp: SmtpConfig,
+    password: Option<String>,
+    key: TokenKey,
+    dkim: Option<DkimSigner>,
+    expire_after: Duration,
+    /// Rung by the endpoint when it queues a mail.
+    wake: Arc<Notify>,
+    limits: Arc<Limits>,
+}
+
+/// What one pass over the queue came to.
+enum Pass {
+    /// Nothing is due; the next queued mail (if any) is due at this time (ms since epoch).
+    Idle(Option<i64>),
+    /// The relay could not be reached; try again later.
+    RelayDown,
+    /// Some mails were handled; look again at once.
+    Worked,
+}
+
+impl Outbox {
+    pub fn new(
+        config: &Config,
+        key: TokenKey,
+        wake: Arc<Notify>,
+        limits: Arc<Limits>,
+    ) -> anyhow::Result<Outbox> {
+        Ok(Outbox {
+            db: Arc::new(Mutex::new(crate::store::open(&config.database_path())?)),
+            newsletter: config.newsletter.clone(),
+            smtp: config.smtp.clone(),
+            password: crate::issue::smtp_password(config)?,
+            key,
+            dkim: crate::mail::dkim::load(config)?,
+            expire_after: config.signup.expire_after,
+            wake,
+            limits,
+        })
+    }
+
+    async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = db
+                .lock()
+                .map_err(|_| anyhow::anyhow!("database lock poisoned"))?;
+            f(&conn).map_err(anyhow::Error::from)
+        })
+        .await?
+    }
+
+    /// Runs until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut next_sweep = tokio::time::Instant::now();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if tokio::time::Instant::now() >= next_sweep {
+                self.sweep().await;
+                next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
+            }
+            let wait = match self.pass().await {
+                Ok(Pass::Worked) => continue,
+                Ok(Pass::Idle(next)) => next
+                    .map(|ms| {
+                        Duration::from_millis((ms - Utc::now().timestamp_millis()).max(0) as u64)
+                    })
+                    .unwrap_or(SWEEP_EVERY),
+                Ok(Pass::RelayDown) => RELAY_DOWN_WAIT,
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "confirmation mail queue failed");
+                    RELAY_DOWN_WAIT
+                }
+            };
+            let wait = wait
+                .min(next_sweep.saturating_duration_since(tokio::time::Instant::now()))
+                .max(Duration::from_millis(50));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    async fn sweep(&self) {
+        self.limits.forget_idle();
+        let expire_after = self.expire_after;
+        match self
+            .with_db(move |conn| store_signup::expire(conn, expire_after))
+            .await
+        {
+            Ok(expired) if expired.signups > 0 => {
+                info!(removed = expired.signups, "removed signups never confirmed")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %format!("{e:#}"), "cannot remove expired signups"),
+        }
+    }
+
+    async fn pass(&self) -> anyhow::Result<Pass> {
+        let now_ms = Utc::now().timestamp_millis();
+        let due = self
+            .with_db(move |conn| store_signup::due_mails(conn, now_ms, BATCH))
+            .await?;
+        if due.is_empty() {
+            let next = self.with_db(store_signup::next_due_ms).await?;
+            return Ok(Pass::Idle(next));
+        }
+        let hello = ClientId::Domain(self.newsletter.sender_domain().to_owned());
+        let mut session = match crate::delivery::smtp::connect(
+            &self.smtp,
+            &hello,
+            self.password.as_deref(),
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, queued = due.len(), "cannot reach the relay for confirmation mails");
+                return Ok(Pass::RelayDown);
+            }
+        };
+        for mail in due {
+            let outcome = self.send_one(&mut session, &mail).await;
+            let id = mail.id;
+            let record = match outcome {
+                Sent::Yes(reply) => {
+                    info!(confirmation = id, "confirmation mail sent");
+                    self.with_db(move |conn| store_signup::mark_sent(conn, id, &reply))
+                        .await
+                }
+                Sent::Retry(reply) => {
+                    let wait = backoff(self.smtp.retry_base, mail.attempts);
+                    let next = Utc::now().timestamp_millis() + wait.as_millis() as i64;
+                    let give_up = mail.attempts + 1 >= self.smtp.max_attempts.max(8);
+                    warn!(confirmation = id, %reply, give_up, "confirmation mail not accepted");
+                    self.with_db(move |conn| {
+                        store_signup::mark_attempt_failed(
+                            conn,
+                            id,
+                            &reply,
+                            (!give_up).then_some(next),
+                        )
+                    })
+                    .await
+                }
+                Sent::Never(reply) => {
+                    warn!(confirmation = id, %reply, "confirmation mail refused for good");
+                    self.with_db(move |conn| {
+                        store_signup::mark_attempt_failed(conn, id, &reply, None)
+                    })
+                    .await
+                }
+                Sent::SessionLost(reply) => {
+                    warn!(confirmation = id, %reply, "lost the relay while sending a confirmation");
+                    return Ok(Pass::RelayDown);
+                }
+            };
+            record?;
+        }
+        let _ = session.quit().await;
+        Ok(Pass::Worked)
+    }
+
+    async fn send_one(&self, session: &mut AsyncSmtpConnection, mail: &QueuedMail) -> Sent {
+        let built = ConfirmationMail {
+            id: mail.id,
+            email: &mail.email,
+            name: mail.name.as_ref(),
+            created_at: mail.created_at,
+            expires_at: mail.expires_at,
+        }
+        .build(&self.newsletter, &self.key, self.dkim.as_ref());
+        let message = match built {
+            Ok(m) => m,
+            Err(e) => return Sent::Never(e.to_string()),
+        };
+        let body = message.formatted();
+        match tokio::time::timeout(
+            self.smtp.timeout * 2,
+            session.send(message.envelope(), &body),
+        )
+        .await
+        {
+            Err(_) => Sent::SessionLost("no answer within the timeout".into()),
+            Ok(Ok(resp)) => Sent::Yes(format!(
+                "{} {}",
+                resp.code(),
+                resp.message().collect::<Vec<_>>().join(" ")
+            )),
+            Ok(Err(e)) if e.is_permanent() => Sent::Never(e.to_string()),
+            Ok(Err(e)) if e.is_transient() => Sent::Retry(e.to_string()),
+            Ok(Err(e)) if e.is_client() => Sent::Never(e.to_string()),
+            Ok(Err(e)) => Sent::SessionLost(e.to_string()),
+        }
+    }
+}
+
+enum Sent {
+    Yes(String),
+    Retry(String),
+    Never(String),
+    SessionLost(String),
+}
+
+fn backoff(base: Duration, attempts: u32) -> Duration {
+    base.saturating_mul(1 << attempts.min(16)).min(MAX_BACKOFF)
+}
