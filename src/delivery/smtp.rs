@@ -204,8 +204,8 @@ pub(crate) async fn connect(
         _ => None,
     };
     let mut conn = match implicit {
-        // lettre writes a message body and its terminating dot in separate writes, so with
-        // Nagle's algorithm each message would wait for the server's delayed ACK (~40 ms).
+        // A message can leave in several writes (one per TLS record, for instance), and with
+        // Nagle's algorithm the last would wait for the server's delayed ACK (~40 ms).
         // For plain and STARTTLS sessions we open the socket ourselves with TCP_NODELAY.
         None => {
             let tcp = tokio::net::TcpStream::connect((smtp.host.as_str(), smtp.port))

@@ -114,6 +114,41 @@ impl DkimSigner {
         dkim_sign::signature_header(&self.spec(), fields, &self.header_list, body_hash)
     }
 
+    /// Signs a message from lettre's builder (mail other than the digest, such as signup
+    /// confirmations) over those of the digest's signed headers it has, over-signing the
+    /// same ones; the signature is added as its last header, which verifiers accept
+    /// wherever it stands.
+    pub fn sign(&self, message: &mut lettre::Message) {
+        // lettre formats messages from `str` pieces, so this is never lossy.
+        let raw = String::from_utf8_lossy(&message.formatted()).into_owned();
+        let (fields, _) = dkim_sign::split_message(&raw);
+        let present = |name: &&str| {
+            fields.iter().any(|f| {
+                f.split_once(':')
+                    .is_some_and(|(n, _)| n.trim_end().eq_ignore_ascii_case(name))
+            })
+        };
+        let names: Vec<&str> = SIGNED_HEADERS
+            .iter()
+            .chain(dkim_sign::OVERSIGNED_HEADERS.iter())
+            .copied()
+            .filter(present)
+            .collect();
+        let line = dkim_sign::sign_message(&self.spec(), &raw, &names.join(":"));
+        let value = line
+            .strip_prefix("DKIM-Signature: ")
+            .unwrap_or(&line)
+            .trim_end_matches("\r\n")
+            .to_owned();
+        message.headers_mut().insert_raw(
+            lettre::message::header::HeaderValue::dangerous_new_pre_encoded(
+                lettre::message::header::HeaderName::new_from_ascii_str("DKIM-Signature"),
+                value.clone(),
+                value,
+            ),
+        );
+    }
+
     /// Signs a complete message built elsewhere, covering the headers named in `names` (an
     /// `h=` list, e.g. `From:To:Subject`); returns the message with the signature on top.
     pub fn sign_raw(&self, raw: &str, names: &str) -> String {
