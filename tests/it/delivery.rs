@@ -14,13 +14,14 @@ use verdicts::store::SubscriberId;
 const AT: &str = "2026-11-23T09:00:00Z";
 
 /// A site with the bundled content, `n` subscribers (reader{i}@example.com) and `config`.
-fn site_with_subscribers(n: usize, config: TestConfig) -> TempSite {
+pub(crate) fn site_with_subscribers(n: usize, config: TestConfig) -> TempSite {
     let site = TempSite::with_bundled_content();
     site.configure(&config);
     seed_subscribers(&site, n);
     site
 }
 
+/// `verdicts send` for the bundled content's slot, without asking.
 pub(crate) fn send(site: &TempSite) -> assert_cmd::assert::Assert {
     site.cmd()
         .args(["send", "--at", AT, "--yes"])

@@ -8,41 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{TempSite, TEST_SECRET};
+use crate::common::{seed_subscribers, TempSite, TestConfig, TEST_SECRET};
+use crate::delivery::{send, site_with_subscribers};
 use crate::smtp::{Behaviour, TestSmtp};
 use predicates::prelude::*;
 
 const AT: &str = "2026-11-23T09:00:00Z";
 const GMAIL_THROTTLE: &str = "421 4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your IP address. To protect our users from spam, mail sent from your IP address has been temporarily rate limited.";
 const MAILBOX_FULL: &str = "452 4.2.2 The email account that you tried to reach is over quota.";
-
-fn site_with_subscribers(n: usize, port: u16, smtp_extra: &str) -> TempSite {
-    let site = TempSite::with_bundled_content();
-    site.write_config(port, smtp_extra);
-    import(&site, n);
-    site
-}
-
-fn import(site: &TempSite, n: usize) {
-    let mut csv = String::from("email,name,status\n");
-    for i in 0..n {
-        csv.push_str(&format!("reader{i}@example.com,Reader {i},active\n"));
-    }
-    let file = site.path().join("subs.csv");
-    std::fs::write(&file, csv).unwrap();
-    site.cmd()
-        .args(["subscribers", "import"])
-        .arg(&file)
-        .assert()
-        .success();
-}
-
-fn send(site: &TempSite) -> assert_cmd::assert::Assert {
-    site.cmd()
-        .args(["send", "--at", AT, "--yes"])
-        .timeout(Duration::from_secs(120))
-        .assert()
-}
 
 /// (state, failure, attempts) of every delivery of issue 1, by email.
 fn deliveries(db: &Path) -> HashMap<String, (String, Option<String>, u32)> {
@@ -64,8 +37,11 @@ fn a_relay_throttling_every_recipient_pauses_the_issue_and_it_completes_once_lif
     let server = TestSmtp::start_with(Behaviour::default().every_rcpt(GMAIL_THROTTLE));
     let site = site_with_subscribers(
         40,
-        server.port(),
-        "  concurrency: 4\n  retry_base: 50ms\n  max_attempts: 3",
+        TestConfig::default()
+            .smtp_port(server.port())
+            .smtp("concurrency", "4")
+            .smtp("retry_base", "50ms")
+            .smtp("max_attempts", "3"),
     );
     let db = site.path().join("state/verdicts.db");
     send(&site)
@@ -111,8 +87,11 @@ fn full_mailboxes_retry_alone_and_the_issue_completes_only_when_they_are_deliver
     let server = TestSmtp::start_with(behaviour);
     let site = site_with_subscribers(
         20,
-        server.port(),
-        "  concurrency: 4\n  retry_base: 50ms\n  max_attempts: 3",
+        TestConfig::default()
+            .smtp_port(server.port())
+            .smtp("concurrency", "4")
+            .smtp("retry_base", "50ms")
+            .smtp("max_attempts", "3"),
     );
     let db = site.path().join("state/verdicts.db");
     // Every failure is counted, temporary ones too, and the issue is not complete.
@@ -159,8 +138,11 @@ fn past_give_up_after_the_issue_completes_and_says_whom_it_gave_up_on() {
     ));
     let site = site_with_subscribers(
         4,
-        server.port(),
-        "  retry_base: 50ms\n  max_attempts: 2\n  give_up_after: 0s",
+        TestConfig::default()
+            .smtp_port(server.port())
+            .smtp("retry_base", "50ms")
+            .smtp("max_attempts", "2")
+            .smtp("give_up_after", "0s"),
     );
     send(&site)
         .success()
@@ -248,7 +230,7 @@ fn a_disk_filling_mid_send_stops_it_with_the_cause_and_the_resume_misses_nobody(
             &format!("state_dir: {}", state.display()),
         )
     });
-    import(&site, 400);
+    seed_subscribers(&site, 400);
 
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
         .args(["send", "--at", AT, "--yes"])
@@ -313,11 +295,12 @@ fn the_daemon_resumes_a_throttled_issue_by_itself_once_the_relay_lifts() {
     let server = TestSmtp::start_with(Behaviour::default().every_rcpt(GMAIL_THROTTLE));
     let site = site_with_subscribers(
         10,
-        server.port(),
-        "  retry_base: 50ms\n  max_attempts: 3\n  pause_max: 1s",
+        TestConfig::default()
+            .smtp_port(server.port())
+            .smtp("retry_base", "50ms")
+            .smtp("max_attempts", "3")
+            .smtp("pause_max", "1s"),
     );
-    let web = crate::smtp::closed_port();
-    site.edit_config(|c| c.replace("127.0.0.1:8080", &format!("127.0.0.1:{web}")));
     send(&site).code(75);
     let tried = server.rcpt_attempts().values().sum::<usize>();
 
