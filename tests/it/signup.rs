@@ -3,10 +3,9 @@
 //! server, and the next issue going to whoever confirmed.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{TempSite, TEST_SECRET};
+use crate::common::{wait_for_http, Process, TempSite, TEST_SECRET};
 use crate::smtp::{closed_port, Behaviour, TestSmtp};
 use mailparse::MailHeaderMap;
 use predicates::prelude::*;
@@ -26,7 +25,7 @@ fn signup_site(smtp_port: u16, web_port: u16, signup: &str) -> TempSite {
 
 /// `verdicts serve` for the site, once it answers.
 struct Served {
-    child: Child,
+    process: Process,
     port: u16,
 }
 
@@ -37,44 +36,17 @@ impl Served {
 
     /// `verdicts run` (the daemon) or `verdicts serve`.
     fn start_command(site: &TempSite, port: u16, command: &str) -> Served {
-        let child = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
-            .arg(command)
-            .current_dir(site.path())
-            .env("VERDICTS_CONFIG", site.config_path())
-            .env("VERDICTS_SECRET", TEST_SECRET)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        while http()
-            .get(&format!("http://127.0.0.1:{port}/healthz"))
-            .call()
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "endpoint never came up"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Served { child, port }
+        let process = Process::start(site, &[command]);
+        wait_for_http(port);
+        Served { process, port }
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn kill_9(self) {
+        self.process.kill();
     }
 }
 
