@@ -115,7 +115,7 @@ pub(super) fn writer_loop(
         let disconnected = matches!(next, Err(RecvTimeoutError::Disconnected));
         if let Ok(first) = next {
             if open_since.is_none() {
-                conn.execute_batch("BEGIN IMMEDIATE")?;
+                ledger::begin_group(&conn)?;
                 open_since = Some(Instant::now());
             }
             let mut op = Some(first);
@@ -139,7 +139,7 @@ pub(super) fn writer_loop(
         }
         let due = open_since.is_some_and(|since| since.elapsed() >= GROUP_COMMIT);
         if open_since.is_some() && (!acks.is_empty() || due || disconnected) {
-            conn.execute_batch("COMMIT")?;
+            ledger::commit_group(&conn)?;
             open_since = None;
             for ack in acks.drain(..) {
                 match ack {

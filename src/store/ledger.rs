@@ -500,6 +500,17 @@ pub enum Outcome {
     Skipped,
 }
 
+/// Opens a group of delivery updates (the ledger writer's group commit): takes the write
+/// lock at once, so the group never fails half-way on "database is locked".
+pub fn begin_group(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+}
+
+/// Commits a group opened by [`begin_group`].
+pub fn commit_group(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("COMMIT")
+}
+
 /// Marks a delivery as under way, counting the attempt, if it is still pending and its
 /// subscriber still active (checked here, at the last moment, not when the batch was read).
 /// Returns false when the message must not go out. Must be durable before the message body
