@@ -8,6 +8,7 @@
 
 pub mod csv;
 pub mod events;
+pub mod export;
 pub mod health;
 pub mod ids;
 pub mod ledger;
