@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use predicates::prelude::*;
 
-use crate::common::{TempSite, TEST_SECRET};
+use crate::common::{seed_subscribers, TempSite, TEST_SECRET};
 use crate::smtp::{Behaviour, TestSmtp};
 
 const AT: &str = "2026-11-23T09:00:00Z";
@@ -40,7 +40,7 @@ fn a_backup_taken_during_a_send_restores_and_resumes_without_loss() {
     let server = TestSmtp::start_with(Behaviour::default().delay(Duration::from_millis(30)));
     let site = TempSite::with_bundled_content();
     site.write_config(server.port(), &format!("  concurrency: {CONCURRENCY}"));
-    site.import_readers(READERS);
+    seed_subscribers(&site, READERS);
 
     let mut send = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
         .args(["send", "--at", AT, "--yes"])

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -67,19 +66,6 @@ impl TempSite {
         std::fs::write(self.config_path(), edit(text)).unwrap();
     }
 
-    /// Imports `n` active subscribers, reader0@example.com and up.
-    pub fn import_readers(&self, n: usize) {
-        let mut csv = String::from("email\n");
-        for i in 0..n {
-            csv.push_str(&format!("reader{i}@example.com\n"));
-        }
-        std::fs::write(self.path().join("readers.csv"), csv).unwrap();
-        self.cmd()
-            .args(["subscribers", "import", "readers.csv"])
-            .assert()
-            .success();
-    }
-
     /// The `verdicts` binary, run against this site's config.
     pub fn cmd(&self) -> assert_cmd::Command {
         let mut cmd = assert_cmd::Command::cargo_bin("verdicts").unwrap();
@@ -88,21 +74,6 @@ impl TempSite {
             .env("VERDICTS_SECRET", TEST_SECRET)
             .env_remove("RUST_LOG");
         cmd
-    }
-}
-
-impl TempSite {
-    /// Starts `verdicts ARG` (a daemon: `run` or `serve`) against this site, output discarded.
-    pub fn spawn(&self, arg: &str) -> Child {
-        Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
-            .arg(arg)
-            .current_dir(self.path())
-            .env("VERDICTS_CONFIG", self.config_path())
-            .env("VERDICTS_SECRET", TEST_SECRET)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
     }
 }
 
@@ -321,6 +292,11 @@ impl Process {
             log,
             reader: Some(reader),
         }
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn id(&self) -> u32 {

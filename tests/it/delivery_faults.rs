@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{seed_subscribers, TempSite, TestConfig, TEST_SECRET};
+use crate::common::{seed_subscribers, Process, TempSite, TestConfig, TEST_SECRET};
 use crate::delivery::{send, site_with_subscribers};
 use crate::smtp::{Behaviour, TestSmtp};
 use predicates::prelude::*;
@@ -304,17 +304,7 @@ fn the_daemon_resumes_a_throttled_issue_by_itself_once_the_relay_lifts() {
     send(&site).code(75);
     let tried = server.rcpt_attempts().values().sum::<usize>();
 
-    let log = site.path().join("daemon.log");
-    let mut daemon = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
-        .arg("run")
-        .current_dir(site.path())
-        .env("VERDICTS_CONFIG", site.config_path())
-        .env("VERDICTS_SECRET", TEST_SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let daemon = Process::start(&site, &["run"]);
     // Still throttled: the daemon tries again on its own, pauses again, sends nothing.
     let deadline = Instant::now() + Duration::from_secs(20);
     while server.rcpt_attempts().values().sum::<usize>() <= tried {
@@ -330,11 +320,8 @@ fn the_daemon_resumes_a_throttled_issue_by_itself_once_the_relay_lifts() {
         std::thread::sleep(Duration::from_millis(100));
         String::from_utf8_lossy(&out.stdout).contains("complete")
     });
-    let _ = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status();
-    let _ = daemon.wait();
-    let logged = std::fs::read_to_string(&log).unwrap();
+    daemon.sigterm();
+    let (_, logged) = daemon.wait_exit(Duration::from_secs(30));
     assert_eq!(delivered, 10, "{logged}");
     assert!(complete, "{logged}");
     assert!(

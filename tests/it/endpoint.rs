@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{fixture, TempSite, TEST_SECRET};
+use crate::common::{fixture, seed_subscribers, TempSite, TEST_SECRET};
 use crate::smtp::{closed_port, TestSmtp};
 
 fn http() -> ureq::Agent {
@@ -91,7 +91,7 @@ fn fifteen_hundred_idle_connections_neither_starve_healthz_nor_stop_the_slot() {
             .replace("Europe/London", "UTC")
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{web}"))
     });
-    site.import_readers(20);
+    seed_subscribers(&site, 20);
 
     let mut daemon = spawn_limited(&site, "run", 1024);
     healthz_within(web, Duration::from_secs(30));

@@ -3,12 +3,11 @@
 //! created or written. Also: debug logging stays small.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use predicates::prelude::*;
 
-use crate::common::{TempSite, TEST_SECRET};
+use crate::common::{seed_subscribers, Process, TempSite};
 use crate::smtp::TestSmtp;
 
 /// The bundled week's slot.
@@ -22,7 +21,7 @@ fn db_path(site: &TempSite) -> PathBuf {
 fn site_with_subscribers(n: usize, port: u16) -> TempSite {
     let site = TempSite::with_bundled_content();
     site.write_config(port, "");
-    site.import_readers(n);
+    seed_subscribers(&site, n);
     site
 }
 
@@ -309,28 +308,12 @@ fn the_daemon_does_not_create_an_issue_for_nobody() {
             )
     });
     site.cmd().arg("init").assert().success();
-    let mut daemon = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
-        .arg("run")
-        .current_dir(site.path())
-        .env("VERDICTS_CONFIG", site.config_path())
-        .env("VERDICTS_SECRET", TEST_SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = Process::start(&site, &["run"]);
     std::thread::sleep(Duration::from_secs(5));
-    assert!(
-        daemon.try_wait().unwrap().is_none(),
-        "the daemon keeps running"
-    );
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    let out = daemon.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(daemon.is_running(), "the daemon keeps running");
+    daemon.sigterm();
+    let (code, stderr) = daemon.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("has no active subscriber"), "{stderr}");
     assert_eq!(issue_count(&site), 0);
 }
@@ -434,39 +417,23 @@ fn the_daemon_rides_out_a_state_folder_that_goes_away_and_comes_back() {
             .replace("Europe/London", "UTC")
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{web}"))
     });
-    site.import_readers(5);
-    let mut daemon = Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
-        .arg("run")
-        .current_dir(site.path())
-        .env("VERDICTS_CONFIG", site.config_path())
-        .env("VERDICTS_SECRET", TEST_SECRET)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    seed_subscribers(&site, 5);
+    let mut daemon = Process::start(&site, &["run"]);
     std::thread::sleep(Duration::from_millis(1500));
     // The disk goes away (as an unmount would) across the publication time, then returns.
     let (state, away) = (site.path().join("state"), site.path().join("state.away"));
     std::fs::rename(&state, &away).unwrap();
     std::thread::sleep(Duration::from_secs(8));
-    assert!(
-        daemon.try_wait().unwrap().is_none(),
-        "the daemon kept running"
-    );
+    assert!(daemon.is_running(), "the daemon kept running");
     std::fs::rename(&away, &state).unwrap();
     assert_eq!(
         server.wait_for(5, Duration::from_secs(60)),
         5,
         "the issue went out once the folder was back"
     );
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    let out = daemon.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    daemon.sigterm();
+    let (code, stderr) = daemon.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("does not exist"), "{stderr}");
     assert!(stderr.contains("retry_in"), "{stderr}");
     assert_eq!(server.received().len(), 5, "nobody twice");
