@@ -100,14 +100,11 @@ pub async fn serve_on(
             }
             continue;
         };
-        // The peer address, for handlers that need it (the signup limits per client IP).
-        let app = app
-            .clone()
-            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let app = app.clone();
         let limits = (web.header_timeout, web.idle_timeout);
         let shutting_down = shutting_down.clone();
         tokio::spawn(async move {
-            connection(stream, app, limits, shutting_down).await;
+            connection(stream, peer, app, limits, shutting_down).await;
             debug!(%peer, "connection closed");
             drop(permit);
         });
@@ -150,6 +147,7 @@ fn limit_bodies(app: Router, max: usize) -> Router {
 /// the server stops.
 async fn connection(
     stream: TcpStream,
+    peer: SocketAddr,
     app: Router,
     (header_timeout, idle_timeout): (Duration, Duration),
     mut shutting_down: watch::Receiver<bool>,
@@ -162,7 +160,11 @@ async fn connection(
         last_io: last_io.clone(),
     });
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        app.clone().oneshot(req.map(Body::new))
+        let mut req = req.map(Body::new);
+        // The peer address, for handlers that need it (the signup limits per client IP).
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        app.clone().oneshot(req)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
