@@ -1,30 +1,41 @@
-//! The DATA content of an SMTP transaction (RFC 5321 §4.5.2): every line that starts with a
-//! dot gets another, a bare LF becomes CRLF, and the content ends with CRLF and the lone
-//! dot. One memchr pass finds the line ends; the text between them is copied in bulk,
-//! straight from the message's segments into the buffer that is written to the server.
+//! The DATA content of an SMTP transaction: the message in its transparent form
+//! ([`crate::mail::transparent`]), ending with CRLF and the lone dot. The shared body
+//! chunks come already in that form (made once per issue); only a copy's own header block
+//! and link are scanned here. Everything is copied straight into the buffer that is written
+//! to the server.
 
 use std::fmt;
 
 use crate::mail::outgoing::OutgoingMessage;
+use crate::mail::transparent::write_transparent;
 
 /// A message's DATA content, terminator included. lettre's connection writes any
 /// `Display` command in one write, so sending this as a command sends the content without
 /// lettre's byte-by-byte transparency encoder and without a second copy of the body.
 pub struct DataContent<'a> {
-    segments: Vec<&'a str>,
+    /// Each piece of text, with its transparent form when it was made in advance (valid
+    /// only where the piece starts a line).
+    segments: Vec<(&'a str, Option<&'a str>)>,
 }
 
 impl<'a> DataContent<'a> {
     pub fn new(message: &'a OutgoingMessage) -> Self {
         DataContent {
-            segments: message.segments().filter(|s| !s.is_empty()).collect(),
+            segments: message
+                .data_segments()
+                .filter(|(s, _)| !s.is_empty())
+                .collect(),
         }
     }
 
     /// From any sequence of text pieces forming one message.
     pub fn from_segments(segments: impl IntoIterator<Item = &'a str>) -> Self {
         DataContent {
-            segments: segments.into_iter().filter(|s| !s.is_empty()).collect(),
+            segments: segments
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| (s, None))
+                .collect(),
         }
     }
 }
@@ -33,31 +44,14 @@ impl fmt::Display for DataContent<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The byte before the current position: a line starts after LF (and at the start).
         let mut prev = b'\n';
-        for segment in &self.segments {
-            let bytes = segment.as_bytes();
-            let mut start = 0;
-            if prev == b'\n' && bytes[0] == b'.' {
-                f.write_str(".")?;
-            }
-            for lf in memchr::memchr_iter(b'\n', bytes) {
-                let cr_before = if lf == 0 {
-                    prev == b'\r'
-                } else {
-                    bytes[lf - 1] == b'\r'
-                };
-                if cr_before {
-                    f.write_str(&segment[start..=lf])?;
-                } else {
-                    f.write_str(&segment[start..lf])?;
-                    f.write_str("\r\n")?;
+        for &(text, ready) in &self.segments {
+            prev = match ready {
+                Some(transparent) if prev == b'\n' => {
+                    f.write_str(transparent)?;
+                    text.as_bytes()[text.len() - 1]
                 }
-                start = lf + 1;
-                if bytes.get(start) == Some(&b'.') {
-                    f.write_str(".")?;
-                }
-            }
-            f.write_str(&segment[start..])?;
-            prev = bytes[bytes.len() - 1];
+                _ => write_transparent(f, text, prev)?,
+            };
         }
         if prev == b'\n' {
             f.write_str(".\r\n")
@@ -66,7 +60,6 @@ impl fmt::Display for DataContent<'_> {
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +85,38 @@ mod tests {
         assert_eq!(stuffed(&["a\n", ".b"]), "a\r\n..b\r\n.\r\n");
         assert_eq!(stuffed(&["", "x", ""]), "x\r\n.\r\n");
         assert_eq!(stuffed(&[]), ".\r\n");
+    }
+
+    #[test]
+    fn a_message_sends_the_same_bytes_as_its_segments_stuffed_on_the_fly() {
+        use crate::mail::outgoing::{BodyLayout, OutgoingMessage};
+        use lettre::address::Envelope;
+        // Shared chunks that start with dots, right after a link and after the header block.
+        let text = vec![".first\r\n".to_string(), "..second\r\n.\r\n".to_string()];
+        let html = vec!["<p>\r\n.x".to_string(), ".y\r\n".to_string()];
+        let body = std::sync::Arc::new(BodyLayout::new("b", &text, &html));
+        let envelope = Envelope::new(
+            Some("a@example.com".parse().unwrap()),
+            vec!["b@example.com".parse().unwrap()],
+        )
+        .unwrap();
+        for link in ["https://x.example/u?t=1=\r\n", "no-line-end", ".dot\n"] {
+            let message = OutgoingMessage::new(
+                envelope.clone(),
+                "Subject: s\r\n\r\n".into(),
+                link.into(),
+                body.clone(),
+            );
+            let on_the_fly = DataContent::from_segments(message.segments()).to_string();
+            assert_eq!(
+                DataContent::new(&message).to_string(),
+                on_the_fly,
+                "{link:?}"
+            );
+            assert!(on_the_fly.contains("\r\n..first"), "{on_the_fly:?}");
+            // A chunk after a link is stuffed only where the link ends its line.
+            assert_eq!(on_the_fly.contains("\n...second"), link.ends_with('\n'));
+        }
     }
 
     #[test]

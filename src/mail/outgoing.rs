@@ -10,6 +10,7 @@ use std::sync::Arc;
 use lettre::address::Envelope;
 
 use crate::mail::dkim_sign::{BodyHash, PreCanonical};
+use crate::mail::transparent;
 
 /// The soft line break of quoted-printable: lets encoded pieces be joined anywhere.
 const SOFT_BREAK: &str = "=\r\n";
@@ -21,6 +22,9 @@ pub struct BodyLayout {
     text: String,
     /// Byte ranges of the chunks in `text`; each starts at a line start.
     chunks: Vec<std::ops::Range<usize>>,
+    /// Each chunk in SMTP's transparent form (leading dots doubled), made once per issue
+    /// so a copy's DATA only scans its own header block and link.
+    transparent: Vec<String>,
     ascii: bool,
 }
 
@@ -65,9 +69,14 @@ impl BodyLayout {
         text.push_str("--\r\n");
         chunks.push(start..text.len());
         let ascii = text.is_ascii();
+        let transparent = chunks
+            .iter()
+            .map(|r| transparent::at_line_start(&text[r.clone()]))
+            .collect();
         BodyLayout {
             text,
             chunks,
+            transparent,
             ascii,
         }
     }
@@ -161,6 +170,24 @@ impl OutgoingMessage {
                 .chunks()
                 .enumerate()
                 .flat_map(move |(i, c)| [if i == 0 { "" } else { link }, c]),
+        )
+    }
+
+    /// The message as consecutive pieces, each with its SMTP-transparent form when that
+    /// was made once per issue (the shared chunks, valid where they start a line).
+    pub fn data_segments(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        let link = self.link.as_str();
+        std::iter::once((self.head.as_str(), None)).chain(
+            self.body
+                .chunks()
+                .zip(&self.body.transparent)
+                .enumerate()
+                .flat_map(move |(i, (c, t))| {
+                    [
+                        (if i == 0 { "" } else { link }, None),
+                        (c, Some(t.as_str())),
+                    ]
+                }),
         )
     }
 
