@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::halt::{Fault, Sentinel};
+use crate::store::checkpoint::Checkpointer;
 use crate::store::ledger::{self, Outcome};
 use crate::store::{self, IssueNumber, SubscriberId};
 
@@ -31,6 +32,10 @@ pub(super) enum WriteOp {
 /// transaction. It also bounds how long the writer holds the database's write lock.
 const GROUP_COMMIT: Duration = Duration::from_millis(20);
 
+/// How often the checkpoint thread copies the WAL back into the database during a send
+/// (at 3,700 msgs/s the ledger adds a few MB of WAL in that time).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
 /// Starts the writer thread on its own connection to `db_path`. Its failure (an error or
 /// a panic) is raised on `fault` with a message naming the cause.
 pub(super) fn spawn(
@@ -50,7 +55,11 @@ pub(super) fn spawn(
             let sentinel = Sentinel::new(fault.clone(), "the ledger writer stopped unexpectedly");
             let result = store::open(&db_path)
                 .map_err(anyhow::Error::from)
-                .and_then(|conn| writer_loop(conn, issue, max_attempts, hygiene, rx));
+                .and_then(|conn| {
+                    // Copies the WAL back ahead of the writer's own checkpoints (see there).
+                    let _checkpointer = Checkpointer::spawn(&db_path, CHECKPOINT_EVERY)?;
+                    writer_loop(conn, issue, max_attempts, hygiene, rx)
+                });
             let result = result.map_err(|e| explain(e, &db_path));
             if let Err(e) = &result {
                 fault.raise(format!("{e:#}"));

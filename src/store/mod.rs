@@ -2,10 +2,12 @@
 //! daemon and the CLI, whose schema is brought up to date by numbered migrations (the `.sql`
 //! files in `migrations/`) every time it is opened. The other stages call typed functions:
 //! [`subscribers`] (the list), [`csv`] (import and export), [`ledger`] (issues and
-//! deliveries) and [`lock`] (one daemon, one sender). Opening never creates a database:
+//! deliveries, with [`checkpoint`] copying the WAL back ahead of their writer) and [`lock`] (one
+//! daemon, one sender). Opening never creates a database:
 //! [`open`] needs an existing, intact one; [`create`] is the explicit act, and [`health`]
 //! checks a file before trusting it and copies it for backups.
 
+pub mod checkpoint;
 pub mod csv;
 pub mod events;
 pub mod export;
