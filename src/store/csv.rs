@@ -4,7 +4,7 @@ pub use super::export::{export_csv, neutralise_cell, restore_cell, ExportError};
 
 use std::io::Read;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::subscribers::{now, StoreError, SubscriberSource, SubscriberStatus, UPDATE_SUBSCRIBER};
 use crate::mail::address::{AddressError, SubscriberEmail, SubscriberName};
@@ -339,7 +339,6 @@ fn import_rows<R: Read>(
                 }
             }
         }
-        tx.execute_batch("DELETE FROM temp.import_seen")?;
     }
     summary.committed = !options.dry_run && (summary.rejected == 0 || options.skip_invalid);
     if summary.committed {
@@ -361,8 +360,47 @@ enum Applied {
     },
     /// The address already appeared on line `first` of this file.
     Duplicate {
-        first: i64,
+        first: u64,
     },
+}
+
+/// The line on which this import first named each subscriber row. Row ids are dense (a new
+/// row takes the highest id plus one), so a vector indexed by id holds them in 4 bytes a
+/// row; an id beyond its reach, or a line beyond `u32`, goes to the map instead.
+#[derive(Default)]
+struct SeenLines {
+    dense: Vec<u32>,
+    sparse: std::collections::HashMap<i64, u64>,
+}
+
+impl SeenLines {
+    /// Ids below this live in `dense`: 32 MB at most, and only as far as the ids reach.
+    const DENSE_IDS: i64 = 1 << 23;
+
+    fn get(&self, id: i64) -> Option<u64> {
+        let dense = usize::try_from(id)
+            .ok()
+            .and_then(|i| self.dense.get(i))
+            .filter(|&&line| line != 0);
+        match dense {
+            Some(&line) => Some(u64::from(line)),
+            None => self.sparse.get(&id).copied(),
+        }
+    }
+
+    fn insert(&mut self, id: i64, line: u64) {
+        match (u32::try_from(line), usize::try_from(id)) {
+            (Ok(short), Ok(i)) if short != 0 && id < Self::DENSE_IDS => {
+                if i >= self.dense.len() {
+                    self.dense.resize((i + 1).next_power_of_two(), 0);
+                }
+                self.dense[i] = short;
+            }
+            _ => {
+                self.sparse.insert(id, line);
+            }
+        }
+    }
 }
 
 /// The statements an import runs for each row, prepared once inside its transaction.
@@ -370,8 +408,8 @@ struct RowWriter<'tx> {
     find: rusqlite::CachedStatement<'tx>,
     insert: rusqlite::CachedStatement<'tx>,
     update: rusqlite::CachedStatement<'tx>,
-    seen_line: rusqlite::CachedStatement<'tx>,
-    mark_seen: rusqlite::CachedStatement<'tx>,
+    /// Which subscriber rows this import has touched already, and from which line.
+    seen: SeenLines,
     last_id: Box<dyn Fn() -> i64 + 'tx>,
     /// One timestamp for the whole import: it is one transaction, it happens at once.
     stamp: String,
@@ -380,15 +418,6 @@ struct RowWriter<'tx> {
 
 impl<'tx> RowWriter<'tx> {
     fn prepare(tx: &'tx rusqlite::Transaction<'_>, resubscribe: bool) -> rusqlite::Result<Self> {
-        // Which subscriber rows this import has already touched, and from which line: the
-        // duplicate check lives in SQLite so a million-row file needs no in-memory set.
-        tx.execute_batch(
-            "CREATE TEMP TABLE IF NOT EXISTS import_seen (
-                 subscriber_id INTEGER PRIMARY KEY,
-                 line INTEGER NOT NULL
-             );
-             DELETE FROM temp.import_seen;",
-        )?;
         Ok(RowWriter {
             find: tx
                 .prepare_cached("SELECT id, name, status FROM subscribers WHERE email_norm = ?1")?,
@@ -400,11 +429,7 @@ impl<'tx> RowWriter<'tx> {
                  ON CONFLICT (email_norm) DO NOTHING",
             )?,
             update: tx.prepare_cached(UPDATE_SUBSCRIBER)?,
-            seen_line: tx
-                .prepare_cached("SELECT line FROM temp.import_seen WHERE subscriber_id = ?1")?,
-            mark_seen: tx.prepare_cached(
-                "INSERT INTO temp.import_seen (subscriber_id, line) VALUES (?1, ?2)",
-            )?,
+            seen: SeenLines::default(),
             last_id: Box::new(move || tx.last_insert_rowid()),
             stamp: store::timestamp(now()),
             resubscribe,
@@ -432,7 +457,7 @@ impl<'tx> RowWriter<'tx> {
             row.signup_ip,
         ])?;
         if inserted == 1 {
-            self.mark_seen.execute(params![(self.last_id)(), line])?;
+            self.seen.insert((self.last_id)(), line);
             return Ok(Applied::Added);
         }
         let (id, old_name, old_status) = self.find.query_row([&norm], |r| {
@@ -442,14 +467,10 @@ impl<'tx> RowWriter<'tx> {
                 r.get::<_, SubscriberStatus>(2)?,
             ))
         })?;
-        if let Some(first) = self
-            .seen_line
-            .query_row([id], |r| r.get::<_, i64>(0))
-            .optional()?
-        {
+        if let Some(first) = self.seen.get(id) {
             return Ok(Applied::Duplicate { first });
         }
-        self.mark_seen.execute(params![id, line])?;
+        self.seen.insert(id, line);
         self.merge(id, name, old_name.as_deref(), row.status, old_status)
     }
 
@@ -504,6 +525,31 @@ mod tests {
         })
         .unwrap();
         (summary, rejected)
+    }
+
+    #[test]
+    fn seen_lines_remember_the_first_line_of_every_id_dense_or_not() {
+        let mut seen = SeenLines::default();
+        let far = SeenLines::DENSE_IDS + 5;
+        for (id, line) in [
+            (1, 2),
+            (1_000, 7),
+            (far, 9),
+            (-3, 4),
+            (12, u64::from(u32::MAX) + 1),
+        ] {
+            assert_eq!(seen.get(id), None);
+            seen.insert(id, line);
+            assert_eq!(seen.get(id), Some(line));
+        }
+        assert_eq!(
+            (seen.get(2), seen.get(999), seen.get(far - 1)),
+            (None, None, None)
+        );
+        assert!(
+            seen.dense.len() < 2048,
+            "dense only as far as the ids reach"
+        );
     }
 
     #[test]
