@@ -129,6 +129,8 @@ pub struct PlannedIssue<'a> {
     pub slot: DateTime<Utc>,
     pub window: Window,
     pub comparisons: Vec<&'a Comparison>,
+    /// The number the issue has or would get: its "View in browser" page is /issues/N/.
+    pub number: IssueNumber,
 }
 
 /// Plans the issue for the slot at or before `at`, against the ledger when there is one.
@@ -145,10 +147,18 @@ fn plan_issue<'a>(
         ));
     };
     let (window, comparisons) = crate::issue::plan(conn, comparisons, slot)?;
+    let number = match conn {
+        Some(conn) => match crate::store::ledger::issue_by_slot(conn, slot)? {
+            Some(issue) => issue.number,
+            None => crate::store::ledger::next_issue_number(conn)?,
+        },
+        None => IssueNumber(1),
+    };
     Ok(PlannedIssue {
         slot,
         window,
         comparisons,
+        number,
     })
 }
 
@@ -217,8 +227,13 @@ pub fn plan_preview<'a>(
         else {
             return user_error("the schedule has no slot after the latest comparison");
         };
-        // That week as it was published, whether or not it has gone out since.
-        plan = plan_issue(config, None, comparisons, slot)?;
+        // That week as it was published, whether or not it has gone out since, under the
+        // number it has or would get.
+        let number = plan_issue(config, conn.as_ref(), comparisons, slot)?.number;
+        plan = PlannedIssue {
+            number,
+            ..plan_issue(config, None, comparisons, slot)?
+        };
         println!(
             "Previewing the latest week that has content instead: the issue for {}.",
             describe_slot(config, plan.slot)
@@ -235,7 +250,7 @@ fn preview(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> anyho
     let plan = plan_preview(config, &comparisons, at)?;
     let digest = render::render_issue(config, &plan.comparisons, plan.slot)?;
     let (key, real_key) = preview_key(config);
-    let files = write_preview(config, &digest, plan.slot, key, dkim.clone(), out)?;
+    let files = write_preview(config, &digest, &plan, key, dkim.clone(), out)?;
 
     println!("Issue:       {}", describe_slot(config, plan.slot));
     println!("Subject:     {}", digest.subject);
@@ -270,16 +285,18 @@ struct PreviewFiles {
 fn write_preview(
     config: &Config,
     digest: &RenderedDigest,
-    slot: DateTime<Utc>,
+    plan: &PlannedIssue<'_>,
     key: TokenKey,
     dkim: Option<crate::mail::dkim::DkimSigner>,
     out: &Path,
 ) -> anyhow::Result<PreviewFiles> {
     let sample = Recipient::sample();
-    let messages = IssueMessages::new(&config.newsletter, IssueNumber(0), slot, digest, key)
+    let messages = IssueMessages::new(&config.newsletter, plan.number, plan.slot, digest, key)
         .with_dkim(dkim)
         .with_inbound(config.inbound.address.as_deref());
     let url = messages.unsubscribe_url(&sample);
+    // As the sample reader gets it: "View in browser" names the issue's archive page.
+    let digest = digest.for_issue(&config.newsletter.base_url, plan.number.get());
     let html = digest.html_for(&url);
     let text = digest.text_for(&url);
     let eml = messages.build(&sample)?.formatted();

@@ -435,7 +435,9 @@ pub fn site_links(
             .strip_prefix("issues/")
             .map(|n| n.trim_end_matches('/'))
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        if ENDPOINTS.contains(&first) || own_issue_page || pages.contains(path) {
+        // A page is linked as `slug/` (its folder) or `slug` (which the server redirects).
+        let page = path.trim_end_matches('/');
+        if ENDPOINTS.contains(&first) || own_issue_page || pages.contains(page) {
             continue;
         }
         if !missing.contains(&url) {

@@ -179,9 +179,9 @@ impl From<StoredDigest> for RenderedDigest {
     }
 }
 
-/// The public page of a comparison.
+/// The public page of a comparison: its folder, so a reader's click needs no redirect.
 pub fn comparison_url(base_url: &str, slug: &str) -> String {
-    format!("{base_url}/{slug}")
+    format!("{base_url}/{slug}/")
 }
 
 /// Community votes grouped in thousands, or "—" when nobody has voted yet.

@@ -25,6 +25,19 @@ fn preview_writes_the_three_files_for_the_bundled_week() {
     assert!(html.contains("Mistral 3 Small (22B)"));
     assert!(text.contains("SmolVLM 2.5"));
     assert!(html.contains("/unsubscribe?token=0."));
+    // "View in browser" names the archive page the first issue will have, in every file.
+    let eml_text = String::from_utf8_lossy(&eml);
+    for (name, body) in [
+        ("html", &html),
+        ("text", &text),
+        ("eml", &eml_text.to_string()),
+    ] {
+        assert!(
+            body.contains("https://verdicts.example.com/issues/1/"),
+            "{name}"
+        );
+        assert!(!body.contains("placeholder.invalid"), "{name}");
+    }
     let parsed = mailparse::parse_mail(&eml).unwrap();
     assert_eq!(parsed.ctype.mimetype, "multipart/alternative");
 }

@@ -593,3 +593,33 @@ fn a_subscriber_who_leaves_mid_send_is_not_mailed() {
     assert!(!counts.contains_key("reader3@example.com"));
     assert_eq!(deliveries(&site)["reader3@example.com"].0, "skipped");
 }
+
+#[test]
+fn preview_after_a_send_links_the_issues_own_archive_page_or_the_next() {
+    let server = TestSmtp::start();
+    let site = site_with_subscribers(2, TestConfig::default().smtp_port(server.port()));
+    send(&site).success();
+    let view_link = |at: &str| {
+        site.cmd()
+            .args(["preview", "--at", at, "--out", "o"])
+            .assert()
+            .success();
+        let html = std::fs::read_to_string(site.path().join("o/digest.html")).unwrap();
+        let start = html.find("https://verdicts.example.com/issues/").unwrap();
+        html[start..].split('"').next().unwrap().to_owned()
+    };
+    // Nothing new: the preview falls back to the week just sent, which is issue 1.
+    assert_eq!(view_link(AT), "https://verdicts.example.com/issues/1/");
+    // One comparison for the following week: that issue will be number 2.
+    let slug = "gemini-2-5-flash-lite-vs-ml-intern";
+    let again = std::fs::read_to_string(site.comparisons().join(format!("{slug}.md")))
+        .unwrap()
+        .replace(&format!("slug: {slug}"), &format!("slug: {slug}-again"))
+        .replace("vs ml-intern\"", "vs ml-intern, again\"")
+        .replace("published: 2026-11-18T", "published: 2026-11-25T");
+    std::fs::write(site.comparisons().join(format!("{slug}-again.md")), again).unwrap();
+    assert_eq!(
+        view_link("2026-11-30T09:00:00Z"),
+        "https://verdicts.example.com/issues/2/"
+    );
+}

@@ -81,7 +81,7 @@ fn every_seed_fact_appears_in_both_parts() {
                 t.entry
             );
         }
-        let url = format!("https://verdicts.example.com/{}", c.slug);
+        let url = format!("https://verdicts.example.com/{}/", c.slug);
         assert!(
             html.contains(&format!("href=\"{url}\"")),
             "HTML lacks link {url}"

@@ -659,7 +659,23 @@ fn serve_answers_with_the_built_site_its_types_caching_and_404() {
 
     let page = get(&format!("/{slug}/"));
     assert_eq!(page.status(), 200);
-    // The digest links `base_url/slug`: it is redirected to the page's folder.
+    // Every comparison the digest links answers at once, without a redirect.
+    site.cmd()
+        .args(["preview", "--at", AT, "--out", "o"])
+        .assert()
+        .success();
+    let digest = std::fs::read_to_string(site.path().join("o/digest.html")).unwrap();
+    let pages: HashSet<&str> = digest
+        .split("href=\"https://verdicts.example.com/")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|path| !path.starts_with("unsubscribe") && !path.starts_with("issues/"))
+        .collect();
+    assert_eq!(pages.len(), 5, "{pages:?}");
+    for path in pages {
+        assert_eq!(get(&format!("/{path}")).status(), 200, "{path}");
+    }
+    // A bare `base_url/slug` (typed, or from an older digest) is sent to the page's folder.
     let bare = get(&format!("/{slug}"));
     assert!(bare.status().is_redirection(), "{}", bare.status());
     assert!(header(&bare, "location").ends_with(&format!("/{slug}/")));
