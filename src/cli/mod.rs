@@ -147,18 +147,27 @@ fn plan_issue<'a>(
         ));
     };
     let (window, comparisons) = crate::issue::plan(conn, comparisons, slot)?;
-    let number = match conn {
-        Some(conn) => match crate::store::ledger::issue_by_slot(conn, slot)? {
-            Some(issue) => issue.number,
-            None => crate::store::ledger::next_issue_number(conn)?,
-        },
-        None => IssueNumber(1),
-    };
     Ok(PlannedIssue {
         slot,
         window,
         comparisons,
-        number,
+        number: issue_number(conn, slot)?,
+    })
+}
+
+/// The number of the slot's issue: the one in the ledger, else the next free one (1 without
+/// a ledger).
+fn issue_number(
+    conn: Option<&rusqlite::Connection>,
+    slot: DateTime<Utc>,
+) -> anyhow::Result<IssueNumber> {
+    use crate::store::ledger;
+    let Some(conn) = conn else {
+        return Ok(IssueNumber(1));
+    };
+    Ok(match ledger::issue_by_slot(conn, slot)? {
+        Some(issue) => issue.number,
+        None => ledger::next_issue_number(conn)?,
     })
 }
 
@@ -229,9 +238,8 @@ pub fn plan_preview<'a>(
         };
         // That week as it was published, whether or not it has gone out since, under the
         // number it has or would get.
-        let number = plan_issue(config, conn.as_ref(), comparisons, slot)?.number;
         plan = PlannedIssue {
-            number,
+            number: issue_number(conn.as_ref(), slot)?,
             ..plan_issue(config, None, comparisons, slot)?
         };
         println!(

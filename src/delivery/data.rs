@@ -60,6 +60,7 @@ impl fmt::Display for DataContent<'_> {
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
