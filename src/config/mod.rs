@@ -313,7 +313,7 @@ impl Config {
         let inbound = raw
             .inbound
             .unwrap_or_default()
-            .validate()
+            .validate(|p| check.resolve(p))
             .map_err(|(field, reason)| check.invalid(field, reason))?;
         let signup = SignupConfig::from_raw(raw.signup, |f, r| check.invalid(f, r))?;
         Ok(Config {

@@ -1,6 +1,7 @@
 //! The `inbound` section of the config file: the address bounces and mailto unsubscribes
 //! come back to, and the list-hygiene thresholds.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -35,6 +36,10 @@ struct RawImap {
     processed_folder: String,
     #[serde(default = "default_poll")]
     poll: String,
+    /// Certificates (PEM) to trust besides the public roots: a private CA or the server's
+    /// own self-signed certificate.
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 fn default_imap_password_env() -> String {
@@ -64,6 +69,8 @@ pub struct ImapConfig {
     /// Where a message goes once its result is committed.
     pub processed_folder: String,
     pub poll: Duration,
+    /// Extra trusted certificates for `tls`/`starttls`, resolved against the config's folder.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,7 +101,11 @@ pub struct InboundConfig {
 
 impl RawInbound {
     /// Validates the section; errors name the field (under `inbound.`) and the reason.
-    pub fn validate(self) -> Result<InboundConfig, (&'static str, String)> {
+    /// `resolve` turns a path from the file into one relative to the file's folder.
+    pub fn validate(
+        self,
+        resolve: impl Fn(&Path) -> PathBuf,
+    ) -> Result<InboundConfig, (&'static str, String)> {
         let address = match self.address {
             None => None,
             Some(a) => {
@@ -155,6 +166,7 @@ impl RawInbound {
                     folder: i.folder,
                     processed_folder: i.processed_folder,
                     poll,
+                    ca_file: i.ca_file.as_deref().map(resolve),
                 })
             }
         };
@@ -173,7 +185,7 @@ mod tests {
     fn validate(yaml: &str) -> Result<InboundConfig, (&'static str, String)> {
         serde_yaml::from_str::<RawInbound>(yaml)
             .expect("parses")
-            .validate()
+            .validate(|p| Path::new("/srv/news").join(p))
     }
 
     #[test]
@@ -196,6 +208,12 @@ mod tests {
         );
         assert_eq!(imap.poll, Duration::from_secs(300));
         assert_eq!(imap.password_env, "VERDICTS_IMAP_PASSWORD");
+        assert_eq!(imap.ca_file, None);
+        let c = validate("imap: {host: h, port: 993, tls: tls, username: b, ca_file: ca.pem}\n");
+        assert_eq!(
+            c.unwrap().imap.unwrap().ca_file.as_deref(),
+            Some(Path::new("/srv/news/ca.pem"))
+        );
     }
 
     #[test]

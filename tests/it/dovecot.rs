@@ -11,6 +11,8 @@ pub const USER: &str = "bounces";
 
 pub struct Dovecot {
     pub port: u16,
+    /// The implicit-TLS (IMAPS) port, when started with a certificate.
+    pub tls_port: Option<u16>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -21,6 +23,15 @@ impl Dovecot {
     /// Starts Dovecot with one user, `bounces`, whose password is `password`. `None` (after
     /// a notice) when Dovecot is not installed outside CI.
     pub fn start(password: &str) -> Option<Dovecot> {
+        Self::start_with(password, None)
+    }
+
+    /// Like [`Dovecot::start`], with IMAPS on a second port serving `cert` and `key` (PEM).
+    pub fn start_with_tls(password: &str, cert: &Path, key: &Path) -> Option<Dovecot> {
+        Self::start_with(password, Some((cert, key)))
+    }
+
+    fn start_with(password: &str, tls: Option<(&Path, &Path)>) -> Option<Dovecot> {
         if !Path::new(BINARY).exists() {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -49,6 +60,24 @@ impl Dovecot {
         )
         .unwrap();
         let port = crate::smtp::closed_port();
+        let tls_port = tls.map(|_| crate::smtp::closed_port());
+        // The plain listener stays for the test's own mailbox access.
+        let (ssl, imaps) = match (tls, tls_port) {
+            (Some((cert, key)), Some(tls_port)) => {
+                for (from, to) in [(cert, "cert.pem"), (key, "key.pem")] {
+                    std::fs::copy(from, d.join(to)).unwrap();
+                    set_mode(&d.join(to), 0o644);
+                }
+                (
+                    format!(
+                        "ssl = yes\nssl_cert = <{0}/cert.pem\nssl_key = <{0}/key.pem",
+                        d.display()
+                    ),
+                    format!("address = 127.0.0.1\n    port = {tls_port}\n    ssl = yes"),
+                )
+            }
+            _ => ("ssl = no".to_string(), "port = 0".to_string()),
+        };
         let root = d.display();
         std::fs::write(
             d.join("dovecot.conf"),
@@ -58,7 +87,7 @@ state_dir = {root}/run/state
 log_path = {root}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_internal_user = {user}
@@ -81,7 +110,7 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    {imaps}
   }}
 }}
 service anvil {{
@@ -109,16 +138,19 @@ service stats {{
             .unwrap();
         let dovecot = Dovecot {
             port,
+            tls_port,
             child,
             _dir: dir,
         };
         let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "dovecot did not listen on {port}; see its log"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        for port in std::iter::once(port).chain(tls_port) {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "dovecot did not listen on {port}; see its log"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         Some(dovecot)
     }

@@ -758,6 +758,96 @@ fn imap_setup() -> Option<(Dovecot, Mailbox, TestSmtp, TempSite, Vec<Received>)>
     Some((dovecot, mailbox, server, site, week1))
 }
 
+/// A private certificate authority and a server certificate for 127.0.0.1 that it signed,
+/// made with the openssl command: (CA certificate, server certificate, server key).
+fn private_ca(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(
+        p("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    for step in [
+        format!(
+            "req -x509 -days 2 -subj /CN=TestMailCA {ec} -keyout {} -out {}",
+            p("ca-key.pem"),
+            p("ca.pem")
+        ),
+        format!(
+            "req -subj /CN=127.0.0.1 {ec} -keyout {} -out {}",
+            p("key.pem"),
+            p("server.csr")
+        ),
+        format!(
+            "x509 -req -days 2 -CAcreateserial -in {} -CA {} -CAkey {} -extfile {} -out {}",
+            p("server.csr"),
+            p("ca.pem"),
+            p("ca-key.pem"),
+            p("server.ext"),
+            p("cert.pem")
+        ),
+    ] {
+        let made = std::process::Command::new("openssl")
+            .args(step.split(' '))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(made.success(), "openssl {step} failed");
+    }
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+#[test]
+fn a_mailbox_behind_tls_with_a_private_certificate_is_read_once_it_is_trusted() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_ca(certs.path());
+    let Some(dovecot) = Dovecot::start_with_tls(TEST_SECRET, &cert, &key) else {
+        return;
+    };
+    let mailbox = Mailbox::new(&dovecot, TEST_SECRET);
+    let server = TestSmtp::start();
+    let site = imap_site(server.port(), &dovecot);
+    site.edit_config(|t| {
+        t.replace(
+            &format!("port: {}\n    tls: none", dovecot.port),
+            &format!("port: {}\n    tls: tls", dovecot.tls_port.unwrap()),
+        )
+    });
+    let week1 = send_week(&site, &server, 0);
+    let dead = to(&week1, "dead@example.net");
+    let bounce = dsn(&dead.mail_from, "dead@example.net", "failed", "5.1.1");
+    mailbox.append("INBOX", bounce.as_bytes());
+
+    // Only the public roots are trusted: the server's certificate is refused, nothing read.
+    let out = site.cmd().args(["inbound", "--imap"]).assert().failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("certificate"), "{err}");
+    assert_eq!(mailbox.count("INBOX"), 1);
+
+    // Trusted through inbound.imap.ca_file (relative to the config file): read and filed.
+    std::fs::copy(&ca, site.path().join("imap-ca.pem")).unwrap();
+    site.edit_config(|t| t.replace("    poll: 1s\n", "    poll: 1s\n    ca_file: imap-ca.pem\n"));
+    site.cmd().args(["inbound", "--imap"]).assert().success();
+    assert_eq!(mailbox.count("Processed"), 1);
+    assert_eq!(statuses(&site)["dead@example.net"], "bounced");
+
+    // A file without a certificate is named in the error.
+    std::fs::write(site.path().join("imap-ca.pem"), "not a certificate\n").unwrap();
+    let out = site.cmd().args(["inbound", "--imap"]).assert().failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        err.contains("inbound.imap.ca_file") && err.contains("imap-ca.pem"),
+        "{err}"
+    );
+}
+
 #[test]
 fn the_daemon_reads_a_hosted_mailbox_once_and_files_what_it_read() {
     let Some((_dovecot, mailbox, _smtp, site, week1)) = imap_setup() else {
