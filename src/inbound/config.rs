@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 
 use crate::config::TlsMode;
@@ -69,8 +71,9 @@ pub struct ImapConfig {
     /// Where a message goes once its result is committed.
     pub processed_folder: String,
     pub poll: Duration,
-    /// Extra trusted certificates for `tls`/`starttls`, resolved against the config's folder.
-    pub ca_file: Option<PathBuf>,
+    /// Certificates trusted besides the public roots for `tls`/`starttls`, read from
+    /// `ca_file` when the config is loaded.
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,7 +169,11 @@ impl RawInbound {
                     folder: i.folder,
                     processed_folder: i.processed_folder,
                     poll,
-                    ca_file: i.ca_file.as_deref().map(resolve),
+                    extra_roots: match i.ca_file {
+                        None => vec![],
+                        Some(file) => read_roots(&resolve(&file))
+                            .map_err(|reason| ("inbound.imap.ca_file", reason))?,
+                    },
                 })
             }
         };
@@ -176,6 +183,24 @@ impl RawInbound {
             imap,
         })
     }
+}
+
+/// The certificates of a PEM file: at least one, or why not (naming the file).
+fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown} holds no PEM certificate"));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for cert in &certs {
+        store
+            .add(cert.clone())
+            .map_err(|e| format!("{shown}: not a usable certificate: {e}"))?;
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]
@@ -208,11 +233,26 @@ mod tests {
         );
         assert_eq!(imap.poll, Duration::from_secs(300));
         assert_eq!(imap.password_env, "VERDICTS_IMAP_PASSWORD");
-        assert_eq!(imap.ca_file, None);
-        let c = validate("imap: {host: h, port: 993, tls: tls, username: b, ca_file: ca.pem}\n");
-        assert_eq!(
-            c.unwrap().imap.unwrap().ca_file.as_deref(),
-            Some(Path::new("/srv/news/ca.pem"))
+        assert!(imap.extra_roots.is_empty());
+    }
+
+    #[test]
+    fn a_ca_file_is_read_relative_to_the_config_and_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "imap: {host: h, port: 993, tls: tls, username: b, ca_file: ca.pem}\n";
+        let validate_in = || {
+            serde_yaml::from_str::<RawInbound>(yaml)
+                .unwrap()
+                .validate(|p| dir.path().join(p))
+        };
+        let (field, reason) = validate_in().unwrap_err();
+        assert_eq!(field, "inbound.imap.ca_file");
+        assert!(reason.contains("ca.pem"), "{reason}");
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+        let (_, reason) = validate_in().unwrap_err();
+        assert!(
+            reason.ends_with("ca.pem holds no PEM certificate"),
+            "{reason}"
         );
     }
 

@@ -31,8 +31,6 @@ pub enum ImapError {
     },
     #[error("`{0}` is not a host name TLS can check")]
     ServerName(String),
-    #[error("inbound.imap.ca_file {path}: {reason}")]
-    CaFile { path: String, reason: String },
     #[error("IMAP login as {user} failed: {source}")]
     Login {
         user: String,
@@ -42,25 +40,6 @@ pub enum ImapError {
     Imap(#[from] async_imap::error::Error),
     #[error("the state database: {0}")]
     Store(String),
-}
-
-/// The certificates of a PEM file, at least one.
-fn extra_roots(
-    path: &std::path::Path,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ImapError> {
-    use rustls::pki_types::pem::PemObject;
-    let fail = |reason: String| ImapError::CaFile {
-        path: path.display().to_string(),
-        reason,
-    };
-    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail("no PEM certificate in the file".into()));
-    }
-    Ok(certs)
 }
 
 /// What one poll did.
@@ -140,14 +119,8 @@ impl Mailbox {
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ImapError> {
         let mut roots =
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = &self.imap.ca_file {
-            for cert in extra_roots(path)? {
-                roots.add(cert).map_err(|e| ImapError::CaFile {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-            }
-        }
+        // Each was checked when the config was read.
+        roots.add_parsable_certificates(self.imap.extra_roots.iter().cloned());
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
