@@ -38,7 +38,7 @@ fn site(port: u16) -> TempSite {
 
 /// (state, last reply) of every delivery of issue 1, by email as stored.
 fn deliveries(site: &TempSite) -> HashMap<String, (String, Option<String>)> {
-    let conn = rusqlite::Connection::open(site.path().join("state/verdicts.db")).unwrap();
+    let conn = site.db();
     let mut stmt = conn
         .prepare(
             "SELECT s.email, d.state, d.last_reply FROM deliveries d
@@ -147,7 +147,7 @@ fn dry_run_writes_every_message_it_can_and_lists_the_rest() {
     let site = site(smtp::closed_port());
     // A row no current `subscribers add` would accept, as an older version or a hand edit
     // could have left it.
-    let conn = rusqlite::Connection::open(site.path().join("state/verdicts.db")).unwrap();
+    let conn = site.db();
     conn.execute(
         "INSERT INTO subscribers (email, email_norm, status, source, created_at, updated_at,
                                   signed_up_at)

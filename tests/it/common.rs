@@ -37,6 +37,16 @@ impl TempSite {
         self.dir.path()
     }
 
+    /// The site's state database.
+    pub fn db_path(&self) -> PathBuf {
+        self.path().join("state/verdicts.db")
+    }
+
+    /// A connection to the site's state database, for looking at what a command did.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.db_path()).unwrap()
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.path().join("config.yaml")
     }

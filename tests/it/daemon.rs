@@ -33,12 +33,8 @@ fn fast(smtp_port: u16) -> TestConfig {
         .schedule("*/2 * * * * *", "UTC")
 }
 
-fn db(site: &TempSite) -> rusqlite::Connection {
-    rusqlite::Connection::open(site.path().join("state/verdicts.db")).unwrap()
-}
-
 fn count(site: &TempSite, sql: &str) -> i64 {
-    db(site).query_row(sql, [], |r| r.get(0)).unwrap()
+    site.db().query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 fn message_ids(server: &TestSmtp) -> Vec<String> {

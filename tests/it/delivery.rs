@@ -29,13 +29,9 @@ pub(crate) fn send(site: &TempSite) -> assert_cmd::assert::Assert {
         .assert()
 }
 
-fn db(site: &TempSite) -> rusqlite::Connection {
-    rusqlite::Connection::open(site.path().join("state/verdicts.db")).unwrap()
-}
-
 /// (state, attempts) of every delivery of issue 1, by email.
 fn deliveries(site: &TempSite) -> HashMap<String, (String, u32)> {
-    let conn = db(site);
+    let conn = site.db();
     let mut stmt = conn
         .prepare(
             "SELECT s.email, d.state, d.attempts FROM deliveries d

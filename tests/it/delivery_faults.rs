@@ -43,7 +43,7 @@ fn a_relay_throttling_every_recipient_pauses_the_issue_and_it_completes_once_lif
             .smtp("retry_base", "50ms")
             .smtp("max_attempts", "3"),
     );
-    let db = site.path().join("state/verdicts.db");
+    let db = site.db_path();
     send(&site)
         .code(75)
         .stderr(predicate::str::contains("issue 1 paused"))
@@ -93,7 +93,7 @@ fn full_mailboxes_retry_alone_and_the_issue_completes_only_when_they_are_deliver
             .smtp("retry_base", "50ms")
             .smtp("max_attempts", "3"),
     );
-    let db = site.path().join("state/verdicts.db");
+    let db = site.db_path();
     // Every failure is counted, temporary ones too, and the issue is not complete.
     send(&site)
         .code(75)
@@ -329,6 +329,6 @@ fn the_daemon_resumes_a_throttled_issue_by_itself_once_the_relay_lifts() {
         "{logged}"
     );
     assert!(server.count_by_recipient().values().all(|&n| n == 1));
-    let d = deliveries(&site.path().join("state/verdicts.db"));
+    let d = deliveries(&site.db_path());
     assert!(d.values().all(|(s, _, _)| s == "sent"), "{d:?}");
 }

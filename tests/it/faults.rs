@@ -2,7 +2,7 @@
 //! issue with nobody to send to: each is one clear error naming the path, and nothing is
 //! created or written. Also: debug logging stays small.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use predicates::prelude::*;
@@ -12,10 +12,6 @@ use crate::smtp::TestSmtp;
 
 /// The bundled week's slot.
 const AT: &str = "2026-11-23T09:00:00Z";
-
-fn db_path(site: &TempSite) -> PathBuf {
-    site.path().join("state/verdicts.db")
-}
 
 /// A site with the bundled content, `n` subscribers and SMTP at `port`.
 fn site_with_subscribers(n: usize, port: u16) -> TempSite {
@@ -33,7 +29,7 @@ fn checkpoint(path: &Path) {
 }
 
 fn issue_count(site: &TempSite) -> i64 {
-    rusqlite::Connection::open(db_path(site))
+    rusqlite::Connection::open(site.db_path())
         .unwrap()
         .query_row("SELECT count(*) FROM issues", [], |r| r.get(0))
         .unwrap()
@@ -42,7 +38,7 @@ fn issue_count(site: &TempSite) -> i64 {
 /// `send`, `issues`, `run` and `preview` against a state file that is there but broken: each
 /// fails naming the path and what is wrong, and the file is left exactly as it was.
 fn assert_refused_everywhere(site: &TempSite, says: &str) {
-    let path = db_path(site);
+    let path = site.db_path();
     let before = std::fs::read(&path).unwrap();
     let shown = "state/verdicts.db";
     for args in [
@@ -83,14 +79,14 @@ fn assert_refused_everywhere(site: &TempSite, says: &str) {
 #[test]
 fn an_empty_database_file_is_an_error_not_an_empty_list() {
     let site = site_with_subscribers(3, 2525);
-    std::fs::write(db_path(&site), b"").unwrap();
+    std::fs::write(site.db_path(), b"").unwrap();
     assert_refused_everywhere(&site, "is empty (0 bytes)");
 }
 
 #[test]
 fn a_truncated_database_file_is_an_error() {
     let site = site_with_subscribers(2000, 2525);
-    let path = db_path(&site);
+    let path = site.db_path();
     checkpoint(&path);
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
@@ -100,7 +96,7 @@ fn a_truncated_database_file_is_an_error() {
 #[test]
 fn a_file_that_is_not_a_database_is_an_error() {
     let site = site_with_subscribers(3, 2525);
-    std::fs::write(db_path(&site), "email\nreader0@example.com\n".repeat(20)).unwrap();
+    std::fs::write(site.db_path(), "email\nreader0@example.com\n".repeat(20)).unwrap();
     assert_refused_everywhere(&site, "not a SQLite database");
 }
 
@@ -147,7 +143,7 @@ fn a_missing_database_in_an_existing_folder_is_named_and_not_recreated() {
         .code(1)
         .stderr(predicate::str::contains(format!(
             "there is no state database at {}; nothing was created",
-            db_path(&site).display()
+            site.db_path().display()
         )));
     // Preview says why it shows a first issue: the folder may be an unmounted disk.
     site.cmd()
@@ -156,7 +152,7 @@ fn a_missing_database_in_an_existing_folder_is_named_and_not_recreated() {
         .success()
         .stderr(predicate::str::contains(format!(
             "there is no state database at {}, so this is previewed as the first issue",
-            db_path(&site).display()
+            site.db_path().display()
         )));
     // Reading the list shows an empty one and says where it looked.
     site.cmd()
@@ -166,9 +162,9 @@ fn a_missing_database_in_an_existing_folder_is_named_and_not_recreated() {
         .stdout(predicate::str::contains("total                 0"))
         .stderr(predicate::str::contains(format!(
             "No state database at {} yet",
-            db_path(&site).display()
+            site.db_path().display()
         )));
-    assert!(!db_path(&site).exists());
+    assert!(!site.db_path().exists());
 }
 
 #[test]
@@ -181,7 +177,7 @@ fn creating_a_database_is_announced_once() {
         .stdout("added ada@example.com\n")
         .stderr(format!(
             "Created a new state database at {}.\n",
-            db_path(&site).display()
+            site.db_path().display()
         ));
     site.cmd()
         .args(["subscribers", "add", "grace@example.com"])
@@ -206,7 +202,7 @@ fn creating_a_database_is_announced_once() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("Created").not());
-    assert!(!db_path(&other).exists());
+    assert!(!other.db_path().exists());
     assert_eq!(
         std::fs::read_dir(other.path().join("state"))
             .unwrap()
@@ -223,13 +219,13 @@ fn creating_a_database_is_announced_once() {
         .stdout(predicate::str::contains("imported good.csv: 1 added"))
         .stderr(format!(
             "Created a new state database at {}.\n",
-            db_path(&other).display()
+            other.db_path().display()
         ));
 
     let fresh = TempSite::with_bundled_content();
     fresh.cmd().arg("init").assert().success().stderr(format!(
         "Created a new state database at {}.\n",
-        db_path(&fresh).display()
+        fresh.db_path().display()
     ));
     fresh
         .cmd()
@@ -346,7 +342,7 @@ fn damage_in_the_delivery_history_is_left_to_sends_and_the_daemon_not_list_chang
         .timeout(Duration::from_secs(120))
         .assert()
         .success();
-    let path = db_path(&site);
+    let path = site.db_path();
     checkpoint(&path);
     // A leaf page of the ledger's history, as SQLite's dbstat table places it.
     let page: i64 = rusqlite::Connection::open(&path)
@@ -381,7 +377,7 @@ fn refuses_as_damaged(site: &TempSite, args: &[&str]) {
         .stderr(
             predicate::str::contains(format!(
                 "the state database {} is damaged",
-                db_path(site).display()
+                site.db_path().display()
             ))
             .and(predicate::str::contains("nothing was written"))
             .and(predicate::str::contains("restore the latest backup")),
@@ -392,7 +388,7 @@ fn refuses_as_damaged(site: &TempSite, args: &[&str]) {
 fn a_damaged_database_refuses_writes_and_sends_and_says_how_to_restore() {
     let server = TestSmtp::start();
     let site = site_with_subscribers(3000, server.port());
-    let path = db_path(&site);
+    let path = site.db_path();
     checkpoint(&path);
     damage_a_page(&path);
     let before = std::fs::read(&path).unwrap();

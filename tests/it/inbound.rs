@@ -198,12 +198,8 @@ fn send_week(site: &TempSite, server: &TestSmtp, week: usize) -> Vec<Received> {
     server.received()[before..].to_vec()
 }
 
-fn db(site: &TempSite) -> rusqlite::Connection {
-    rusqlite::Connection::open(site.path().join("state/verdicts.db")).unwrap()
-}
-
 fn statuses(site: &TempSite) -> HashMap<String, String> {
-    let conn = db(site);
+    let conn = site.db();
     let mut stmt = conn
         .prepare("SELECT email, status FROM subscribers")
         .unwrap();
@@ -214,7 +210,7 @@ fn statuses(site: &TempSite) -> HashMap<String, String> {
 }
 
 fn subscriber_ids(site: &TempSite) -> HashMap<String, i64> {
-    let conn = db(site);
+    let conn = site.db();
     let mut stmt = conn.prepare("SELECT email, id FROM subscribers").unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
@@ -226,7 +222,7 @@ fn subscriber_ids(site: &TempSite) -> HashMap<String, i64> {
 fn state(site: &TempSite) -> (Vec<(String, String)>, i64, i64) {
     let mut s: Vec<_> = statuses(site).into_iter().collect();
     s.sort();
-    let conn = db(site);
+    let conn = site.db();
     let count = |table: &str| -> i64 {
         conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
@@ -899,7 +895,7 @@ fn a_database_failure_leaves_the_message_in_the_mailbox() {
     );
 
     // The database file is swapped for something SQLite cannot open.
-    let db = site.path().join("state/verdicts.db");
+    let db = site.db_path();
     let saved = site.path().join("state/saved.db");
     std::fs::rename(&db, &saved).unwrap();
     std::fs::create_dir(&db).unwrap();

@@ -99,14 +99,10 @@ fn post_json(agent: &ureq::Agent, url: &str, body: &str) -> Answer {
     )
 }
 
-fn db(site: &TempSite) -> rusqlite::Connection {
-    rusqlite::Connection::open(site.path().join("state/verdicts.db")).unwrap()
-}
-
 /// The status of an address, or "absent".
 fn status_of(site: &TempSite, email: &str) -> String {
     use rusqlite::OptionalExtension;
-    db(site)
+    site.db()
         .query_row(
             "SELECT status FROM subscribers WHERE email_norm = ?1",
             [email],
@@ -234,7 +230,8 @@ fn a_visitor_signs_up_confirms_by_button_and_gets_the_next_issue() {
         assert!(done.body.contains("You are subscribed"), "{}", done.body);
     }
     assert_eq!(status_of(&site, "reader@example.com"), "active");
-    let (source, confirmed): (String, Option<String>) = db(&site)
+    let (source, confirmed): (String, Option<String>) = site
+        .db()
         .query_row(
             "SELECT source, confirmed_at FROM subscribers WHERE email_norm = 'reader@example.com'",
             [],
@@ -295,7 +292,7 @@ fn prepare(site: &TempSite, email: &str, status: &str) {
         "new" => {}
         "pending" => {
             // Signed up a minute ago; its confirmation mail went out then.
-            let conn = db(site);
+            let conn = site.db();
             let now = chrono::Utc::now();
             let stamp =
                 |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
@@ -321,7 +318,7 @@ fn prepare(site: &TempSite, email: &str, status: &str) {
                 .assert()
                 .success();
             if status != "active" {
-                db(site)
+                site.db()
                     .execute(
                         "UPDATE subscribers SET status = ?2 WHERE email_norm = ?1",
                         [email, status],
@@ -395,7 +392,8 @@ fn every_known_or_unknown_address_gets_the_same_answer_and_only_some_get_mail() 
         "unsubscribed"
     );
     assert_eq!(status_of(&site, "json-new@example.com"), "pending");
-    let source: String = db(&site)
+    let source: String = site
+        .db()
         .query_row(
             "SELECT source FROM subscribers WHERE email_norm = 'json-new@example.com'",
             [],
@@ -470,7 +468,8 @@ fn honeypot_bad_addresses_big_bodies_and_bad_tokens_change_nothing() {
         post_form(&agent, &url, "email=other%40example.com").status,
         200
     );
-    let (id, expires): (i64, String) = db(&site)
+    let (id, expires): (i64, String) = site
+        .db()
         .query_row(
             "SELECT id, expires_at FROM confirmations c WHERE subscriber_id =
                  (SELECT id FROM subscribers WHERE email_norm = 'ok@example.com')",
@@ -560,7 +559,8 @@ fn one_client_and_one_address_hit_their_limits_and_get_429() {
     }
     assert_eq!(by_status.get(&200), Some(&10), "{by_status:?}");
     assert_eq!(by_status.get(&429), Some(&990), "{by_status:?}");
-    let pending: i64 = db(&site)
+    let pending: i64 = site
+        .db()
         .query_row(
             "SELECT count(*) FROM subscribers WHERE status = 'pending'",
             [],
@@ -663,7 +663,8 @@ fn a_confirmation_queued_before_a_crash_is_sent_after_the_restart() {
         "the queued confirmation was not sent after the restart"
     );
     assert_eq!(server.received()[0].rcpt, ["patient@example.com"]);
-    let state: String = db(&site)
+    let state: String = site
+        .db()
         .query_row("SELECT mail_state FROM confirmations", [], |r| r.get(0))
         .unwrap();
     assert_eq!(state, "sent");
@@ -675,7 +676,7 @@ fn the_daemon_removes_signups_never_confirmed() {
     let web = closed_port();
     let site = signup_site(server.port(), web, "");
     site.cmd().args(["subscribers", "count"]).assert().success();
-    let conn = db(&site);
+    let conn = site.db();
     let days_ago = |d: i64| {
         (chrono::Utc::now() - chrono::Duration::days(d))
             .format("%Y-%m-%dT%H:%M:%SZ")

@@ -561,7 +561,7 @@ fn after_a_send_the_archive_page_exists_without_any_token_and_messages_link_to_i
 
     // No token in the page verifies for any subscriber.
     let key = TokenKey::new(crate::common::TEST_SECRET.as_bytes());
-    let conn = rusqlite::Connection::open(site.path().join("state/verdicts.db")).unwrap();
+    let conn = site.db();
     let subscribers: Vec<(i64, String)> = conn
         .prepare("SELECT id, email_norm FROM subscribers")
         .unwrap()

@@ -47,7 +47,7 @@ fn state(site: &TempSite) -> (String, i64, i64) {
         .assert()
         .success();
     let list = String::from_utf8(list.get_output().stdout.clone()).unwrap();
-    let conn = rusqlite::Connection::open(site.path().join("state/verdicts.db")).unwrap();
+    let conn = site.db();
     let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
     (
         list,
@@ -189,5 +189,5 @@ fn exact_copies_keep_the_subject_and_every_run_is_a_new_message() {
         .code(1)
         .stderr(predicate::str::contains("not-an-address"));
     assert_eq!(server.received().len(), 3);
-    assert!(!site.path().join("state/verdicts.db").exists());
+    assert!(!site.db_path().exists());
 }
