@@ -548,24 +548,25 @@ fn a_large_import_and_cli_adds_at_the_same_time_both_succeed() {
         .expect("feed import");
     drop(feed);
 
-    let import = import.wait_with_output().expect("import finishes");
-    assert!(
-        import.status.success(),
-        "{}",
-        String::from_utf8_lossy(&import.stderr)
-    );
+    let import = succeeded(import);
     assert!(String::from_utf8_lossy(&import.stdout).contains("20000 added"));
     for add in adds {
-        let out = add.wait_with_output().expect("add finishes");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(add);
     }
     nl.subscribers(&["count"])
         .assert()
         .stdout(count_line("total", 20_020));
+}
+
+/// Waits for a command started with `spawn` and asserts it exited 0 (showing its stderr).
+fn succeeded(child: std::process::Child) -> std::process::Output {
+    let out = child.wait_with_output().expect("the command finishes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 #[test]
@@ -581,12 +582,7 @@ fn many_commands_opening_a_fresh_database_at_once_all_succeed() {
         })
         .collect();
     for child in children {
-        let out = child.wait_with_output().expect("add finishes");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(child);
     }
     nl.subscribers(&["count"])
         .assert()
