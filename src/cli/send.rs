@@ -68,6 +68,13 @@ pub(super) fn finish(config: &Config, slot: DateTime<Utc>, outcome: Outcome) -> 
         ))
         .into()),
         Outcome::Delivered { issue, report } => match report.finish {
+            Finish::Complete if report.sent == 0 && report.failed > 0 => anyhow::bail!(
+                "issue {} sent nothing: {} {} failed for good (`verdicts issues show {}` lists them with the server's replies)",
+                issue.number,
+                report.failed,
+                if report.failed == 1 { "delivery" } else { "deliveries" },
+                issue.number
+            ),
             Finish::Complete => Ok(()),
             Finish::Paused { reason } => Err(Resumable(format!(
                 "issue {} paused: {reason}. Nothing is lost: run `{again}` again later (the daemon resumes paused issues by itself)",

@@ -46,10 +46,22 @@ pub enum SubscribersCommand {
         /// Email address (any letter case)
         email: String,
     },
-    /// Start sending again to an unsubscribed or bounced subscriber
+    /// Start sending again to an unsubscribed or bounced subscriber, or to every reader
+    /// bounced since a time (the undo for a relay that refused everyone)
     Resubscribe {
         /// Email address (any letter case)
-        email: String,
+        #[arg(
+            required_unless_present = "bounced_since",
+            conflicts_with = "bounced_since"
+        )]
+        email: Option<String>,
+        /// Reactivate every bounced subscriber whose latest bounce was recorded at or after
+        /// this time (RFC 3339, e.g. 2026-11-30T09:00:00Z)
+        #[arg(long, value_name = "TIME", value_parser = super::args::parse_instant)]
+        bounced_since: Option<chrono::DateTime<chrono::Utc>>,
+        /// With --bounced-since: list who would be reactivated, and change nothing
+        #[arg(long, requires = "bounced_since")]
+        dry_run: bool,
     },
     /// List subscribers in the order they joined
     List {
@@ -133,8 +145,16 @@ pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
         SubscribersCommand::Unsubscribe { email } => {
             run_set_status(&conn, &mut out, &email, SubscriberStatus::Unsubscribed)
         }
-        SubscribersCommand::Resubscribe { email } => {
-            run_set_status(&conn, &mut out, &email, SubscriberStatus::Active)
+        SubscribersCommand::Resubscribe {
+            email: Some(email), ..
+        } => run_set_status(&conn, &mut out, &email, SubscriberStatus::Active),
+        SubscribersCommand::Resubscribe {
+            email: None,
+            bounced_since,
+            dry_run,
+        } => {
+            let since = bounced_since.expect("clap requires an address or --bounced-since");
+            run_unbounce(&conn, &mut out, since, dry_run)
         }
         SubscribersCommand::List { status, format } => run_list(&conn, &mut out, status, format),
         SubscribersCommand::Count => run_count(&conn, &mut out),
@@ -319,6 +339,38 @@ fn run_set_status(
             };
             writeln!(out, "{verb} {} (was {from})", subscriber.email)?;
         }
+    }
+    Ok(())
+}
+
+fn run_unbounce(
+    conn: &Connection,
+    out: &mut impl Write,
+    since: chrono::DateTime<chrono::Utc>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let found = resubscribe_bounced_since(conn, since, dry_run)?;
+    let since = since.format("%Y-%m-%d %H:%M UTC");
+    if found.is_empty() {
+        writeln!(
+            out,
+            "No subscriber has bounced since {since}; nothing changed."
+        )?;
+        return Ok(());
+    }
+    for u in &found {
+        let why = u.diagnostic.as_deref().unwrap_or("no reason recorded");
+        writeln!(out, "{}\tbounced {}\t{}", u.email, u.bounced_at, why)?;
+    }
+    let n = found.len();
+    let readers = if n == 1 { "subscriber" } else { "subscribers" };
+    if dry_run {
+        writeln!(
+            out,
+            "Would resubscribe {n} {readers} bounced since {since} (dry run: nothing changed)."
+        )?;
+    } else {
+        writeln!(out, "Resubscribed {n} {readers} bounced since {since}.")?;
     }
     Ok(())
 }

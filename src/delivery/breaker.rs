@@ -5,10 +5,18 @@
 //!   "throttling", "rate limit"), with no other reply in between;
 //! - most of the recent recipients got a temporary failure that names no mailbox problem
 //!   (at least [`MIN_SPREAD`] of them, more than half); or
-//! - a whole pass found no server, or only refusals as a whole.
+//! - a whole pass found no server, or only refusals as a whole;
+//! - a reply blames the sender rather than the reader: not authenticated (`5.7.515`,
+//!   `5.7.26`), listed on a blocklist, refused by policy (see [`blames_sender`]);
+//! - the relay refuses (5xx) nearly every recipient: [`REFUSAL_MIN`] or more of the recent
+//!   distinct recipients and at least nine in ten of them, or every recipient of an issue
+//!   that has not had a single message accepted yet (two or more). A misconfigured
+//!   smarthost answers `550 5.1.1 User unknown` to everyone; believing it would empty the
+//!   list.
 //!
 //! A 4xx about one mailbox (full, greylisted, unavailable) never trips it: that recipient
-//! is retried alone.
+//! is retried alone. A 5xx that says a mailbox does not exist marks its reader bounced only
+//! once the run has ended without such a verdict (the ledger holds it until then).
 
 use std::collections::{HashSet, VecDeque};
 
@@ -19,6 +27,9 @@ use crate::store::SubscriberId;
 const WINDOW: usize = 32;
 /// Fewest distinct recipients failing temporarily before their spread counts as an outage.
 pub(super) const MIN_SPREAD: usize = 5;
+/// Fewest distinct recipients refused permanently before their share counts as the relay
+/// refusing everyone.
+pub(super) const REFUSAL_MIN: usize = 10;
 
 /// Who a temporary failure is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,15 +84,75 @@ pub(super) fn scope(reply: &str) -> Scope {
     }
 }
 
+/// True when a reply (4xx or 5xx, at any stage) says the fault is the sender's: the
+/// message is not authenticated, the sending IP or domain is on a blocklist, or a policy
+/// refuses our mail. Such a reply would come for every reader, so it pauses the issue and
+/// never counts against the reader.
+pub fn blames_sender(reply: &str) -> bool {
+    let text = reply.to_ascii_lowercase();
+    let says = |words: &[&str]| words.iter().any(|w| text.contains(w));
+    if says(&["greylist", "graylist"]) {
+        return false;
+    }
+    // Enhanced status codes about the sender's authentication (RFC 7372, and the
+    // providers' own: Outlook.com 5.7.515, Gmail 5.7.26/5.7.27/5.7.25).
+    if says(&[
+        "5.7.515", "5.7.26", "5.7.27", "5.7.25", "5.7.23", "5.7.24", "5.7.20", "5.7.21", "5.7.22",
+        "4.7.26", "4.7.27", "4.7.25", "4.7.23", "4.7.24",
+    ]) {
+        return true;
+    }
+    if says(&[
+        "spamhaus",
+        "blocklist",
+        "blacklist",
+        "block list",
+        "black list",
+        "dnsbl",
+        "barracudacentral",
+        "spamcop",
+        "not authenticated",
+        "unauthenticated",
+        "authentication required",
+        "dmarc",
+        "spf check",
+        "spf fail",
+        "dkim",
+        "sender policy",
+        "relay access denied",
+        "relaying denied",
+        "relay not permitted",
+        "relaying not permitted",
+        "not permitted to relay",
+        "sender address rejected",
+        "sender rejected",
+        "your ip",
+        "sending ip",
+        "client host",
+        "poor reputation",
+        "bad reputation",
+    ]) {
+        return true;
+    }
+    // "5.7.1 … blocked" / "5.7.1 … policy": a permanent refusal of our mail by policy, not
+    // of one mailbox. A bare 5.7.1 ("Recipient address rejected: Access denied") stays the
+    // reader's, and a temporary 4.7.1 is greylisting or a policy service asking us to wait.
+    (text.contains("5.7.1") || text.contains("5.7.0"))
+        && says(&["blocked", "policy", "reputation", "rejected due to"])
+}
+
 /// What one attempt says about the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sign {
-    /// A judgement on the message or the mailbox (250, 5xx, a 4xx about one mailbox).
+    /// A judgement on the message or the mailbox (250, a 4xx about one mailbox).
     Answered,
     /// A temporary failure that names nobody.
     Unclear,
     /// No server, or the relay refusing us as a whole.
     Relay,
+    /// A permanent refusal (5xx) by the server: the reader's mailbox, unless nearly every
+    /// reader gets one.
+    Refused,
 }
 
 /// The breaker's state for one run.
@@ -98,10 +169,25 @@ pub(super) struct Breaker {
     pass_answers: u64,
     /// What the last relay-wide failure said, to tell the operator why the issue paused.
     last_relay: Option<String>,
+    /// Permanent refusals in the current pass, and what the last one said.
+    pass_refused: u64,
+    last_refusal: Option<String>,
+    /// Messages of this issue the relay has accepted, in earlier runs and this one.
+    accepted: u64,
+}
+
+/// The reason given when the relay refuses nearly everyone.
+fn refusing_everyone(share: &str, last: &str) -> String {
+    format!(
+        "the relay refused nearly every recipient permanently ({share}; last reply: {last}). \
+         That is the relay or its configuration, not the readers: nobody was marked bounced. \
+         Check smtp.host, the relay's relay permissions and login, then run the send again"
+    )
 }
 
 impl Breaker {
-    pub(super) fn new(trip_after: usize) -> Self {
+    /// `accepted` is how many messages of the issue earlier runs got accepted.
+    pub(super) fn new(trip_after: usize, accepted: u64) -> Self {
         Breaker {
             trip_after: trip_after.max(1),
             streak: Vec::new(),
@@ -111,6 +197,9 @@ impl Breaker {
             pass_relay: 0,
             pass_answers: 0,
             last_relay: None,
+            pass_refused: 0,
+            last_refusal: None,
+            accepted,
         }
     }
 
@@ -121,8 +210,33 @@ impl Breaker {
 
     /// Takes note of one attempt's result.
     pub(super) fn record(&mut self, id: SubscriberId, attempt: &Attempt) {
+        let blamed = match attempt {
+            Attempt::Temporary(reply) | Attempt::Permanent { reply, .. } => {
+                blames_sender(reply).then_some(reply)
+            }
+            _ => None,
+        };
+        if let Some(reply) = blamed {
+            self.refund.push(id);
+            if self.tripped.is_none() {
+                self.trip(format!(
+                    "the relay refuses our mail as the sender's fault, not the reader's: {reply}. \
+                     Check the sending domain's SPF, DKIM (`verdicts dkim-record`) and DMARC \
+                     records and whether the relay's IP is on a blocklist; no reader was marked bounced"
+                ));
+            }
+            return;
+        }
         let (sign, reply) = match attempt {
-            Attempt::Sent(_) | Attempt::Permanent { .. } => (Sign::Answered, None),
+            Attempt::Sent(_) => {
+                self.accepted += 1;
+                (Sign::Answered, None)
+            }
+            Attempt::Permanent { reply, .. } => match reply_code(reply) {
+                Some(500..=599) => (Sign::Refused, Some(reply)),
+                // Not the server's word (e.g. an address it cannot take): this reader's.
+                _ => (Sign::Answered, None),
+            },
             Attempt::Temporary(reply) => match scope(reply) {
                 Scope::Relay => (Sign::Relay, Some(reply)),
                 Scope::Mailbox => (Sign::Answered, None),
@@ -152,9 +266,21 @@ impl Breaker {
                     return;
                 }
             }
-            Sign::Answered | Sign::Unclear => {
+            Sign::Answered | Sign::Unclear | Sign::Refused => {
                 self.pass_answers += 1;
                 self.streak.clear();
+            }
+        }
+        if sign == Sign::Refused {
+            self.pass_refused += 1;
+            self.last_refusal = reply.cloned();
+            if let Some((refused, of)) = self.refusals() {
+                let last = reply.cloned().unwrap_or_default();
+                self.trip(refusing_everyone(
+                    &format!("{refused} of the last {of}"),
+                    &last,
+                ));
+                return;
             }
         }
         if sign != Sign::Answered {
@@ -170,14 +296,28 @@ impl Breaker {
     /// How many of the recent distinct recipients last failed without a mailbox reason,
     /// when that is at least `MIN_SPREAD` and more than half of them.
     fn spread(&self) -> Option<(usize, usize)> {
+        let (failing, seen) = self.last_signs(|s| s != Sign::Answered && s != Sign::Refused);
+        (failing >= MIN_SPREAD && failing * 2 > seen).then_some((failing, seen))
+    }
+
+    /// How many of the recent distinct recipients were last refused permanently, when that
+    /// is at least `REFUSAL_MIN` and nine in ten of them.
+    fn refusals(&self) -> Option<(usize, usize)> {
+        let (refused, seen) = self.last_signs(|s| s == Sign::Refused);
+        (refused >= REFUSAL_MIN && refused * 10 >= seen * 9).then_some((refused, seen))
+    }
+
+    /// Of the recent distinct recipients (each by their last attempt), how many match, and
+    /// how many there are.
+    fn last_signs(&self, matches: impl Fn(Sign) -> bool) -> (usize, usize) {
         let mut seen = HashSet::new();
-        let mut failing = 0;
+        let mut hits = 0;
         for (id, sign) in self.recent.iter().rev() {
-            if seen.insert(*id) && *sign != Sign::Answered {
-                failing += 1;
+            if seen.insert(*id) && matches(*sign) {
+                hits += 1;
             }
         }
-        (failing >= MIN_SPREAD && failing * 2 > seen.len()).then_some((failing, seen.len()))
+        (hits, seen.len())
     }
 
     fn describe_relay(&self) -> String {
@@ -204,6 +344,12 @@ impl Breaker {
     /// relay-wide refusals, trips the breaker too, so a list shorter than `trip_after`
     /// pauses as well. `fallback` names the relay when no failure said anything.
     pub(super) fn end_pass(&mut self, fallback: impl FnOnce() -> String) -> Option<&str> {
+        if self.tripped.is_none() && self.accepted == 0 && self.pass_refused >= 2 {
+            // Not one message accepted for this issue, and every reader asked refused.
+            let last = self.last_refusal.clone().unwrap_or_default();
+            let all = format!("all {} recipients tried", self.pass_refused);
+            self.trip(refusing_everyone(&all, &last));
+        }
         if self.tripped.is_none() && self.pass_relay > 0 && self.pass_answers == 0 {
             let why = if self.last_relay.is_some() {
                 self.describe_relay()
@@ -214,6 +360,7 @@ impl Breaker {
         }
         self.pass_relay = 0;
         self.pass_answers = 0;
+        self.pass_refused = 0;
         self.tripped()
     }
 
@@ -267,7 +414,7 @@ mod tests {
 
     #[test]
     fn a_throttling_streak_trips_and_refunds_every_attempt_it_cost() {
-        let mut b = Breaker::new(3);
+        let mut b = Breaker::new(3, 0);
         b.record(SubscriberId(1), &sent());
         for id in 2..=4 {
             b.record(SubscriberId(id), &temp("421 4.7.28 unusual rate"));
@@ -284,7 +431,7 @@ mod tests {
 
     #[test]
     fn full_mailboxes_never_trip_it_however_many() {
-        let mut b = Breaker::new(3);
+        let mut b = Breaker::new(3, 0);
         for id in 1..=40 {
             b.record(SubscriberId(id), &temp("452 4.2.2 Mailbox full"));
         }
@@ -294,7 +441,7 @@ mod tests {
 
     #[test]
     fn unclear_failures_trip_it_only_when_most_recipients_get_them() {
-        let mut b = Breaker::new(8);
+        let mut b = Breaker::new(8, 0);
         // A few recipients failing among many accepted: their own problem.
         for id in 1..=30 {
             let a = if id % 10 == 0 {
@@ -311,7 +458,7 @@ mod tests {
         }
         assert_eq!(b.tripped(), None);
         // Most of the next recipients failing: the relay's problem.
-        let mut b = Breaker::new(8);
+        let mut b = Breaker::new(8, 0);
         for id in 1..=12 {
             let a = if id % 4 == 0 {
                 sent()
@@ -326,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_pass_of_nothing_but_faults_trips_it_even_when_short() {
-        let mut b = Breaker::new(8);
+        let mut b = Breaker::new(8, 0);
         b.record(
             SubscriberId(1),
             &Attempt::Connection("cannot connect".into()),
@@ -334,12 +481,118 @@ mod tests {
         assert_eq!(b.end_pass(|| "down".into()), Some("cannot connect"));
         assert_eq!(b.take_refunds(), [SubscriberId(1)]);
 
-        let mut b = Breaker::new(8);
+        let mut b = Breaker::new(8, 0);
         b.record(
             SubscriberId(1),
             &Attempt::Connection("cannot connect".into()),
         );
         b.record(SubscriberId(2), &sent());
         assert_eq!(b.end_pass(|| "down".into()), None);
+    }
+
+    fn refused(reply: &str) -> Attempt {
+        Attempt::Permanent {
+            reply: format!("permanent error (550): {reply}"),
+            user_unknown: true,
+        }
+    }
+
+    #[test]
+    fn a_relay_refusing_nearly_everyone_trips_it_and_gives_every_refusal_back() {
+        let mut b = Breaker::new(8, 0);
+        for id in 1..=3 {
+            b.record(SubscriberId(id), &sent());
+        }
+        // A few dead addresses among accepted ones: the readers' own.
+        b.record(SubscriberId(4), &refused("5.1.1 User unknown"));
+        b.record(SubscriberId(5), &sent());
+        assert_eq!(b.tripped(), None);
+        // Then the smarthost starts refusing everyone with the same words.
+        for id in 6..=40 {
+            b.record(SubscriberId(id), &refused("5.1.1 User unknown"));
+            if b.tripped().is_some() {
+                break;
+            }
+        }
+        let why = b.tripped().expect("tripped").to_owned();
+        assert!(why.contains("refused nearly every recipient"), "{why}");
+        assert!(why.contains("nobody was marked bounced"), "{why}");
+        let refunds = b.take_refunds();
+        assert!(refunds.contains(&SubscriberId(6)), "{refunds:?}");
+        assert!(
+            !refunds.contains(&SubscriberId(1)),
+            "accepted ones keep theirs"
+        );
+    }
+
+    #[test]
+    fn dead_addresses_in_a_healthy_list_never_trip_it() {
+        let mut b = Breaker::new(8, 0);
+        for id in 1..=200 {
+            let a = if id % 3 == 0 {
+                refused("5.1.1 User unknown")
+            } else {
+                sent()
+            };
+            b.record(SubscriberId(id), &a);
+        }
+        assert_eq!(b.end_pass(|| "down".into()), None);
+    }
+
+    #[test]
+    fn an_issue_with_no_message_accepted_and_every_reader_refused_pauses_even_when_short() {
+        let mut b = Breaker::new(8, 0);
+        for id in 1..=3 {
+            b.record(SubscriberId(id), &refused("5.0.0 Rejected"));
+        }
+        assert!(b
+            .end_pass(|| "down".into())
+            .unwrap()
+            .contains("all 3 recipients tried"));
+        // One refused reader alone is that reader's problem.
+        let mut b = Breaker::new(8, 0);
+        b.record(SubscriberId(1), &refused("5.1.1 User unknown"));
+        assert_eq!(b.end_pass(|| "down".into()), None);
+        // And an issue that earlier runs delivered is judged by the window rule only.
+        let mut b = Breaker::new(8, 120);
+        for id in 1..=3 {
+            b.record(SubscriberId(id), &refused("5.1.1 User unknown"));
+        }
+        assert_eq!(b.end_pass(|| "down".into()), None);
+    }
+
+    #[test]
+    fn replies_that_blame_the_sender_trip_it_at_once() {
+        for reply in [
+            "permanent error (550): 5.7.515 Access denied, sending domain example.com does not meet the required authentication level",
+            "permanent error (550): 5.7.26 This mail has been blocked because the sender is unauthenticated",
+            "permanent error (554): 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+            "permanent error (550): 5.7.1 Relaying denied",
+            "transient error (451): 4.7.1 Your IP has a poor reputation, try again later",
+        ] {
+            assert!(blames_sender(reply), "{reply}");
+            let mut b = Breaker::new(8, 500);
+            b.record(SubscriberId(1), &sent());
+            let a = if reply.starts_with("transient") {
+                temp(reply)
+            } else {
+                Attempt::Permanent {
+                    reply: reply.into(),
+                    user_unknown: false,
+                }
+            };
+            b.record(SubscriberId(2), &a);
+            assert!(b.tripped().unwrap().contains("sender's fault"), "{reply}");
+            assert_eq!(b.take_refunds(), [SubscriberId(2)]);
+        }
+        for reader in [
+            "permanent error (550): 5.1.1 <a@b.c>: Recipient address rejected: User unknown",
+            "permanent error (550): 5.7.1 <a@b.c>: Recipient address rejected: Access denied",
+            "permanent error (552): 5.2.2 Mailbox full",
+            "transient error (451): 4.7.1 Greylisted, come back later",
+            "transient error (450): 4.7.1 <a@b.c>: Recipient address rejected: Policy rejection, try again later",
+        ] {
+            assert!(!blames_sender(reader), "{reader}");
+        }
     }
 }

@@ -127,6 +127,8 @@ pub struct Report {
     pub gave_up: u64,
     /// Skipped because the subscriber left.
     pub skipped: u64,
+    /// Readers marked bounced by this run (refusals saying the mailbox does not exist).
+    pub bounced: u64,
     /// Temporary failures retried within the run.
     pub retried: u64,
     pub elapsed: Duration,

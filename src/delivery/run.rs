@@ -53,6 +53,13 @@ pub(super) fn start(job: &Delivery) -> anyhow::Result<Start> {
             "re-sending deliveries interrupted mid-transaction by an earlier run (same Message-IDs)"
         );
     }
+    let released = ledger::release_held_bounces(&read, job.issue)?;
+    if released > 0 {
+        info!(
+            count = released,
+            "asking again about refusals an unfinished earlier run held (nobody was marked bounced)"
+        );
+    }
     if Utc::now() < deadline {
         let deferred = ledger::requeue_deferred(&read, job.issue)?;
         if deferred > 0 {
@@ -100,7 +107,6 @@ pub(super) fn spawn<T: Transport>(
         job.db_path.clone(),
         job.issue,
         job.smtp.max_attempts,
-        job.hygiene,
         fault.clone(),
     )?;
     let total = start.before.outstanding();
@@ -131,7 +137,7 @@ pub(super) fn spawn<T: Transport>(
             .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
         // As many relay-wide failures in a row as there are connections (at least 3); a
         // pass with nothing but such failures also trips it, so a small list pauses too.
-        breaker: Mutex::new(Breaker::new(concurrency.max(3))),
+        breaker: Mutex::new(Breaker::new(concurrency.max(3), start.before.sent)),
         fault,
         progress: Arc::new(Progress::new(
             "the first deliveries to be read from the ledger",
@@ -436,9 +442,13 @@ pub(super) fn finish(
     let past_deadline = Utc::now() >= deadline;
     let deadline_text = humantime::format_duration(job.smtp.give_up_after).to_string();
     let mut gave_up = 0;
+    let mut bounced = 0;
     let finish = match finish {
         Finish::Paused { reason } => {
+            // The breaker tripped: what the relay said meanwhile is not the readers' fault,
+            // and refusals it held are asked again by the next run.
             ledger::refund_attempts(read, issue, &stopped.refunds)?;
+            ledger::release_held_bounces(read, issue)?;
             if past_deadline {
                 let why = format!("given up: still undelivered {deadline_text} after the issue was created (smtp.give_up_after); {reason}");
                 ledger::give_up_pending(read, issue, &why)?;
@@ -452,6 +462,9 @@ pub(super) fn finish(
             }
         }
         Finish::Complete => {
+            // The run went through the whole queue without finding the relay at fault: its
+            // "no such mailbox" refusals are the readers' own.
+            bounced = ledger::apply_held_bounces(read, issue, job.hygiene)?;
             let deferred = ledger::delivery_counts(read, issue)?.failed_temporarily;
             if deferred > 0 && !past_deadline {
                 ledger::set_issue_state(read, issue, IssueState::Paused)?;
@@ -484,6 +497,7 @@ pub(super) fn finish(
             .saturating_sub(start_counts.failed_temporarily),
         gave_up,
         skipped: counts.skipped.saturating_sub(start_counts.skipped),
+        bounced,
         retried: stopped.retried,
         elapsed,
         counts,

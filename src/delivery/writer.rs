@@ -42,7 +42,6 @@ pub(super) fn spawn(
     db_path: PathBuf,
     issue: IssueNumber,
     max_attempts: u32,
-    hygiene: crate::store::events::Hygiene,
     fault: Fault,
 ) -> std::io::Result<(
     std::sync::mpsc::Sender<WriteOp>,
@@ -58,7 +57,7 @@ pub(super) fn spawn(
                 .and_then(|conn| {
                     // Copies the WAL back ahead of the writer's own checkpoints (see there).
                     let _checkpointer = Checkpointer::spawn(&db_path, CHECKPOINT_EVERY)?;
-                    writer_loop(conn, issue, max_attempts, hygiene, rx)
+                    writer_loop(conn, issue, max_attempts, rx)
                 });
             let result = result.map_err(|e| explain(e, &db_path));
             if let Err(e) = &result {
@@ -106,7 +105,6 @@ pub(super) fn writer_loop(
     conn: Connection,
     issue: IssueNumber,
     max_attempts: u32,
-    hygiene: crate::store::events::Hygiene,
     rx: std::sync::mpsc::Receiver<WriteOp>,
 ) -> anyhow::Result<()> {
     use std::sync::mpsc::RecvTimeoutError;
@@ -136,7 +134,7 @@ pub(super) fn writer_loop(
                         acks.push(Ack::Mark(ack, go));
                     }
                     WriteOp::Record { id, outcome } => {
-                        ledger::record_outcome(&conn, issue, id, &outcome, max_attempts, hygiene)?
+                        ledger::record_outcome(&conn, issue, id, &outcome, max_attempts)?
                     }
                     WriteOp::Flush { ack } => acks.push(Ack::Flush(ack)),
                 }
@@ -177,8 +175,7 @@ mod tests {
         let f = Fixture::new(3);
         let (tx, rx) = std::sync::mpsc::channel();
         let conn = store::open(&f.db_path).unwrap();
-        let writer =
-            std::thread::spawn(move || writer_loop(conn, f.issue, 3, Default::default(), rx));
+        let writer = std::thread::spawn(move || writer_loop(conn, f.issue, 3, rx));
         let (ack, acked) = oneshot::channel();
         tx.send(WriteOp::MarkSending { id: f.ids[0], ack }).unwrap();
         assert!(acked.blocking_recv().unwrap(), "a pending delivery may go");
@@ -210,14 +207,7 @@ mod tests {
             )
             .unwrap();
         let fault = Fault::new();
-        let (tx, handle) = spawn(
-            f.db_path.clone(),
-            f.issue,
-            3,
-            Default::default(),
-            fault.clone(),
-        )
-        .unwrap();
+        let (tx, handle) = spawn(f.db_path.clone(), f.issue, 3, fault.clone()).unwrap();
         let (ack, acked) = oneshot::channel();
         tx.send(WriteOp::MarkSending { id: f.ids[0], ack }).unwrap();
         assert!(acked.blocking_recv().is_err(), "never acknowledged");

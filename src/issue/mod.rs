@@ -599,8 +599,13 @@ pub fn summary_line(number: IssueNumber, report: &Report) -> String {
             if n == 1 { "delivery" } else { "deliveries" }
         ),
     };
+    let bounced = match report.bounced {
+        0 => String::new(),
+        1 => " 1 reader marked bounced (the mailbox does not exist).".to_owned(),
+        n => format!(" {n} readers marked bounced (their mailboxes do not exist)."),
+    };
     format!(
-        "Issue {number}: sent {}, failed {}{temporarily}, skipped {}, retrying {} in {:.1} s ({:.0} msgs/s). Totals: {} sent, {} failed, {} skipped, {} pending of {}.{gave_up}",
+        "Issue {number}: sent {}, failed {}{temporarily}, skipped {}, retrying {} in {:.1} s ({:.0} msgs/s). Totals: {} sent, {} failed, {} skipped, {} pending of {}.{bounced}{gave_up}",
         report.sent,
         report.failed,
         report.skipped,

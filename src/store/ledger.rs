@@ -407,7 +407,8 @@ pub fn failed_deliveries(
 pub fn requeue_failed(conn: &Connection, number: IssueNumber) -> rusqlite::Result<usize> {
     store::in_write_transaction(conn, |tx| {
         let n = tx.execute(
-            "UPDATE deliveries SET state = 'pending', failure = NULL, attempts = 0, next_attempt_ms = 0
+            "UPDATE deliveries SET state = 'pending', failure = NULL, attempts = 0, next_attempt_ms = 0,
+                    bounce_held = 0
              WHERE issue = ? AND state = 'failed'
                AND subscriber_id IN (SELECT id FROM subscribers WHERE status = 'active')",
             [number],
@@ -537,7 +538,6 @@ pub fn record_outcome(
     subscriber_id: SubscriberId,
     outcome: &Outcome,
     max_attempts: u32,
-    hygiene: events::Hygiene,
 ) -> rusqlite::Result<()> {
     match outcome {
         Outcome::Sent { reply } => conn
@@ -567,32 +567,16 @@ pub fn record_outcome(
                  WHERE issue = ? AND subscriber_id = ?",
             )?
             .execute(params![reply, number, subscriber_id])?,
-        Outcome::Permanent { reply, bounce } => {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE deliveries SET state = 'failed', failure = 'permanent', last_reply = ?
-                     WHERE issue = ? AND subscriber_id = ?",
-                )?
-                .execute(params![reply, number, subscriber_id])?;
-            if *bounce {
-                // The refusal is a hard bounce seen early: recorded and counted like one
-                // that arrives by mail later.
-                let status = crate::inbound::enhanced_status(reply);
-                events::record(
-                    conn,
-                    &events::NewEvent {
-                        subscriber_id,
-                        issue: Some(number),
-                        kind: events::EventKind::HardBounce,
-                        source: events::Source::Smtp,
-                        status: status.as_deref(),
-                        diagnostic: Some(reply),
-                    },
-                    hygiene,
-                )?;
-            }
-            n
-        }
+        Outcome::Permanent { reply, bounce } => conn
+            .prepare_cached(
+                // A "no such mailbox" refusal is held here, not applied: the reader is marked
+                // bounced only when the run ends without finding that the relay refuses
+                // everyone (see `apply_held_bounces` and `release_held_bounces`).
+                "UPDATE deliveries SET state = 'failed', failure = 'permanent', last_reply = ?,
+                        bounce_held = ?
+                 WHERE issue = ? AND subscriber_id = ?",
+            )?
+            .execute(params![reply, *bounce, number, subscriber_id])?,
         Outcome::Skipped => conn
             .prepare_cached(
                 "UPDATE deliveries SET state = 'skipped' WHERE issue = ? AND subscriber_id = ?",
@@ -602,8 +586,9 @@ pub fn record_outcome(
     Ok(())
 }
 
-/// Gives back the attempts spent on connection faults while the server was unreachable,
-/// so an outage never uses up a recipient's tries.
+/// Gives back the attempts spent while the relay was down, throttling or refusing
+/// everyone, so such a run never uses up a recipient's tries: their deliveries (pending,
+/// or failed by that run) are queued again.
 pub fn refund_attempts(
     conn: &Connection,
     number: IssueNumber,
@@ -612,15 +597,83 @@ pub fn refund_attempts(
     store::in_write_transaction(conn, |tx| {
         let mut stmt = tx.prepare_cached(
             "UPDATE deliveries SET attempts = max(attempts - 1, 0), state = 'pending',
-                    failure = NULL, next_attempt_ms = 0
-             WHERE issue = ? AND subscriber_id = ?
-               AND (state = 'pending' OR (state = 'failed' AND failure IS 'temporary'))",
+                    failure = NULL, next_attempt_ms = 0, bounce_held = 0
+             WHERE issue = ? AND subscriber_id = ? AND state IN ('pending', 'failed')",
         )?;
         for id in subscriber_ids {
             stmt.execute(params![number, id])?;
         }
         Ok(())
     })
+}
+
+/// Deliveries of the issue whose "no such mailbox" refusal is still held.
+pub fn held_bounces(conn: &Connection, number: IssueNumber) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT count(*) FROM deliveries WHERE issue = ? AND bounce_held = 1")?
+        .query_row([number], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+}
+
+/// Applies the held refusals of a run that ended with the relay judged sound: each is
+/// recorded as a hard bounce (and the hygiene rules mark the reader bounced), like one that
+/// arrives by mail later. In batches, so the write lock is never held for long. Returns how
+/// many readers it marked bounced.
+pub fn apply_held_bounces(
+    conn: &Connection,
+    number: IssueNumber,
+    hygiene: events::Hygiene,
+) -> rusqlite::Result<u64> {
+    const BATCH: i64 = 500;
+    let mut bounced = 0;
+    loop {
+        let done = store::in_write_transaction(conn, |tx| -> rusqlite::Result<bool> {
+            let held: Vec<(SubscriberId, Option<String>)> = tx
+                .prepare_cached(
+                    "SELECT subscriber_id, last_reply FROM deliveries
+                     WHERE issue = ? AND bounce_held = 1 LIMIT ?",
+                )?
+                .query_map(params![number, BATCH], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (subscriber_id, reply) in &held {
+                let status = reply.as_deref().and_then(crate::inbound::enhanced_status);
+                let effect = events::record(
+                    tx,
+                    &events::NewEvent {
+                        subscriber_id: *subscriber_id,
+                        issue: Some(number),
+                        kind: events::EventKind::HardBounce,
+                        source: events::Source::Smtp,
+                        status: status.as_deref(),
+                        diagnostic: reply.as_deref(),
+                    },
+                    hygiene,
+                )?;
+                if effect == events::Effect::Bounced {
+                    bounced += 1;
+                }
+                tx.prepare_cached(
+                    "UPDATE deliveries SET bounce_held = 0 WHERE issue = ? AND subscriber_id = ?",
+                )?
+                .execute(params![number, subscriber_id])?;
+            }
+            Ok(held.len() < BATCH as usize)
+        })?;
+        if done {
+            return Ok(bounced);
+        }
+    }
+}
+
+/// Queues the held refusals of the issue again with their attempt given back: the run that
+/// recorded them did not end with a verdict on the relay (it was interrupted, or the relay
+/// turned out to refuse everyone), so they are asked again. Returns how many.
+pub fn release_held_bounces(conn: &Connection, number: IssueNumber) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE deliveries SET state = 'pending', failure = NULL, next_attempt_ms = 0,
+                attempts = max(attempts - 1, 0), bounce_held = 0
+         WHERE issue = ? AND bounce_held = 1",
+        [number],
+    )
 }
 
 /// Puts the deliveries that failed only temporarily back in the queue, keeping their

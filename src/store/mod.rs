@@ -57,6 +57,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/002_ledger.sql"),
     include_str!("migrations/003_events.sql"),
     include_str!("migrations/004_signup.sql"),
+    include_str!("migrations/005_held_bounces.sql"),
 ];
 
 /// The schema version this binary creates and understands.

@@ -356,6 +356,58 @@ pub fn set_status_by_id(
     })
 }
 
+/// A bounced subscriber [`resubscribe_bounced_since`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unbounced {
+    pub email: String,
+    /// When their latest bounce was recorded, and what it said.
+    pub bounced_at: String,
+    pub diagnostic: Option<String>,
+}
+
+/// Makes active again every bounced subscriber with a bounce recorded at or after `since`:
+/// the undo for a run whose refusals were the relay's fault, not the readers'. With
+/// `dry_run` nothing changes. Returns them in address order.
+pub fn resubscribe_bounced_since(
+    conn: &Connection,
+    since: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Vec<Unbounced>, StoreError> {
+    store::in_write_transaction(conn, |tx| {
+        let found: Vec<(SubscriberId, Unbounced)> = tx
+            .prepare(
+                "SELECT s.id, s.email, e.at, e.diagnostic FROM subscribers s
+                 JOIN events e ON e.id = (SELECT max(id) FROM events
+                                          WHERE subscriber_id = s.id
+                                            AND kind IN ('hard_bounce', 'soft_bounce'))
+                 WHERE s.status = 'bounced' AND e.at >= ?
+                 ORDER BY s.email_norm",
+            )?
+            .query_map([store::timestamp(since)], |r| {
+                Ok((
+                    r.get(0)?,
+                    Unbounced {
+                        email: r.get(1)?,
+                        bounced_at: r.get(2)?,
+                        diagnostic: r.get(3)?,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        if !dry_run {
+            let now = store::timestamp(now());
+            let mut stmt = tx.prepare_cached(
+                "UPDATE subscribers SET status = 'active', updated_at = ?
+                 WHERE id = ? AND status = 'bounced'",
+            )?;
+            for (id, _) in &found {
+                stmt.execute(params![now, id])?;
+            }
+        }
+        Ok(found.into_iter().map(|(_, u)| u).collect())
+    })
+}
+
 /// `unsubscribed_at` records when the subscriber last became unsubscribed; reactivating
 /// clears it. (Column names on the right-hand side read the row's old values.)
 pub(super) const UPDATE_SUBSCRIBER: &str = "UPDATE subscribers

@@ -21,6 +21,7 @@ mod endpoint;
 mod faults;
 mod hardening;
 mod inbound;
+mod relay_refusals;
 mod render;
 mod signup;
 mod site;
