@@ -187,6 +187,65 @@ fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
+/// The largest comparison file read: a page of front matter and a short note is a few KB.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads one content file as UTF-8, refusing what is not a regular file (a FIFO would block
+/// the read forever, a device such as a link to `/dev/zero` never ends) and anything over
+/// [`MAX_FILE_BYTES`], without reading more than that.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
+    if !meta.is_file() {
+        let what = file_kind(&meta.file_type());
+        return Err(format!(
+            "not a regular file ({what}); a comparison file must be a plain file"
+        ));
+    }
+    let too_big = |size: u64| {
+        format!(
+            "the file is {:.1} MB; a comparison file may be at most {} MB",
+            size as f64 / 1e6,
+            MAX_FILE_BYTES / (1024 * 1024)
+        )
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read file: {e}"))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        // It grew while being read.
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text (invalid bytes at offset {}); save the file as UTF-8",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a folder"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
 /// The files in `content_dir/comparisons` that [`load_dir`] passes over for their name
 /// (not `.md`), hidden files (editor swap files, `.gitkeep`) aside, sorted.
 pub fn skipped_files(content_dir: &Path) -> Vec<PathBuf> {
@@ -229,12 +288,12 @@ pub fn load_dir(content_dir: &Path) -> Result<Vec<Comparison>, ContentErrors> {
     let mut errors = Vec::new();
     let mut comparisons = Vec::new();
     for path in paths {
-        match std::fs::read_to_string(&path) {
-            Err(e) => errors.push(ContentError {
+        match read_bounded(&path) {
+            Err(reason) => errors.push(ContentError {
                 file: path,
                 line: None,
                 field: None,
-                reason: format!("cannot read file: {e}"),
+                reason,
             }),
             Ok(text) => match parse_comparison(&path, &text) {
                 Ok(c) => comparisons.push(c),
