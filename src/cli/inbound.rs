@@ -221,7 +221,7 @@ fn batch(
         t.messages as f64 / secs.max(1e-9)
     );
     println!(
-        "  {} hard bounce{}, {} soft, {} complaint{}, {} mailto unsubscribe{}; {} ignored, {} already handled, {} matching no delivery{}.",
+        "  {} hard bounce{}, {} soft, {} complaint{}, {} mailto unsubscribe{}; {} ignored, {} already handled, {} unattributed (not applied){}.",
         t.hard,
         plural(t.hard),
         t.soft,
@@ -242,7 +242,85 @@ fn batch(
         "  Now bounced: {}; now unsubscribed: {}.",
         t.bounced, t.unsubscribed
     );
+    if t.unattributed > 0 {
+        print_unattributed_total(conn)?;
+    }
     Ok(())
+}
+
+/// `12 unattributed reports: see …`, when any are kept.
+fn print_unattributed_total(conn: &Connection) -> anyhow::Result<()> {
+    let total = store::unattributed::count(conn)?;
+    if total > 0 {
+        println!(
+            "{total} unattributed report{}: see `verdicts inbound --unattributed`.",
+            plural(total)
+        );
+    }
+    Ok(())
+}
+
+/// `verdicts inbound --unattributed`: the reports kept without applying them, newest first.
+pub fn list_unattributed(config: &Config, limit: usize) -> anyhow::Result<()> {
+    let conn = store::open(&config.database_path())?;
+    let total = store::unattributed::count(&conn)?;
+    if total == 0 {
+        println!("No unattributed reports.");
+        return Ok(());
+    }
+    let reports = store::unattributed::newest(&conn, limit)?;
+    println!(
+        "{total} unattributed report{} (never applied){}:",
+        plural(total),
+        if (reports.len() as u64) < total {
+            format!(", the newest {}", reports.len())
+        } else {
+            String::new()
+        }
+    );
+    for r in reports {
+        let mut claims = Vec::new();
+        if let (Some(issue), Some(subscriber)) = (r.claimed_issue, r.claimed_subscriber) {
+            claims.push(format!(
+                "issue {issue} to subscriber {subscriber}{} by a {} Message-ID",
+                r.claimed_email
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default(),
+                r.message_id_trust.as_deref().unwrap_or("unsigned")
+            ));
+        }
+        if let Some(a) = &r.addresses {
+            claims.push(format!("names {a}"));
+        }
+        println!(
+            "{}  {:<11}  {}",
+            r.received_at.format("%Y-%m-%d %H:%M:%S"),
+            kind_name(&r.kind),
+            if claims.is_empty() {
+                "names no one".to_string()
+            } else {
+                claims.join("; ")
+            }
+        );
+        println!("    why: {}", r.reason);
+        match (&r.status, &r.diagnostic) {
+            (Some(s), Some(d)) if d.contains(s.as_str()) => println!("    said: {d}"),
+            (Some(s), Some(d)) => println!("    said: {s} {d}"),
+            (Some(s), None) => println!("    said: {s}"),
+            (None, Some(d)) => println!("    said: {d}"),
+            (None, None) => {}
+        }
+    }
+    Ok(())
+}
+
+fn kind_name(label: &str) -> &str {
+    match label {
+        "hard" => "hard bounce",
+        "soft" => "soft bounce",
+        other => other,
+    }
 }
 
 fn plural(n: u64) -> &'static str {
@@ -266,9 +344,9 @@ fn describe(inbound: &Inbound, outcome: &Outcome) -> String {
         }
         Outcome::Duplicate => format!("{kind}: already handled, nothing changed"),
         Outcome::Ignored(why) => format!("ignored: {why}"),
-        Outcome::Unattributed(why) => {
-            format!("{kind} for no delivery of ours: {why}; nothing changed")
-        }
+        Outcome::Unattributed(why) => format!(
+            "{kind} not applied: {why}; kept as unattributed (see `verdicts inbound --unattributed`)"
+        ),
     }
 }
 

@@ -14,7 +14,7 @@ mod plain;
 pub mod process;
 mod report;
 
-pub use hints::{Attribution, Hints, OurMessageId};
+pub use hints::{Attribution, Hints, IdTrust, OurMessageId};
 pub use report::enhanced_status;
 
 use crate::mail::verp::{Purpose, VerpKey};

@@ -242,9 +242,7 @@ fn read_quoted_text(text: &str, hints: &mut Hints, cx: Context<'_>) {
             hints.read_quoted_address(value, cx);
         }
     }
-    if hints.message_id.is_none() {
-        hints.message_id = OurMessageId::find(text);
-    }
+    hints.note_message_id(OurMessageId::find(text, cx.key));
 }
 
 fn line_with(text: &str, needle: &str) -> Option<String> {

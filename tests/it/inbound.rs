@@ -27,6 +27,11 @@ fn describe(a: &Attribution) -> String {
             subscriber,
             by,
         } => format!("{by} {issue} {subscriber}"),
+        Attribution::UnsignedMessageId {
+            issue,
+            subscriber,
+            trust,
+        } => format!("{}-message-id {issue} {subscriber}", trust.as_str()),
         Attribution::Addresses(list) => format!("addresses {}", list.join(",")),
         Attribution::Nothing => "none".into(),
     }
@@ -541,7 +546,10 @@ fn bad_input_changes_nothing_and_exits_zero() {
         .collect();
     let out = pipe(&site, noise);
     assert!(out.starts_with("ignored:"), "{out}");
-    // A DSN for an address that is not on the list, sent to the untagged address.
+    assert_eq!(state(&site), before);
+
+    // A DSN for an address that is not on the list, sent to the untagged address: kept as
+    // unattributed, with what it claims; no subscriber or event changes.
     let out = pipe(
         &site,
         dsn(
@@ -551,13 +559,25 @@ fn bad_input_changes_nothing_and_exits_zero() {
             "5.1.1",
         ),
     );
+    assert!(out.starts_with("hard not applied:"), "{out}");
     assert!(
-        out.contains("no subscriber has the address stranger@example.org"),
+        out.contains("the only evidence is the address stranger@example.org"),
         "{out}"
     );
-
-    assert_eq!(state(&site), before);
+    let (statuses_after, events_after, _) = state(&site);
+    assert_eq!((statuses_after, events_after), (before.0, before.1));
     assert_eq!(statuses(&site)["loyal@example.net"], "active");
+    let listed = site
+        .cmd()
+        .args(["inbound", "--unattributed"])
+        .assert()
+        .success();
+    let listed = String::from_utf8(listed.get_output().stdout.clone()).unwrap();
+    assert!(
+        listed.starts_with("1 unattributed report (never applied):"),
+        "{listed}"
+    );
+    assert!(listed.contains("hard bounce  names stranger@example.org"), "{listed}");
 }
 
 #[test]
