@@ -14,7 +14,8 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::error::Resumable;
 use crate::inbound::process::{process, Applied, Outcome, Settings};
-use crate::inbound::{mailbox, Inbound, MAX_MESSAGE_BYTES};
+use crate::inbound::mailbox::{self, Stored};
+use crate::inbound::{Ignored, Inbound, MAX_MESSAGE_BYTES};
 use crate::mail::token::TokenKey;
 use crate::mail::verp::VerpKey;
 use crate::store::events::{Effect, EventKind};
@@ -95,11 +96,14 @@ pub fn run(config_path: &Path, source: Source) -> anyhow::Result<()> {
             Ok(())
         }
         Source::Mbox(path) => {
-            let data = std::fs::read(&path).map_err(|e| {
+            // Read as it goes: a message at a time, never the whole file.
+            let file = std::fs::File::open(&path).map_err(|e| {
                 crate::error::UserError::new(format!("cannot read {}: {e}", path.display()))
             })?;
-            let messages = mailbox::split_mbox(&data);
-            batch(&open()?, &config, &key, &path, messages.into_iter().map(Ok))
+            let shown = path.display().to_string();
+            let messages = mailbox::Mbox::new(std::io::BufReader::with_capacity(256 * 1024, file))
+                .map(move |m| m.map_err(|e| format!("{shown}: {e}")));
+            batch(&open()?, &config, &key, &path, messages)
         }
         Source::Maildir(dir) => {
             let files = mailbox::maildir_files(&dir).map_err(|e| {
@@ -110,9 +114,9 @@ pub fn run(config_path: &Path, source: Source) -> anyhow::Result<()> {
                 &config,
                 &key,
                 &dir,
-                files
-                    .into_iter()
-                    .map(|f| std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))),
+                files.into_iter().map(|f| {
+                    mailbox::read_message_file(&f).map_err(|e| format!("{}: {e}", f.display()))
+                }),
             )
         }
     }
@@ -173,14 +177,22 @@ fn batch(
     config: &Config,
     key: &VerpKey,
     source: &Path,
-    messages: impl Iterator<Item = Result<Vec<u8>, String>>,
+    messages: impl Iterator<Item = Result<Stored, String>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut t = Tally::default();
     for raw in messages {
         t.messages += 1;
         let raw = match raw {
-            Ok(raw) => raw,
+            Ok(Stored::Message(raw)) => raw,
+            Ok(Stored::TooLarge { bytes }) => {
+                let why = Ignored::TooLarge {
+                    bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+                };
+                info!(result = %format!("ignored: {why}"), "inbound message");
+                t.ignored += 1;
+                continue;
+            }
             Err(e) => {
                 warn!(error = %e, "cannot read a message; skipped");
                 t.unreadable += 1;
