@@ -24,3 +24,17 @@ CREATE TABLE inbound_unattributed (
     diagnostic TEXT
 );
 CREATE INDEX inbound_unattributed_by_issue ON inbound_unattributed (counted_issue);
+
+-- A confirmation link is used once (`confirmed_at`), and one that was not used before its
+-- reader left (unsubscribed or bounced) is withdrawn then: a link mailed before an
+-- unsubscribe can never undo it. A signup made after leaving gets a new confirmation.
+-- The trigger covers every way a status changes (web, inbound, CLI, import, the send
+-- itself). A later migration that rebuilds `subscribers` must create it again.
+ALTER TABLE confirmations ADD COLUMN revoked_at TEXT;
+CREATE TRIGGER confirmations_revoked_when_reader_leaves
+AFTER UPDATE OF status ON subscribers
+WHEN NEW.status IN ('unsubscribed', 'bounced') AND OLD.status <> NEW.status
+BEGIN
+    UPDATE confirmations SET revoked_at = NEW.updated_at
+    WHERE subscriber_id = NEW.id AND confirmed_at IS NULL AND revoked_at IS NULL;
+END;
