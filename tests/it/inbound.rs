@@ -160,7 +160,7 @@ const READERS: [&str; 6] = [
     "refused@example.net",
 ];
 
-fn inbound_site(port: u16) -> TempSite {
+pub(crate) fn inbound_site(port: u16) -> TempSite {
     let site = TempSite::with_bundled_content();
     site.write_config(port, "");
     site.edit_config(|t| t + "inbound:\n  address: bounces@example.com\n");
@@ -190,7 +190,7 @@ fn add_week(site: &TempSite, week: usize) {
     site.add_comparison(&format!("week-{week}.md"), &text);
 }
 
-fn send_week(site: &TempSite, server: &TestSmtp, week: usize) -> Vec<Received> {
+pub(crate) fn send_week(site: &TempSite, server: &TestSmtp, week: usize) -> Vec<Received> {
     let before = server.received().len();
     if week > 0 {
         add_week(site, week);
@@ -203,7 +203,7 @@ fn send_week(site: &TempSite, server: &TestSmtp, week: usize) -> Vec<Received> {
     server.received()[before..].to_vec()
 }
 
-fn statuses(site: &TempSite) -> HashMap<String, String> {
+pub(crate) fn statuses(site: &TempSite) -> HashMap<String, String> {
     let conn = site.db();
     let mut stmt = conn
         .prepare("SELECT email, status FROM subscribers")
@@ -214,7 +214,7 @@ fn statuses(site: &TempSite) -> HashMap<String, String> {
         .collect()
 }
 
-fn subscriber_ids(site: &TempSite) -> HashMap<String, i64> {
+pub(crate) fn subscriber_ids(site: &TempSite) -> HashMap<String, i64> {
     let conn = site.db();
     let mut stmt = conn.prepare("SELECT email, id FROM subscribers").unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -235,7 +235,7 @@ fn state(site: &TempSite) -> (Vec<(String, String)>, i64, i64) {
     (s, count("events"), count("inbound_processed"))
 }
 
-fn to(received: &[Received], who: &str) -> Received {
+pub(crate) fn to(received: &[Received], who: &str) -> Received {
     received
         .iter()
         .find(|r| r.rcpt == [who])
@@ -244,7 +244,7 @@ fn to(received: &[Received], who: &str) -> Received {
 }
 
 /// A received message's List-Unsubscribe header.
-fn list_unsubscribe(message: &Received) -> String {
+pub(crate) fn list_unsubscribe(message: &Received) -> String {
     let mail = mailparse::parse_mail(&message.raw).unwrap();
     mail.headers
         .iter()
@@ -254,14 +254,14 @@ fn list_unsubscribe(message: &Received) -> String {
 }
 
 /// The mailto address in a received message's List-Unsubscribe header.
-fn mailto_of(message: &Received) -> String {
+pub(crate) fn mailto_of(message: &Received) -> String {
     let value = list_unsubscribe(message);
     let start = value.find("mailto:").unwrap() + "mailto:".len();
     value[start..].split(['?', '>']).next().unwrap().to_string()
 }
 
 /// A Postfix-style DSN for one delivery, sent back to its envelope sender.
-fn dsn(envelope_sender: &str, recipient: &str, action: &str, status: &str) -> String {
+pub(crate) fn dsn(envelope_sender: &str, recipient: &str, action: &str, status: &str) -> String {
     format!(
         "Return-Path: <>\r\n\
          Delivered-To: {envelope_sender}\r\n\
@@ -293,7 +293,7 @@ fn dsn(envelope_sender: &str, recipient: &str, action: &str, status: &str) -> St
 }
 
 /// A feedback-loop complaint (ARF), sent to a separate FBL address, quoting the original.
-fn arf(original: &Received) -> String {
+pub(crate) fn arf(original: &Received) -> String {
     let headers_end = original
         .raw
         .windows(4)
@@ -332,7 +332,7 @@ fn arf(original: &Received) -> String {
     )
 }
 
-fn pipe(site: &TempSite, message: impl Into<Vec<u8>>) -> String {
+pub(crate) fn pipe(site: &TempSite, message: impl Into<Vec<u8>>) -> String {
     let out = site
         .cmd()
         .arg("inbound")
@@ -665,7 +665,7 @@ fn a_mailbox_is_processed_once() {
 }
 
 /// The one-click link of a received message, pointed at the local endpoint on `web`.
-fn one_click_url(message: &Received, web: u16) -> String {
+pub(crate) fn one_click_url(message: &Received, web: u16) -> String {
     let value = list_unsubscribe(message);
     let url = value.split(", ").next().unwrap().trim_matches(['<', '>']);
     url.replace(
@@ -765,7 +765,7 @@ fn stop(daemon: Process) {
 }
 
 /// A Dovecot, its mailbox, and an inbound site that sent week 1 and reads that mailbox.
-fn imap_setup() -> Option<(Dovecot, Mailbox, TestSmtp, TempSite, Vec<Received>)> {
+pub(crate) fn imap_setup() -> Option<(Dovecot, Mailbox, TestSmtp, TempSite, Vec<Received>)> {
     let dovecot = Dovecot::start(TEST_SECRET)?;
     let mailbox = Mailbox::new(&dovecot, TEST_SECRET);
     let server = TestSmtp::start();

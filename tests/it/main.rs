@@ -20,6 +20,7 @@ mod dovecot;
 mod endpoint;
 mod faults;
 mod hardening;
+mod hostile_inbound;
 mod inbound;
 mod render;
 mod signup;
