@@ -130,7 +130,12 @@ pub enum Command {
         #[arg(long, conflicts_with_all = ["mbox", "maildir", "imap"])]
         unattributed: bool,
         /// With --unattributed: how many to list
-        #[arg(long, value_name = "N", default_value_t = 50, requires = "unattributed")]
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 50,
+            requires = "unattributed"
+        )]
         limit: usize,
         /// Poll the inbound.imap mailbox once (the daemon polls it on its own)
         #[arg(long, conflicts_with = "maildir")]

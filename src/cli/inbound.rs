@@ -13,8 +13,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::Resumable;
-use crate::inbound::process::{process, Applied, Outcome, Settings};
 use crate::inbound::mailbox::{self, Stored};
+use crate::inbound::process::{process, Applied, Outcome, Settings};
 use crate::inbound::{Ignored, Inbound, MAX_MESSAGE_BYTES};
 use crate::mail::token::TokenKey;
 use crate::mail::verp::VerpKey;

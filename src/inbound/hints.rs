@@ -302,7 +302,10 @@ mod tests {
         assert_eq!(m.domain, "news.example.com");
         assert_eq!(m.trust, IdTrust::Legacy);
         assert_eq!(OurMessageId::find("<CAF=abc@mail.gmail.com>", None), None);
-        assert_eq!(OurMessageId::find("<verdicts.20260105T0700Z.0.1@x>", None), None);
+        assert_eq!(
+            OurMessageId::find("<verdicts.20260105T0700Z.0.1@x>", None),
+            None
+        );
     }
 
     #[test]
@@ -315,13 +318,25 @@ mod tests {
         assert_eq!((m.issue.get(), m.subscriber.get()), (12, 3456));
         // The same MAC on another subscriber, a made-up MAC, no key to check with.
         let moved = signed.replace(".3456.", ".3457.");
-        assert_eq!(OurMessageId::find(&moved, Some(&key)).unwrap().trust, IdTrust::Forged);
+        assert_eq!(
+            OurMessageId::find(&moved, Some(&key)).unwrap().trust,
+            IdTrust::Forged
+        );
         let made_up = "<verdicts.20260105T0700Z.12.3456.aaaabbbbccccdddd@news.example.com>";
-        assert_eq!(OurMessageId::find(made_up, Some(&key)).unwrap().trust, IdTrust::Forged);
-        assert_eq!(OurMessageId::find(&signed, None).unwrap().trust, IdTrust::Forged);
+        assert_eq!(
+            OurMessageId::find(made_up, Some(&key)).unwrap().trust,
+            IdTrust::Forged
+        );
+        assert_eq!(
+            OurMessageId::find(&signed, None).unwrap().trust,
+            IdTrust::Forged
+        );
         // A signed ID anywhere in the text wins over forged ones before it.
         let both = format!("{made_up} {moved} {signed}");
-        assert_eq!(OurMessageId::find(&both, Some(&key)).unwrap().trust, IdTrust::Signed);
+        assert_eq!(
+            OurMessageId::find(&both, Some(&key)).unwrap().trust,
+            IdTrust::Signed
+        );
         let mut hints = Hints::default();
         hints.note_message_id(OurMessageId::find(made_up, Some(&key)));
         hints.note_message_id(OurMessageId::find(&signed, Some(&key)));

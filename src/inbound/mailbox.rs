@@ -12,7 +12,9 @@ use super::MAX_MESSAGE_BYTES;
 pub enum Stored {
     Message(Vec<u8>),
     /// Over the limit: skipped unread (its size, as far as it was counted).
-    TooLarge { bytes: u64 },
+    TooLarge {
+        bytes: u64,
+    },
 }
 
 /// The messages of an mbox, without the `From ` separator lines and with one level of
@@ -84,9 +86,7 @@ impl<R: BufRead> Iterator for Mbox<R> {
         while !self.done {
             // Enough of the line to hold the rest of the message, and always its start (a
             // separator is recognised by its first five bytes).
-            let cap = (MAX_MESSAGE_BYTES + 1)
-                .saturating_sub(message.len())
-                .max(8);
+            let cap = (MAX_MESSAGE_BYTES + 1).saturating_sub(message.len()).max(8);
             let len = match read_line_bounded(&mut self.reader, &mut self.line, cap) {
                 Ok(len) => len,
                 Err(e) => {

@@ -205,7 +205,12 @@ pub(super) fn auto_reply(
             .map(|v| v.trim().to_string())
     };
     if let Some(v) = h("Auto-Submitted") {
-        let value = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let value = v
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         let counts = match auto_submitted {
             AutoSubmitted::Any => value != "no",
             AutoSubmitted::Replies => value == "auto-replied",

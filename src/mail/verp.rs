@@ -168,10 +168,11 @@ impl VerpKey {
     /// The MAC part of the Message-ID of one delivery: 16 lowercase base32 characters,
     /// the same every time (a copy re-sent after a crash carries the same Message-ID).
     pub fn message_id_tag(&self, issue: IssueNumber, subscriber: SubscriberId) -> String {
-        let full = self.message_id_mac(issue, subscriber).finalize().into_bytes();
-        BASE32_NOPAD
-            .encode(&full[..MAC_LEN])
-            .to_ascii_lowercase()
+        let full = self
+            .message_id_mac(issue, subscriber)
+            .finalize()
+            .into_bytes();
+        BASE32_NOPAD.encode(&full[..MAC_LEN]).to_ascii_lowercase()
     }
 
     /// True when `tag` (any case) is the Message-ID MAC of that delivery.

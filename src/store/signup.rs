@@ -469,8 +469,9 @@ mod tests {
         assert_eq!(now.status, SubscriberStatus::Unsubscribed);
         assert_eq!(now.confirmed_at, confirmed_at, "not rewritten");
         // A signup after leaving gets a link of its own, which works once.
-        let SignupOutcome::Queued { confirmation: fresh } =
-            request_signup(&conn, &again).unwrap()
+        let SignupOutcome::Queued {
+            confirmation: fresh,
+        } = request_signup(&conn, &again).unwrap()
         else {
             panic!()
         };

@@ -154,7 +154,10 @@ mod tests {
         assert_eq!(listed[0].kind, "complaint");
         assert_eq!(listed[0].claimed_issue, Some(IssueNumber(3)));
         assert_eq!(listed[0].claimed_email, None, "no subscriber 9");
-        assert_eq!(listed[0].addresses.as_ref().unwrap().chars().count(), MAX_TEXT);
+        assert_eq!(
+            listed[0].addresses.as_ref().unwrap().chars().count(),
+            MAX_TEXT
+        );
         // No issue 3 and no issue at all: counted under none.
         assert_eq!(count_for_issue(&conn, IssueNumber(3)).unwrap(), 0);
         assert_eq!(newest(&conn, 1).unwrap().len(), 1);

@@ -48,7 +48,9 @@ fn snapshot(site: &TempSite) -> Snapshot {
 
 fn unattributed(site: &TempSite) -> i64 {
     site.db()
-        .query_row("SELECT count(*) FROM inbound_unattributed", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM inbound_unattributed", [], |r| {
+            r.get(0)
+        })
         .unwrap()
 }
 
@@ -126,7 +128,10 @@ fn untagged_bounces_and_complaints_naming_a_reader_change_nothing() {
     let out = pipe(&site, forged_arf(who, "<nothing@attacker.example>", 0));
     assert!(out.starts_with("complaint not applied:"), "{out}");
     // A plain-text bounce from a "MAILER-DAEMON", the usual Postfix wording.
-    let out = pipe(&site, forged_plain_bounce(who, "<nothing@attacker.example>", 0));
+    let out = pipe(
+        &site,
+        forged_plain_bounce(who, "<nothing@attacker.example>", 0),
+    );
     assert!(out.starts_with("hard not applied:"), "{out}");
 
     assert_eq!(snapshot(&site), before);
@@ -138,7 +143,11 @@ fn untagged_bounces_and_complaints_naming_a_reader_change_nothing() {
         .success();
     let listed = String::from_utf8(listed.get_output().stdout.clone()).unwrap();
     assert!(listed.starts_with("3 unattributed reports"), "{listed}");
-    assert_eq!(listed.matches("names loyal@example.net").count(), 3, "{listed}");
+    assert_eq!(
+        listed.matches("names loyal@example.net").count(),
+        3,
+        "{listed}"
+    );
     let show = site.cmd().args(["issues", "show", "1"]).assert().success();
     let show = String::from_utf8(show.get_output().stdout.clone()).unwrap();
     assert!(
@@ -170,11 +179,17 @@ fn guessed_message_ids_cannot_empty_the_list() {
         bounce = bounce.replace("Message-Id: <", &format!("Message-Id: <legacy-{id}-"));
         pipe(&site, bounce);
         pipe(&site, forged_arf("redacted@example.org", &legacy, id));
-        pipe(&site, forged_plain_bounce("redacted@example.org", &legacy, id));
+        pipe(
+            &site,
+            forged_plain_bounce("redacted@example.org", &legacy, id),
+        );
         // The new form with a MAC made up, and with the attacker's own valid MAC moved
         // onto another subscriber.
         let made_up = format!("<verdicts.20261123T0900Z.1.{id}.q7zq7zq7zq7zq7zq@example.com>");
-        pipe(&site, forged_arf("redacted@example.org", &made_up, 100 + id));
+        pipe(
+            &site,
+            forged_arf("redacted@example.org", &made_up, 100 + id),
+        );
     }
     // A reader (the attacker) knows their own signed Message-ID; it names only them.
     let own = to(&week1, "annoyed@example.net");
@@ -254,7 +269,10 @@ fn a_bounced_reader_stays_bounced_whatever_link_is_used() {
     site.edit_config(|t| t.replace("127.0.0.1:8080", "127.0.0.1:0"));
     let week1 = send_week(&site, &server, 0);
     let dead = to(&week1, "dead@example.net");
-    pipe(&site, dsn(&dead.mail_from, "dead@example.net", "failed", "5.1.1"));
+    pipe(
+        &site,
+        dsn(&dead.mail_from, "dead@example.net", "failed", "5.1.1"),
+    );
     let before = snapshot(&site);
     assert!(before
         .subscribers
@@ -270,7 +288,11 @@ fn a_bounced_reader_stays_bounced_whatever_link_is_used() {
         assert_eq!(answer.status, 200);
     }
     serve.kill();
-    assert_eq!(snapshot(&site), before, "still bounced, no unsubscribe recorded");
+    assert_eq!(
+        snapshot(&site),
+        before,
+        "still bounced, no unsubscribe recorded"
+    );
 }
 
 #[test]
@@ -319,7 +341,11 @@ fn a_replayed_confirmation_never_undoes_an_unsubscribe() {
     let page = crate::signup::answer(agent.get(&link).call().unwrap());
     assert_eq!(page.status, 410);
     assert!(!page.body.contains("<button"), "{}", page.body);
-    assert_eq!(snapshot(&site), before, "still unsubscribed, confirmed_at as it was");
+    assert_eq!(
+        snapshot(&site),
+        before,
+        "still unsubscribed, confirmed_at as it was"
+    );
 }
 
 #[test]
@@ -330,7 +356,13 @@ fn a_forged_report_read_over_imap_changes_nothing() {
     let before = snapshot(&site);
     mailbox.append(
         "INBOX",
-        dsn("bounces@example.com", "loyal@example.net", "failed", "5.1.1").as_bytes(),
+        dsn(
+            "bounces@example.com",
+            "loyal@example.net",
+            "failed",
+            "5.1.1",
+        )
+        .as_bytes(),
     );
     mailbox.append(
         "INBOX",
@@ -365,9 +397,14 @@ fn an_oversized_message_in_an_mbox_is_skipped_and_the_rest_read() {
         f.write_all(b"\nFrom MAILER-DAEMON Mon Nov 23 09:06:00 2026\n")
             .unwrap();
         f.write_all(
-            dsn("bounces@example.com", "loyal@example.net", "failed", "5.1.1")
-                .replace("\r\n", "\n")
-                .as_bytes(),
+            dsn(
+                "bounces@example.com",
+                "loyal@example.net",
+                "failed",
+                "5.1.1",
+            )
+            .replace("\r\n", "\n")
+            .as_bytes(),
         )
         .unwrap();
     }

@@ -577,7 +577,10 @@ fn bad_input_changes_nothing_and_exits_zero() {
         listed.starts_with("1 unattributed report (never applied):"),
         "{listed}"
     );
-    assert!(listed.contains("hard bounce  names stranger@example.org"), "{listed}");
+    assert!(
+        listed.contains("hard bounce  names stranger@example.org"),
+        "{listed}"
+    );
 }
 
 #[test]
