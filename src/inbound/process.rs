@@ -74,8 +74,12 @@ pub fn process(
         let (targets, by) = match targets(tx, &inbound)? {
             Ok(found) => found,
             Err(why) => {
+                // Remembered under a key of its own: a forged report that borrows the
+                // Message-ID of a genuine one to come must not make it a duplicate.
+                if !events::mark_processed(tx, &format!("unattributed:{key}"), "unattributed")? {
+                    return Ok(Outcome::Duplicate);
+                }
                 keep_unattributed(tx, &inbound, &why)?;
-                events::mark_processed(tx, &key, "unattributed")?;
                 return Ok(Outcome::Unattributed(why));
             }
         };

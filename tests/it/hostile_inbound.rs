@@ -157,6 +157,26 @@ fn untagged_bounces_and_complaints_naming_a_reader_change_nothing() {
 }
 
 #[test]
+fn a_forged_report_cannot_pre_empt_a_genuine_one_by_borrowing_its_message_id() {
+    let (_server, site, week1) = sent_site();
+    let dead = to(&week1, "dead@example.net");
+    let genuine = dsn(&dead.mail_from, "dead@example.net", "failed", "5.1.1");
+    // The same report with the same Message-ID, sent to the untagged address first.
+    let forged = genuine.replace(&dead.mail_from, "bounces@example.com");
+    assert_ne!(forged, genuine);
+    let before = snapshot(&site);
+    let out = pipe(&site, forged.clone());
+    assert!(out.starts_with("hard not applied:"), "{out}");
+    let out = pipe(&site, forged);
+    assert!(out.contains("already handled"), "{out}");
+    assert_eq!(snapshot(&site), before);
+    assert_eq!(unattributed(&site), 1);
+    // The genuine one still acts.
+    let out = pipe(&site, genuine);
+    assert!(out.contains("now bounced"), "{out}");
+}
+
+#[test]
 fn guessed_message_ids_cannot_empty_the_list() {
     let (_server, site, week1) = sent_site();
     let before = snapshot(&site);
