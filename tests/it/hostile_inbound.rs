@@ -393,8 +393,30 @@ fn a_forged_report_read_over_imap_changes_nothing() {
         )
         .as_bytes(),
     );
-    site.cmd().args(["inbound", "--imap"]).assert().success();
-    assert_eq!(mailbox.count("Processed"), 2);
+    // 11 MB: judged by its size on the server and filed without being downloaded.
+    let mut huge = dsn(
+        "bounces@example.com",
+        "loyal@example.net",
+        "failed",
+        "5.1.1",
+    )
+    .replace("Message-Id: <", "Message-Id: <huge-")
+    .into_bytes();
+    for _ in 0..(11 * 1024) {
+        huge.extend_from_slice(&[b'x'; 1022]);
+        huge.extend_from_slice(b"\r\n");
+    }
+    mailbox.append("INBOX", &huge);
+    let out = site
+        .cmd()
+        .args(["inbound", "--imap"])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success();
+    let out = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(out.contains("3 messages handled"), "{out}");
+    assert_eq!(mailbox.count("Processed"), 3);
+    assert_eq!(mailbox.count("INBOX"), 0);
     assert_eq!(snapshot(&site), before);
     assert_eq!(unattributed(&site), 2);
 }
