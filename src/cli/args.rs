@@ -126,6 +126,17 @@ pub enum Command {
         /// Every message of this mbox file
         #[arg(long, value_name = "FILE", conflicts_with_all = ["maildir", "imap"])]
         mbox: Option<PathBuf>,
+        /// List the reports kept as unattributed (never applied), newest first
+        #[arg(long, conflicts_with_all = ["mbox", "maildir", "imap"])]
+        unattributed: bool,
+        /// With --unattributed: how many to list
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 50,
+            requires = "unattributed"
+        )]
+        limit: usize,
         /// Poll the inbound.imap mailbox once (the daemon polls it on its own)
         #[arg(long, conflicts_with = "maildir")]
         imap: bool,

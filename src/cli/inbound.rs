@@ -13,8 +13,9 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::Resumable;
+use crate::inbound::mailbox::{self, Stored};
 use crate::inbound::process::{process, Applied, Outcome, Settings};
-use crate::inbound::{mailbox, Inbound, MAX_MESSAGE_BYTES};
+use crate::inbound::{Ignored, Inbound, MAX_MESSAGE_BYTES};
 use crate::mail::token::TokenKey;
 use crate::mail::verp::VerpKey;
 use crate::store::events::{Effect, EventKind};
@@ -95,11 +96,14 @@ pub fn run(config_path: &Path, source: Source) -> anyhow::Result<()> {
             Ok(())
         }
         Source::Mbox(path) => {
-            let data = std::fs::read(&path).map_err(|e| {
+            // Read as it goes: a message at a time, never the whole file.
+            let file = std::fs::File::open(&path).map_err(|e| {
                 crate::error::UserError::new(format!("cannot read {}: {e}", path.display()))
             })?;
-            let messages = mailbox::split_mbox(&data);
-            batch(&open()?, &config, &key, &path, messages.into_iter().map(Ok))
+            let shown = path.display().to_string();
+            let messages = mailbox::Mbox::new(std::io::BufReader::with_capacity(256 * 1024, file))
+                .map(move |m| m.map_err(|e| format!("{shown}: {e}")));
+            batch(&open()?, &config, &key, &path, messages)
         }
         Source::Maildir(dir) => {
             let files = mailbox::maildir_files(&dir).map_err(|e| {
@@ -110,9 +114,9 @@ pub fn run(config_path: &Path, source: Source) -> anyhow::Result<()> {
                 &config,
                 &key,
                 &dir,
-                files
-                    .into_iter()
-                    .map(|f| std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))),
+                files.into_iter().map(|f| {
+                    mailbox::read_message_file(&f).map_err(|e| format!("{}: {e}", f.display()))
+                }),
             )
         }
     }
@@ -173,14 +177,22 @@ fn batch(
     config: &Config,
     key: &VerpKey,
     source: &Path,
-    messages: impl Iterator<Item = Result<Vec<u8>, String>>,
+    messages: impl Iterator<Item = Result<Stored, String>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut t = Tally::default();
     for raw in messages {
         t.messages += 1;
         let raw = match raw {
-            Ok(raw) => raw,
+            Ok(Stored::Message(raw)) => raw,
+            Ok(Stored::TooLarge { bytes }) => {
+                let why = Ignored::TooLarge {
+                    bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+                };
+                info!(result = %format!("ignored: {why}"), "inbound message");
+                t.ignored += 1;
+                continue;
+            }
             Err(e) => {
                 warn!(error = %e, "cannot read a message; skipped");
                 t.unreadable += 1;
@@ -221,7 +233,7 @@ fn batch(
         t.messages as f64 / secs.max(1e-9)
     );
     println!(
-        "  {} hard bounce{}, {} soft, {} complaint{}, {} mailto unsubscribe{}; {} ignored, {} already handled, {} matching no delivery{}.",
+        "  {} hard bounce{}, {} soft, {} complaint{}, {} mailto unsubscribe{}; {} ignored, {} already handled, {} unattributed (not applied){}.",
         t.hard,
         plural(t.hard),
         t.soft,
@@ -242,7 +254,85 @@ fn batch(
         "  Now bounced: {}; now unsubscribed: {}.",
         t.bounced, t.unsubscribed
     );
+    if t.unattributed > 0 {
+        print_unattributed_total(conn)?;
+    }
     Ok(())
+}
+
+/// `12 unattributed reports: see …`, when any are kept.
+fn print_unattributed_total(conn: &Connection) -> anyhow::Result<()> {
+    let total = store::unattributed::count(conn)?;
+    if total > 0 {
+        println!(
+            "{total} unattributed report{}: see `verdicts inbound --unattributed`.",
+            plural(total)
+        );
+    }
+    Ok(())
+}
+
+/// `verdicts inbound --unattributed`: the reports kept without applying them, newest first.
+pub fn list_unattributed(config: &Config, limit: usize) -> anyhow::Result<()> {
+    let conn = store::open(&config.database_path())?;
+    let total = store::unattributed::count(&conn)?;
+    if total == 0 {
+        println!("No unattributed reports.");
+        return Ok(());
+    }
+    let reports = store::unattributed::newest(&conn, limit)?;
+    println!(
+        "{total} unattributed report{} (never applied){}:",
+        plural(total),
+        if (reports.len() as u64) < total {
+            format!(", the newest {}", reports.len())
+        } else {
+            String::new()
+        }
+    );
+    for r in reports {
+        let mut claims = Vec::new();
+        if let (Some(issue), Some(subscriber)) = (r.claimed_issue, r.claimed_subscriber) {
+            claims.push(format!(
+                "issue {issue} to subscriber {subscriber}{} by a {} Message-ID",
+                r.claimed_email
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default(),
+                r.message_id_trust.as_deref().unwrap_or("unsigned")
+            ));
+        }
+        if let Some(a) = &r.addresses {
+            claims.push(format!("names {a}"));
+        }
+        println!(
+            "{}  {:<11}  {}",
+            r.received_at.format("%Y-%m-%d %H:%M:%S"),
+            kind_name(&r.kind),
+            if claims.is_empty() {
+                "names no one".to_string()
+            } else {
+                claims.join("; ")
+            }
+        );
+        println!("    why: {}", r.reason);
+        match (&r.status, &r.diagnostic) {
+            (Some(s), Some(d)) if d.contains(s.as_str()) => println!("    said: {d}"),
+            (Some(s), Some(d)) => println!("    said: {s} {d}"),
+            (Some(s), None) => println!("    said: {s}"),
+            (None, Some(d)) => println!("    said: {d}"),
+            (None, None) => {}
+        }
+    }
+    Ok(())
+}
+
+fn kind_name(label: &str) -> &str {
+    match label {
+        "hard" => "hard bounce",
+        "soft" => "soft bounce",
+        other => other,
+    }
 }
 
 fn plural(n: u64) -> &'static str {
@@ -266,9 +356,9 @@ fn describe(inbound: &Inbound, outcome: &Outcome) -> String {
         }
         Outcome::Duplicate => format!("{kind}: already handled, nothing changed"),
         Outcome::Ignored(why) => format!("ignored: {why}"),
-        Outcome::Unattributed(why) => {
-            format!("{kind} for no delivery of ours: {why}; nothing changed")
-        }
+        Outcome::Unattributed(why) => format!(
+            "{kind} not applied: {why}; kept as unattributed (see `verdicts inbound --unattributed`)"
+        ),
     }
 }
 

@@ -10,6 +10,7 @@ use crate::error::Resumable;
 use crate::issue;
 use crate::store::events::{self, IssueEvents};
 use crate::store::ledger::{self, IssueState};
+use crate::store::unattributed;
 
 /// Above this complaint rate Gmail starts filtering bulk mail (it asks senders to stay
 /// below 0.1% and never reach 0.3%).
@@ -138,6 +139,13 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
             let e = events::issue_events(&conn, number)?;
             if e.attempted > 0 {
                 print_readers(&e);
+            }
+            let unattributed = unattributed::count_for_issue(&conn, number)?;
+            if unattributed > 0 {
+                println!(
+                    "Unattributed: {unattributed} report{} not applied (no signed tag or Message-ID): see `verdicts inbound --unattributed`",
+                    if unattributed == 1 { "" } else { "s" }
+                );
             }
             let failed = ledger::failed_deliveries(&conn, number)?;
             if !failed.is_empty() {

@@ -100,10 +100,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Inbound {
             mbox,
+            unattributed,
+            limit,
             imap,
             maildir,
             recipient,
         } => {
+            if unattributed {
+                let config = Config::load(&config_path)?;
+                return inbound::list_unattributed(&config, limit);
+            }
             let source = match (mbox, maildir) {
                 (Some(file), _) => inbound::Source::Mbox(file),
                 (None, Some(dir)) => inbound::Source::Maildir(dir),

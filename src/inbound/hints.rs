@@ -1,7 +1,9 @@
-//! Attribution: which delivery (issue, subscriber) a report is about. In order of trust:
-//! the signed VERP tag of the address the report was sent to; a signed tag quoted in the
-//! report (the original's Return-Path or List-Unsubscribe); our Message-ID quoted in the
-//! report; the failed address itself.
+//! Attribution: which delivery (issue, subscriber) a report is about. Only signed evidence
+//! attributes, in this order: the signed VERP tag of the address the report was sent to; a
+//! signed tag quoted in the report (the original's Return-Path or List-Unsubscribe); our
+//! signed Message-ID quoted in the report. What else a report says (an unsigned or legacy
+//! Message-ID, the failed address) is kept as a claim to show the operator, never acted on:
+//! anyone can write it.
 
 use std::sync::LazyLock;
 
@@ -9,20 +11,46 @@ use mailparse::{MailHeaderMap, ParsedMail};
 use regex::Regex;
 
 use super::Context;
-use crate::mail::verp::Tag;
+use crate::mail::verp::{Tag, VerpKey};
 use crate::store::{IssueNumber, SubscriberId};
 
-/// One of our Message-IDs: `<verdicts.<slot>.<issue>.<subscriber>@<domain>>`.
+/// One of our Message-IDs: `<verdicts.<slot>.<issue>.<subscriber>.<mac>@<domain>>`, or
+/// the legacy form without the MAC that issues sent before IDs were signed carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OurMessageId {
     pub issue: IssueNumber,
     pub subscriber: SubscriberId,
     pub domain: String,
+    /// How far the ID can be trusted.
+    pub trust: IdTrust,
+}
+
+/// Whether a Message-ID of our form proves anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdTrust {
+    /// Its MAC verifies: we made it for this delivery.
+    Signed,
+    /// The old form without a MAC: it names a delivery but anyone can write it.
+    Legacy,
+    /// It carries a MAC that does not verify (or there was no key to check it with).
+    Forged,
+}
+
+impl IdTrust {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdTrust::Signed => "signed",
+            IdTrust::Legacy => "legacy",
+            IdTrust::Forged => "forged",
+        }
+    }
 }
 
 static OUR_MESSAGE_ID: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)verdicts\.\d{8}T\d{4}Z\.([1-9]\d{0,17})\.([1-9]\d{0,17})@([a-z0-9.-]+)")
-        .expect("valid regex")
+    Regex::new(
+        r"(?i)verdicts\.\d{8}T\d{4}Z\.([1-9]\d{0,17})\.([1-9]\d{0,17})(?:\.([a-z0-9]{1,32}))?@([a-z0-9.-]+)",
+    )
+    .expect("valid regex")
 });
 
 /// A local part that carries a tag: `…+<b|u>-<digits>-<digits>-<base32>`.
@@ -31,14 +59,36 @@ static TAG_SHAPED: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 impl OurMessageId {
-    /// Finds the first of our Message-IDs in `text` (a header value or a report body).
-    pub fn find(text: &str) -> Option<Self> {
-        let c = OUR_MESSAGE_ID.captures(text)?;
-        Some(OurMessageId {
-            issue: IssueNumber(c[1].parse().ok()?),
-            subscriber: SubscriberId(c[2].parse().ok()?),
-            domain: c[3].to_ascii_lowercase(),
-        })
+    /// Finds our Message-IDs in `text` (a header value or a report body): the first whose
+    /// MAC verifies with `key`, else the first of any kind.
+    pub fn find(text: &str, key: Option<&VerpKey>) -> Option<Self> {
+        let mut first = None;
+        for c in OUR_MESSAGE_ID.captures_iter(text).take(32) {
+            let (Ok(issue), Ok(subscriber)) = (c[1].parse(), c[2].parse()) else {
+                continue;
+            };
+            let (issue, subscriber) = (IssueNumber(issue), SubscriberId(subscriber));
+            let trust = match (c.get(3), key) {
+                (None, _) => IdTrust::Legacy,
+                (Some(mac), Some(key))
+                    if key.verify_message_id_tag(issue, subscriber, mac.as_str()) =>
+                {
+                    IdTrust::Signed
+                }
+                (Some(_), _) => IdTrust::Forged,
+            };
+            let id = OurMessageId {
+                issue,
+                subscriber,
+                domain: c[4].to_ascii_lowercase(),
+                trust,
+            };
+            if trust == IdTrust::Signed {
+                return Some(id);
+            }
+            first.get_or_insert(id);
+        }
+        first
     }
 }
 
@@ -50,7 +100,7 @@ pub struct Hints {
     /// A verified tag quoted inside the report (the original's Return-Path,
     /// Original-Mail-From or List-Unsubscribe).
     pub quoted_verp: Option<Tag>,
-    /// Our Message-ID quoted in the report.
+    /// Our Message-ID quoted in the report (signed, or only a claim: see its `trust`).
     pub message_id: Option<OurMessageId>,
     /// Addresses the report says failed or complained (Final-Recipient, Original-Recipient,
     /// Original-Rcpt-To, X-Failed-Recipients, addresses named by a plain-text bounce).
@@ -60,14 +110,29 @@ pub struct Hints {
 /// The delivery a message is attributed to, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attribution {
+    /// Signed evidence names the delivery: the message may act on it.
     Delivery {
         issue: IssueNumber,
         subscriber: SubscriberId,
         by: &'static str,
     },
-    /// Only addresses: the store matches them to subscribers (the issue is unknown).
+    /// Our Message-ID without a MAC that verifies (the legacy form, or a forged one). It
+    /// names a delivery but proves nothing: recorded as unattributed, never applied.
+    UnsignedMessageId {
+        issue: IssueNumber,
+        subscriber: SubscriberId,
+        trust: IdTrust,
+    },
+    /// Only addresses, which anyone can write: recorded as unattributed, never applied.
     Addresses(Vec<String>),
     Nothing,
+}
+
+impl Attribution {
+    /// True when the message may change a subscriber.
+    pub fn is_signed(&self) -> bool {
+        matches!(self, Attribution::Delivery { .. })
+    }
 }
 
 impl Hints {
@@ -88,16 +153,33 @@ impl Hints {
             };
         }
         if let Some(m) = &self.message_id {
-            return Attribution::Delivery {
+            if m.trust == IdTrust::Signed {
+                return Attribution::Delivery {
+                    issue: m.issue,
+                    subscriber: m.subscriber,
+                    by: "message-id",
+                };
+            }
+            return Attribution::UnsignedMessageId {
                 issue: m.issue,
                 subscriber: m.subscriber,
-                by: "message-id",
+                trust: m.trust,
             };
         }
         if !self.recipients.is_empty() {
             return Attribution::Addresses(self.recipients.clone());
         }
         Attribution::Nothing
+    }
+
+    /// Keeps `found` unless a Message-ID as trusted is already known (a signed one wins
+    /// over an unsigned one found earlier).
+    pub(super) fn note_message_id(&mut self, found: Option<OurMessageId>) {
+        let Some(found) = found else { return };
+        match &self.message_id {
+            Some(known) if known.trust == IdTrust::Signed || found.trust != IdTrust::Signed => {}
+            _ => self.message_id = Some(found),
+        }
     }
 
     pub(super) fn add_recipient(&mut self, addr: &str) {
@@ -123,10 +205,8 @@ impl Hints {
                 self.read_quoted_address(&value, cx);
             }
         }
-        if self.message_id.is_none() {
-            if let Some(v) = headers.get_first_value("Message-ID") {
-                self.message_id = OurMessageId::find(&v);
-            }
+        if let Some(v) = headers.get_first_value("Message-ID") {
+            self.note_message_id(OurMessageId::find(&v, cx.key));
         }
     }
 
@@ -213,13 +293,55 @@ mod tests {
 
     #[test]
     fn finds_our_message_id_in_any_case() {
-        let m =
-            OurMessageId::find("Message-ID: <VERDICTS.20260105T0700Z.12.3456@News.Example.com>")
-                .unwrap();
+        let m = OurMessageId::find(
+            "Message-ID: <VERDICTS.20260105T0700Z.12.3456@News.Example.com>",
+            None,
+        )
+        .unwrap();
         assert_eq!((m.issue.get(), m.subscriber.get()), (12, 3456));
         assert_eq!(m.domain, "news.example.com");
-        assert_eq!(OurMessageId::find("<CAF=abc@mail.gmail.com>"), None);
-        assert_eq!(OurMessageId::find("<verdicts.20260105T0700Z.0.1@x>"), None);
+        assert_eq!(m.trust, IdTrust::Legacy);
+        assert_eq!(OurMessageId::find("<CAF=abc@mail.gmail.com>", None), None);
+        assert_eq!(
+            OurMessageId::find("<verdicts.20260105T0700Z.0.1@x>", None),
+            None
+        );
+    }
+
+    #[test]
+    fn only_a_message_id_whose_mac_verifies_is_signed() {
+        let key = VerpKey::derive(b"0123456789abcdef0123456789abcdef");
+        let mac = key.message_id_tag(IssueNumber(12), SubscriberId(3456));
+        let signed = format!("<verdicts.20260105T0700Z.12.3456.{mac}@news.example.com>");
+        let m = OurMessageId::find(&signed.to_ascii_uppercase(), Some(&key)).unwrap();
+        assert_eq!(m.trust, IdTrust::Signed);
+        assert_eq!((m.issue.get(), m.subscriber.get()), (12, 3456));
+        // The same MAC on another subscriber, a made-up MAC, no key to check with.
+        let moved = signed.replace(".3456.", ".3457.");
+        assert_eq!(
+            OurMessageId::find(&moved, Some(&key)).unwrap().trust,
+            IdTrust::Forged
+        );
+        let made_up = "<verdicts.20260105T0700Z.12.3456.aaaabbbbccccdddd@news.example.com>";
+        assert_eq!(
+            OurMessageId::find(made_up, Some(&key)).unwrap().trust,
+            IdTrust::Forged
+        );
+        assert_eq!(
+            OurMessageId::find(&signed, None).unwrap().trust,
+            IdTrust::Forged
+        );
+        // A signed ID anywhere in the text wins over forged ones before it.
+        let both = format!("{made_up} {moved} {signed}");
+        assert_eq!(
+            OurMessageId::find(&both, Some(&key)).unwrap().trust,
+            IdTrust::Signed
+        );
+        let mut hints = Hints::default();
+        hints.note_message_id(OurMessageId::find(made_up, Some(&key)));
+        hints.note_message_id(OurMessageId::find(&signed, Some(&key)));
+        hints.note_message_id(OurMessageId::find(&moved, Some(&key)));
+        assert!(hints.attribution().is_signed());
     }
 
     #[test]

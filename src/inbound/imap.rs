@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use super::config::ImapConfig;
 use super::process::{process, Outcome, Settings};
+use super::{Ignored, MAX_MESSAGE_BYTES};
 use crate::config::TlsMode;
 use crate::mail::verp::VerpKey;
 use crate::store::{self, events::Hygiene};
@@ -163,8 +164,30 @@ impl Mailbox {
         session.select(&i.folder).await?;
         let mut uids: Vec<u32> = session.uid_search("ALL").await?.into_iter().collect();
         uids.sort_unstable();
+        // Sizes first, so a message over the limit is never downloaded.
+        let mut sizes = std::collections::HashMap::new();
+        if !uids.is_empty() {
+            let fetched: Vec<_> = session
+                .uid_fetch("1:*", "RFC822.SIZE")
+                .await?
+                .try_collect()
+                .await?;
+            for f in &fetched {
+                if let (Some(uid), Some(size)) = (f.uid, f.size) {
+                    sizes.insert(uid, size);
+                }
+            }
+        }
         let mut poll = Poll::default();
         for uid in uids {
+            let size = sizes.get(&uid).copied().unwrap_or(0) as usize;
+            if size > MAX_MESSAGE_BYTES {
+                let why = Ignored::TooLarge { bytes: size };
+                info!(uid, folder = %i.folder, result = %format!("ignored: {why}"), "inbound message over IMAP, not downloaded");
+                self.file(&mut session, uid, can_move).await?;
+                poll.handled += 1;
+                continue;
+            }
             let raw = {
                 let fetches: Vec<_> = session
                     .uid_fetch(uid.to_string(), "BODY.PEEK[]")
@@ -185,23 +208,36 @@ impl Mailbox {
                     continue;
                 }
             }
-            if can_move {
-                session.uid_mv(uid.to_string(), &i.processed_folder).await?;
-            } else {
-                session
-                    .uid_copy(uid.to_string(), &i.processed_folder)
-                    .await?;
-                let _: Vec<_> = session
-                    .uid_store(uid.to_string(), "+FLAGS.SILENT (\\Deleted)")
-                    .await?
-                    .try_collect()
-                    .await?;
-                let _: Vec<_> = session.expunge().await?.try_collect().await?;
-            }
+            self.file(&mut session, uid, can_move).await?;
             poll.handled += 1;
         }
         let _ = session.logout().await;
         Ok(poll)
+    }
+
+    /// Moves a handled message to the processed folder.
+    async fn file<T>(
+        &self,
+        session: &mut async_imap::Session<T>,
+        uid: u32,
+        can_move: bool,
+    ) -> Result<(), ImapError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Debug + Send,
+    {
+        let processed = &self.imap.processed_folder;
+        if can_move {
+            session.uid_mv(uid.to_string(), processed).await?;
+        } else {
+            session.uid_copy(uid.to_string(), processed).await?;
+            let _: Vec<_> = session
+                .uid_store(uid.to_string(), "+FLAGS.SILENT (\\Deleted)")
+                .await?
+                .try_collect()
+                .await?;
+            let _: Vec<_> = session.expunge().await?.try_collect().await?;
+        }
+        Ok(())
     }
 
     /// Classifies and applies one message on a blocking thread; the result is committed

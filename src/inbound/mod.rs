@@ -14,7 +14,7 @@ mod plain;
 pub mod process;
 mod report;
 
-pub use hints::{Attribution, Hints, OurMessageId};
+pub use hints::{Attribution, Hints, IdTrust, OurMessageId};
 pub use report::enhanced_status;
 
 use crate::mail::verp::{Purpose, VerpKey};
@@ -207,6 +207,16 @@ pub fn classify(raw: &[u8], cx: Context<'_>) -> Inbound {
         .verp
         .is_some_and(|t| t.purpose == Purpose::Unsubscribe)
     {
+        // A vacation notice or ticket receipt that reached the unsubscribe address (some
+        // responders answer every address a message names) is not the reader asking.
+        let subject = header(&mail, "Subject").unwrap_or_default();
+        if let Some(why) = plain::auto_reply(&mail, &subject, plain::AutoSubmitted::Replies) {
+            return Inbound {
+                kind: Kind::Ignored(Ignored::AutoReply(why)),
+                hints,
+                message_id,
+            };
+        }
         return Inbound {
             kind: Kind::Unsubscribe,
             hints,

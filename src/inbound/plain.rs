@@ -90,7 +90,7 @@ pub(super) fn classify(mail: &ParsedMail<'_>, hints: &mut Hints, cx: Context<'_>
     let from = header("From").to_ascii_lowercase();
     let from_daemon = is_bounce_sender(&from);
     if !from_daemon {
-        if let Some(why) = auto_reply(mail, &subject) {
+        if let Some(why) = auto_reply(mail, &subject, AutoSubmitted::Any) {
             return Kind::Ignored(Ignored::AutoReply(why));
         }
     }
@@ -181,15 +181,41 @@ fn is_bounce_sender(from_lower: &str) -> bool {
         || from_lower.contains("mail delivery")
 }
 
+/// Which `Auto-Submitted` values (RFC 3834) mark a message as an automatic reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AutoSubmitted {
+    /// Any value but `no`: nothing automatic is a bounce a person would send.
+    Any,
+    /// Only `auto-replied` (a response to a message: a vacation notice, a ticket
+    /// receipt). `auto-generated` is left out: a mailbox provider may set it on the
+    /// unsubscribe it sends on the reader's behalf (for instance when they report spam),
+    /// and that request must still count.
+    Replies,
+}
+
 /// Why a message is an automatic reply (RFC 3834 and the headers vacation programs set).
-fn auto_reply(mail: &ParsedMail<'_>, subject: &str) -> Option<String> {
+pub(super) fn auto_reply(
+    mail: &ParsedMail<'_>,
+    subject: &str,
+    auto_submitted: AutoSubmitted,
+) -> Option<String> {
     let h = |name: &str| {
         mail.headers
             .get_first_value(name)
             .map(|v| v.trim().to_string())
     };
     if let Some(v) = h("Auto-Submitted") {
-        if !v.eq_ignore_ascii_case("no") {
+        let value = v
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let counts = match auto_submitted {
+            AutoSubmitted::Any => value != "no",
+            AutoSubmitted::Replies => value == "auto-replied",
+        };
+        if counts {
             return Some(format!("Auto-Submitted: {v}"));
         }
     }
@@ -242,9 +268,7 @@ fn read_quoted_text(text: &str, hints: &mut Hints, cx: Context<'_>) {
             hints.read_quoted_address(value, cx);
         }
     }
-    if hints.message_id.is_none() {
-        hints.message_id = OurMessageId::find(text);
-    }
+    hints.note_message_id(OurMessageId::find(text, cx.key));
 }
 
 fn line_with(text: &str, needle: &str) -> Option<String> {

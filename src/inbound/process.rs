@@ -1,15 +1,20 @@
 //! Acting on one inbound message: classify it, find the subscriber and delivery it
 //! concerns, record the events and apply the hygiene rules, all in one transaction together
 //! with the note that the message was handled, so reading it again changes nothing.
+//!
+//! Only signed evidence acts: a VERP tag (on the address the message came to, or quoted in
+//! the report) or a Message-ID whose MAC verifies. A bounce, complaint or unsubscribe with
+//! anything less (an address, an unsigned or legacy Message-ID) is kept as unattributed,
+//! with what it claims, for the operator to see; it changes no subscriber.
 
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 use super::{classify, Attribution, Context, Ignored, Inbound, Kind, Severity};
-use crate::mail::address::SubscriberEmail;
 use crate::mail::verp::{Purpose, VerpKey};
 use crate::store::events::{self, Channel, Effect, EventKind, Hygiene, NewEvent, Source};
-use crate::store::{self as db, subscribers, IssueNumber, SubscriberId};
+use crate::store::unattributed::{self, NewReport};
+use crate::store::{self as db, IssueNumber, SubscriberId};
 
 /// What the processor needs beyond the message.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +44,8 @@ pub enum Outcome {
     /// Handled before (same Message-ID or same bytes): nothing done.
     Duplicate,
     Ignored(Ignored),
-    /// A bounce, complaint or unsubscribe that names no delivery of ours.
+    /// A bounce, complaint or unsubscribe without signed evidence of the delivery it
+    /// concerns: kept as unattributed (with the reason), nothing applied.
     Unattributed(String),
 }
 
@@ -67,7 +73,15 @@ pub fn process(
         }
         let (targets, by) = match targets(tx, &inbound)? {
             Ok(found) => found,
-            Err(why) => return Ok(Outcome::Unattributed(why)),
+            Err(why) => {
+                // Remembered under a key of its own: a forged report that borrows the
+                // Message-ID of a genuine one to come must not make it a duplicate.
+                if !events::mark_processed(tx, &format!("unattributed:{key}"), "unattributed")? {
+                    return Ok(Outcome::Duplicate);
+                }
+                keep_unattributed(tx, &inbound, &why)?;
+                return Ok(Outcome::Unattributed(why));
+            }
         };
         let mut applied = Vec::new();
         for t in targets {
@@ -187,55 +201,68 @@ fn targets(
             };
             Ok(Ok((vec![target], by)))
         }
-        (kind, Attribution::Addresses(addresses)) => {
-            let mut found = Vec::new();
-            for address in &addresses {
-                let Ok(email) = SubscriberEmail::parse(address) else {
-                    continue;
-                };
-                let Some(sub) = subscribers::find(conn, &email).map_err(|e| e.0)? else {
-                    continue;
-                };
-                let issue = events::latest_sent_issue(conn, sub.id)?;
-                let target = match kind {
-                    Kind::Bounce(failures) => {
-                        let f = failures
-                            .iter()
-                            .find(|f| {
-                                f.final_recipient
-                                    .as_deref()
-                                    .is_some_and(|r| r.eq_ignore_ascii_case(address))
-                            })
-                            .unwrap_or(&failures[0]);
-                        Target {
-                            subscriber_id: sub.id,
-                            issue,
-                            kind: bounce_kind(f.severity),
-                            status: f.status.clone(),
-                            diagnostic: f.diagnostic.clone(),
-                        }
-                    }
-                    _ => Target {
-                        subscriber_id: sub.id,
-                        issue,
-                        kind: EventKind::Complaint,
-                        status: None,
-                        diagnostic: complaint_note(kind),
-                    },
-                };
-                found.push(target);
+        (
+            _,
+            Attribution::UnsignedMessageId {
+                issue,
+                subscriber,
+                trust,
+            },
+        ) => Ok(Err(format!(
+            "the only evidence is a {} Message-ID naming issue {issue}, subscriber {subscriber}, {}",
+            trust.as_str(),
+            match trust {
+                super::IdTrust::Legacy => "of the unsigned form issues had before Message-IDs were signed",
+                _ => "whose signature does not verify",
             }
-            if found.is_empty() {
-                return Ok(Err(format!(
-                    "no subscriber has the address{} {}",
-                    if addresses.len() == 1 { "" } else { "es" },
-                    addresses.join(", ")
-                )));
-            }
-            Ok(Ok((found, "address")))
-        }
-        (_, Attribution::Nothing) => Ok(Err("no tag, Message-ID or address to go by".into())),
+        ))),
+        (_, Attribution::Addresses(addresses)) => Ok(Err(format!(
+            "the only evidence is the address{} {} named in the report, which anyone can write",
+            if addresses.len() == 1 { "" } else { "es" },
+            addresses.join(", ")
+        ))),
+        (_, Attribution::Nothing) => Ok(Err("no signed tag or Message-ID to go by".into())),
     }
+}
+
+/// Keeps a report that changed nothing, with what it claims, for the operator.
+fn keep_unattributed(conn: &Connection, inbound: &Inbound, why: &str) -> rusqlite::Result<()> {
+    let hints = &inbound.hints;
+    let claimed = hints
+        .message_id
+        .as_ref()
+        .filter(|m| m.trust != super::IdTrust::Signed)
+        .map(|m| (m.issue, m.subscriber, m.trust.as_str()));
+    let failure = match &inbound.kind {
+        Kind::Bounce(failures) => failures
+            .iter()
+            .find(|f| f.severity == Severity::Hard)
+            .or(failures.first()),
+        _ => None,
+    };
+    let mut addresses = hints.recipients.clone();
+    if let Kind::Complaint(c) = &inbound.kind {
+        if let Some(r) = &c.recipient {
+            if !addresses.iter().any(|a| a.eq_ignore_ascii_case(r)) {
+                addresses.push(r.clone());
+            }
+        }
+    }
+    let note = complaint_note(&inbound.kind);
+    unattributed::record(
+        conn,
+        &NewReport {
+            kind: inbound.kind.label(),
+            reason: why,
+            claimed,
+            addresses: &addresses,
+            message_id: inbound.message_id.as_deref(),
+            status: failure.and_then(|f| f.status.as_deref()),
+            diagnostic: failure
+                .and_then(|f| f.diagnostic.as_deref())
+                .or(note.as_deref()),
+        },
+    )
 }
 
 fn bounce_kind(severity: Severity) -> EventKind {

@@ -75,7 +75,7 @@ pub(super) fn delivery_status(mail: &ParsedMail<'_>, hints: &mut Hints, cx: Cont
             read_quoted(part, hints, cx);
         }
     }
-    find_message_id_in_text(mail, hints);
+    find_message_id_in_text(mail, hints, cx);
     if !failures.is_empty() {
         return Kind::Bounce(failures);
     }
@@ -118,7 +118,7 @@ pub(super) fn feedback(mail: &ParsedMail<'_>, hints: &mut Hints, cx: Context<'_>
             read_quoted(part, hints, cx);
         }
     }
-    find_message_id_in_text(mail, hints);
+    find_message_id_in_text(mail, hints, cx);
     let feedback_type = feedback_type.unwrap_or_else(|| "abuse".into());
     match feedback_type.as_str() {
         "abuse" | "fraud" | "virus" | "other" => Kind::Complaint(Complaint {
@@ -265,17 +265,20 @@ fn read_quoted(part: &ParsedMail<'_>, hints: &mut Hints, cx: Context<'_>) {
     }
 }
 
-/// Last resort for the Message-ID: anywhere in the text parts of the report.
-fn find_message_id_in_text(mail: &ParsedMail<'_>, hints: &mut Hints) {
-    if hints.message_id.is_some() {
-        return;
-    }
+/// Last resort for the Message-ID: anywhere in the text parts of the report (a signed one
+/// found here still wins over an unsigned one found in the quoted headers).
+fn find_message_id_in_text(mail: &ParsedMail<'_>, hints: &mut Hints, cx: Context<'_>) {
+    use super::hints::IdTrust;
     for part in mail.parts() {
+        if hints
+            .message_id
+            .as_ref()
+            .is_some_and(|m| m.trust == IdTrust::Signed)
+        {
+            return;
+        }
         if part.ctype.mimetype.starts_with("text/") || part.ctype.mimetype.starts_with("message/") {
-            if let Some(id) = OurMessageId::find(&body_text(part)) {
-                hints.message_id = Some(id);
-                return;
-            }
+            hints.note_message_id(OurMessageId::find(&body_text(part), cx.key));
         }
     }
 }

@@ -108,6 +108,8 @@ pub struct IssueMessages {
     content_type: String,
     /// `inbound.address` and the key that tags it, when bounces are read back.
     verp: Option<(String, VerpKey)>,
+    /// Signs each copy's Message-ID (whether or not bounces are read back).
+    ids: VerpKey,
     dkim: Option<(DkimSigner, Arc<BodyHashPlan>)>,
     test: Option<TestCopy>,
 }
@@ -145,7 +147,6 @@ impl IssueMessages {
             issue_number,
             slot,
             subject: digest.subject.clone(),
-            key,
             mailto,
             body: Arc::new(body),
             from: typed_line(header::From::from(Mailboxes::from(newsletter.from.clone()))),
@@ -164,6 +165,8 @@ impl IssueMessages {
                 "Content-Type: multipart/alternative;\r\n boundary=\"{boundary}\"\r\n"
             ),
             verp: None,
+            ids: key.verp_key(),
+            key,
             dkim: None,
             test: None,
         }
@@ -172,7 +175,7 @@ impl IssueMessages {
     /// With an inbound address, each copy's envelope sender and mailto unsubscribe become
     /// signed `+` tags on it (VERP), so what comes back names the issue and the subscriber.
     pub fn with_inbound(mut self, address: Option<&str>) -> Self {
-        self.verp = address.map(|a| (a.to_string(), self.key.verp_key()));
+        self.verp = address.map(|a| (a.to_string(), self.ids.clone()));
         self
     }
 
@@ -236,7 +239,10 @@ impl IssueMessages {
     }
 
     /// The same for every send of this issue to this subscriber, so a copy re-sent after a
-    /// crash is recognisably the same message.
+    /// crash is recognisably the same message:
+    /// `<verdicts.<slot>.<issue>.<subscriber>.<mac>@<domain>>`. The MAC (keyed from the
+    /// secret, see [`VerpKey::message_id_tag`]) is what lets a bounce or complaint that
+    /// quotes only the Message-ID act: the numbers alone are guessable.
     pub fn message_id(&self, subscriber_id: SubscriberId) -> String {
         if let Some(test) = &self.test {
             return format!(
@@ -247,10 +253,11 @@ impl IssueMessages {
             );
         }
         format!(
-            "<verdicts.{}.{}.{}@{}>",
+            "<verdicts.{}.{}.{}.{}@{}>",
             self.slot.format("%Y%m%dT%H%MZ"),
             self.issue_number,
             subscriber_id,
+            self.ids.message_id_tag(self.issue_number, subscriber_id),
             self.newsletter.sender_domain()
         )
     }

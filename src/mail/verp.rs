@@ -5,6 +5,11 @@
 //! A tag reads `<purpose>-<issue>-<subscriber>-<mac>`, e.g. `b-12-3456-k2x7q4mzsa3vn5ob`:
 //! digits, lowercase base32 and hyphens only, so a server that folds the local part to
 //! upper or lower case does not break it.
+//!
+//! The same secret also signs each copy's Message-ID (under a label of its own, so an ID's
+//! MAC is never a valid tag and the other way round): a bounce or complaint that quotes
+//! only the Message-ID is attributed when the ID carries a MAC we made, never from the
+//! issue and subscriber numbers alone.
 
 use data_encoding::BASE32_NOPAD;
 use hmac::{Hmac, Mac};
@@ -51,10 +56,14 @@ pub struct Tag {
     pub purpose: Purpose,
 }
 
-/// The key that signs VERP tags, derived from the newsletter secret (the one that signs
-/// unsubscribe tokens) under its own label, so a tag and a token never share a MAC key.
+/// The keys that sign VERP tags and Message-IDs, each derived from the newsletter secret
+/// (the one that signs unsubscribe tokens) under its own label, so a tag, a Message-ID and
+/// a token never share a MAC key.
 #[derive(Clone)]
-pub struct VerpKey([u8; 32]);
+pub struct VerpKey {
+    tags: [u8; 32],
+    message_ids: [u8; 32],
+}
 
 impl std::fmt::Debug for VerpKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,13 +73,19 @@ impl std::fmt::Debug for VerpKey {
 
 impl VerpKey {
     pub fn derive(secret: &[u8]) -> Self {
-        let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-        mac.update(b"verdicts-verp-key-v1");
-        VerpKey(mac.finalize().into_bytes().into())
+        let derive = |label: &[u8]| -> [u8; 32] {
+            let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+            mac.update(label);
+            mac.finalize().into_bytes().into()
+        };
+        VerpKey {
+            tags: derive(b"verdicts-verp-key-v1"),
+            message_ids: derive(b"verdicts-message-id-key-v1"),
+        }
     }
 
     fn mac(&self, purpose: Purpose, issue: IssueNumber, subscriber: SubscriberId) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac = HmacSha256::new_from_slice(&self.tags).expect("HMAC takes any key length");
         mac.update(&[purpose.letter() as u8]);
         mac.update(&issue.get().to_be_bytes());
         mac.update(&subscriber.get().to_be_bytes());
@@ -138,6 +153,43 @@ impl VerpKey {
         let local = address.rsplit_once('@').map_or(address, |(l, _)| l);
         let (_, tag) = local.rsplit_once('+')?;
         self.verify_tag(tag)
+    }
+}
+
+impl VerpKey {
+    fn message_id_mac(&self, issue: IssueNumber, subscriber: SubscriberId) -> HmacSha256 {
+        let mut mac =
+            HmacSha256::new_from_slice(&self.message_ids).expect("HMAC takes any key length");
+        mac.update(&issue.get().to_be_bytes());
+        mac.update(&subscriber.get().to_be_bytes());
+        mac
+    }
+
+    /// The MAC part of the Message-ID of one delivery: 16 lowercase base32 characters,
+    /// the same every time (a copy re-sent after a crash carries the same Message-ID).
+    pub fn message_id_tag(&self, issue: IssueNumber, subscriber: SubscriberId) -> String {
+        let full = self
+            .message_id_mac(issue, subscriber)
+            .finalize()
+            .into_bytes();
+        BASE32_NOPAD.encode(&full[..MAC_LEN]).to_ascii_lowercase()
+    }
+
+    /// True when `tag` (any case) is the Message-ID MAC of that delivery.
+    pub fn verify_message_id_tag(
+        &self,
+        issue: IssueNumber,
+        subscriber: SubscriberId,
+        tag: &str,
+    ) -> bool {
+        let Ok(mac) = BASE32_NOPAD.decode(tag.trim().to_ascii_uppercase().as_bytes()) else {
+            return false;
+        };
+        mac.len() == MAC_LEN
+            && self
+                .message_id_mac(issue, subscriber)
+                .verify_truncated_left(&mac)
+                .is_ok()
     }
 }
 
@@ -215,5 +267,24 @@ mod tests {
         assert_eq!(key.verify_tag("b-012-3456-aaaaaaaaaaaaaaaa"), None);
         assert_eq!(key.verify_address("bounces@example.com"), None);
         assert_eq!(key.verify_address(""), None);
+    }
+
+    #[test]
+    fn message_id_tags_verify_for_their_delivery_only() {
+        let key = VerpKey::derive(SECRET);
+        let (issue, subscriber) = (IssueNumber(12), SubscriberId(3456));
+        let tag = key.message_id_tag(issue, subscriber);
+        assert_eq!(tag.len(), 16);
+        assert_eq!(tag, key.message_id_tag(issue, subscriber), "deterministic");
+        assert!(key.verify_message_id_tag(issue, subscriber, &tag));
+        assert!(key.verify_message_id_tag(issue, subscriber, &tag.to_ascii_uppercase()));
+        assert!(!key.verify_message_id_tag(IssueNumber(13), subscriber, &tag));
+        assert!(!key.verify_message_id_tag(issue, SubscriberId(3457), &tag));
+        assert!(!key.verify_message_id_tag(issue, subscriber, &tag[..15]));
+        assert!(!key.verify_message_id_tag(issue, subscriber, ""));
+        let other = VerpKey::derive(b"another newsletter's secret, also long");
+        assert!(!other.verify_message_id_tag(issue, subscriber, &tag));
+        // Never the MAC of a tag for the same delivery.
+        assert!(!key.tag(bounce(12, 3456)).ends_with(&tag));
     }
 }

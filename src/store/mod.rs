@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod lock;
 pub mod signup;
 pub mod subscribers;
+pub mod unattributed;
 
 pub use health::{backup, quick_check};
 pub use ids::{IssueNumber, SubscriberId};
@@ -58,6 +59,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/003_events.sql"),
     include_str!("migrations/004_signup.sql"),
     include_str!("migrations/005_held_bounces.sql"),
+    include_str!("migrations/006_signed_evidence.sql"),
 ];
 
 /// The schema version this binary creates and understands.

@@ -129,23 +129,31 @@ pub struct Confirmation {
     pub subscriber: Subscriber,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// It was used: the link confirmed its subscriber once and never acts again.
+    pub used: bool,
+    /// Withdrawn unused, when its reader unsubscribed or bounced after it was mailed.
+    pub revoked: bool,
 }
 
 /// Finds a confirmation and the subscriber it is for.
 pub fn confirmation(conn: &Connection, id: i64) -> Result<Option<Confirmation>, StoreError> {
     let row = conn
         .prepare_cached(
-            "SELECT subscriber_id, created_at, expires_at FROM confirmations WHERE id = ?1",
+            "SELECT subscriber_id, created_at, expires_at, confirmed_at IS NOT NULL,
+                    revoked_at IS NOT NULL
+             FROM confirmations WHERE id = ?1",
         )?
         .query_row([id], |r| {
             Ok((
                 r.get::<_, SubscriberId>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, bool>(4)?,
             ))
         })
         .optional()?;
-    let Some((subscriber_id, created, expires)) = row else {
+    let Some((subscriber_id, created, expires, used, revoked)) = row else {
         return Ok(None);
     };
     let Some(subscriber) = get(conn, subscriber_id)? else {
@@ -162,6 +170,8 @@ pub fn confirmation(conn: &Connection, id: i64) -> Result<Option<Confirmation>, 
         subscriber,
         created_at,
         expires_at,
+        used,
+        revoked,
     }))
 }
 
@@ -174,10 +184,15 @@ pub enum ConfirmOutcome {
     AlreadyActive(Subscriber),
     /// The address bounced since it signed up: it stays as it is.
     NotAllowed(Subscriber),
+    /// The link was used before, or withdrawn when its reader left after it was mailed:
+    /// it changes nothing, ever. Only a new signup brings an unsubscribed reader back.
+    Spent(Subscriber),
 }
 
 /// Activates the subscriber of a (verified, unexpired) confirmation, recording the consent
-/// it carries. Confirming twice changes nothing the second time.
+/// it carries. A confirmation acts once: used, or withdrawn because its reader unsubscribed
+/// or bounced after it was mailed, it never changes anyone again (a reader who is active
+/// is told so, and nothing is rewritten).
 pub fn confirm(conn: &Connection, id: i64) -> Result<Option<ConfirmOutcome>, StoreError> {
     store::in_write_transaction(conn, |conn| {
         let Some(c) = confirmation(conn, id)? else {
@@ -190,6 +205,9 @@ pub fn confirm(conn: &Connection, id: i64) -> Result<Option<ConfirmOutcome>, Sto
             SubscriberStatus::Bounced => return Ok(Some(ConfirmOutcome::NotAllowed(c.subscriber))),
             SubscriberStatus::Pending | SubscriberStatus::Unsubscribed => {}
         }
+        if c.used || c.revoked {
+            return Ok(Some(ConfirmOutcome::Spent(c.subscriber)));
+        }
         let stamp = store::timestamp(now());
         conn.prepare_cached(
             "UPDATE subscribers
@@ -199,8 +217,16 @@ pub fn confirm(conn: &Connection, id: i64) -> Result<Option<ConfirmOutcome>, Sto
              WHERE subscribers.id = ?1",
         )?
         .execute(params![c.subscriber.id, stamp, id])?;
-        conn.prepare_cached("UPDATE confirmations SET confirmed_at = ?2 WHERE id = ?1")?
-            .execute(params![id, stamp])?;
+        // Used now; the subscriber's other open links have nothing left to confirm.
+        conn.prepare_cached(
+            "UPDATE confirmations SET confirmed_at = ?2 WHERE id = ?1 AND confirmed_at IS NULL",
+        )?
+        .execute(params![id, stamp])?;
+        conn.prepare_cached(
+            "UPDATE confirmations SET revoked_at = ?3
+             WHERE subscriber_id = ?1 AND id <> ?2 AND confirmed_at IS NULL AND revoked_at IS NULL",
+        )?
+        .execute(params![c.subscriber.id, id, stamp])?;
         let subscriber = get(conn, c.subscriber.id)?.expect("updated in this transaction");
         Ok(Some(ConfirmOutcome::Activated(subscriber)))
     })
@@ -407,6 +433,61 @@ mod tests {
             confirm(&conn, confirmation).unwrap(),
             Some(ConfirmOutcome::AlreadyActive(_))
         ));
+    }
+
+    #[test]
+    fn a_confirmation_acts_once_and_never_undoes_a_later_unsubscribe() {
+        let (_dir, conn) = store();
+        let ada = email("ada@example.com");
+        let SignupOutcome::Queued { confirmation: used } =
+            request_signup(&conn, &request(&ada)).unwrap()
+        else {
+            panic!()
+        };
+        // A second link mailed while pending (the resend window passed).
+        let mut again = request(&ada);
+        again.resend_after = Duration::ZERO;
+        let SignupOutcome::Queued {
+            confirmation: spare,
+        } = request_signup(&conn, &again).unwrap()
+        else {
+            panic!()
+        };
+        let Some(ConfirmOutcome::Activated(s)) = confirm(&conn, used).unwrap() else {
+            panic!()
+        };
+        let confirmed_at = s.confirmed_at;
+        set_status(&conn, &ada, SubscriberStatus::Unsubscribed).unwrap();
+        // Neither the used link nor the one never clicked brings the reader back.
+        for id in [used, spare] {
+            assert!(matches!(
+                confirm(&conn, id).unwrap(),
+                Some(ConfirmOutcome::Spent(_))
+            ));
+        }
+        let now = find(&conn, &ada).unwrap().unwrap();
+        assert_eq!(now.status, SubscriberStatus::Unsubscribed);
+        assert_eq!(now.confirmed_at, confirmed_at, "not rewritten");
+        // A signup after leaving gets a link of its own, which works once.
+        let SignupOutcome::Queued {
+            confirmation: fresh,
+        } = request_signup(&conn, &again).unwrap()
+        else {
+            panic!()
+        };
+        assert!(matches!(
+            confirm(&conn, fresh).unwrap(),
+            Some(ConfirmOutcome::Activated(_))
+        ));
+        // A link mailed before a bounce is withdrawn with it.
+        let bob = email("bob@example.com");
+        let SignupOutcome::Queued { confirmation: bobs } =
+            request_signup(&conn, &request(&bob)).unwrap()
+        else {
+            panic!()
+        };
+        set_status(&conn, &bob, SubscriberStatus::Bounced).unwrap();
+        assert!(confirmation(&conn, bobs).unwrap().unwrap().revoked);
     }
 
     #[test]

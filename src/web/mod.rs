@@ -250,6 +250,13 @@ async fn unsubscribe(State(state): State<Arc<WebState>>, Query(q): Query<TokenQu
             };
             let db = state.db();
             let changed = crate::store::in_write_transaction(&db, |tx| -> anyhow::Result<bool> {
+                // Only an active reader leaves: a bounced one stays bounced (unsubscribed
+                // would reopen the dead address to signup mails), and an unsubscribed one
+                // who signed up again stays as they are until they confirm.
+                let current = subscribers::get(tx, sub.id)?.map(|s| s.status);
+                if current != Some(SubscriberStatus::Active) {
+                    return Ok(false);
+                }
                 let changed = matches!(
                     subscribers::set_status_by_id(tx, sub.id, SubscriberStatus::Unsubscribed)?,
                     StatusChange::Changed { .. }

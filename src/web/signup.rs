@@ -372,6 +372,16 @@ fn expired_confirmation() -> Response {
     )
 }
 
+fn spent_confirmation() -> Response {
+    page(
+        StatusCode::GONE,
+        "This confirmation link has been used",
+        "<p>A confirmation link works once, and not after its address has unsubscribed. \
+         To receive the newsletter again, please sign up again.</p>\
+         <p><a href=\"/subscribe\">Sign up</a></p>",
+    )
+}
+
 fn subscribed(state: &WebState, email: &SubscriberEmail) -> Response {
     page(
         StatusCode::OK,
@@ -397,6 +407,9 @@ async fn confirm_page(State(state): State<Arc<WebState>>, Query(q): Query<TokenQ
         Ok(TokenCheck::Valid(c)) => match c.subscriber.status {
             SubscriberStatus::Active => subscribed(&state, &c.subscriber.email),
             SubscriberStatus::Bounced => invalid_confirmation(),
+            SubscriberStatus::Pending | SubscriberStatus::Unsubscribed if c.used || c.revoked => {
+                spent_confirmation()
+            }
             SubscriberStatus::Pending | SubscriberStatus::Unsubscribed => page(
                 StatusCode::OK,
                 &format!(
@@ -445,6 +458,10 @@ async fn confirm(State(state): State<Arc<WebState>>, Query(q): Query<TokenQuery>
         }
         Ok(Some(ConfirmOutcome::AlreadyActive(s))) => subscribed(&state, &s.email),
         Ok(Some(ConfirmOutcome::NotAllowed(_))) => invalid_confirmation(),
+        Ok(Some(ConfirmOutcome::Spent(s))) => {
+            info!(subscriber = %s.id, "a used or withdrawn confirmation link again; nothing changed");
+            spent_confirmation()
+        }
         // Gone between the check and the update: expired and swept.
         Ok(None) => expired_confirmation(),
         Err(e) if e.is::<InvalidToken>() => invalid_confirmation(),

@@ -128,7 +128,14 @@ fn two_hundred_subscribers_each_get_exactly_one_correct_message() {
             "…or address"
         );
         let mid = h.get_first_value("Message-ID").unwrap();
-        assert_eq!(mid, format!("<verdicts.20261123T0900Z.1.{id}@example.com>"));
+        let mac = key
+            .verp_key()
+            .message_id_tag(verdicts::store::IssueNumber(1), id);
+        assert_eq!(
+            mid,
+            format!("<verdicts.20261123T0900Z.1.{id}.{mac}@example.com>"),
+            "the Message-ID names the delivery and carries its MAC"
+        );
         assert!(
             message_ids.insert(mid),
             "Message-IDs are unique per recipient"

@@ -27,6 +27,11 @@ fn describe(a: &Attribution) -> String {
             subscriber,
             by,
         } => format!("{by} {issue} {subscriber}"),
+        Attribution::UnsignedMessageId {
+            issue,
+            subscriber,
+            trust,
+        } => format!("{}-message-id {issue} {subscriber}", trust.as_str()),
         Attribution::Addresses(list) => format!("addresses {}", list.join(",")),
         Attribution::Nothing => "none".into(),
     }
@@ -155,7 +160,7 @@ const READERS: [&str; 6] = [
     "refused@example.net",
 ];
 
-fn inbound_site(port: u16) -> TempSite {
+pub(crate) fn inbound_site(port: u16) -> TempSite {
     let site = TempSite::with_bundled_content();
     site.write_config(port, "");
     site.edit_config(|t| t + "inbound:\n  address: bounces@example.com\n");
@@ -185,7 +190,7 @@ fn add_week(site: &TempSite, week: usize) {
     site.add_comparison(&format!("week-{week}.md"), &text);
 }
 
-fn send_week(site: &TempSite, server: &TestSmtp, week: usize) -> Vec<Received> {
+pub(crate) fn send_week(site: &TempSite, server: &TestSmtp, week: usize) -> Vec<Received> {
     let before = server.received().len();
     if week > 0 {
         add_week(site, week);
@@ -198,7 +203,7 @@ fn send_week(site: &TempSite, server: &TestSmtp, week: usize) -> Vec<Received> {
     server.received()[before..].to_vec()
 }
 
-fn statuses(site: &TempSite) -> HashMap<String, String> {
+pub(crate) fn statuses(site: &TempSite) -> HashMap<String, String> {
     let conn = site.db();
     let mut stmt = conn
         .prepare("SELECT email, status FROM subscribers")
@@ -209,7 +214,7 @@ fn statuses(site: &TempSite) -> HashMap<String, String> {
         .collect()
 }
 
-fn subscriber_ids(site: &TempSite) -> HashMap<String, i64> {
+pub(crate) fn subscriber_ids(site: &TempSite) -> HashMap<String, i64> {
     let conn = site.db();
     let mut stmt = conn.prepare("SELECT email, id FROM subscribers").unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -230,7 +235,7 @@ fn state(site: &TempSite) -> (Vec<(String, String)>, i64, i64) {
     (s, count("events"), count("inbound_processed"))
 }
 
-fn to(received: &[Received], who: &str) -> Received {
+pub(crate) fn to(received: &[Received], who: &str) -> Received {
     received
         .iter()
         .find(|r| r.rcpt == [who])
@@ -239,7 +244,7 @@ fn to(received: &[Received], who: &str) -> Received {
 }
 
 /// A received message's List-Unsubscribe header.
-fn list_unsubscribe(message: &Received) -> String {
+pub(crate) fn list_unsubscribe(message: &Received) -> String {
     let mail = mailparse::parse_mail(&message.raw).unwrap();
     mail.headers
         .iter()
@@ -249,14 +254,14 @@ fn list_unsubscribe(message: &Received) -> String {
 }
 
 /// The mailto address in a received message's List-Unsubscribe header.
-fn mailto_of(message: &Received) -> String {
+pub(crate) fn mailto_of(message: &Received) -> String {
     let value = list_unsubscribe(message);
     let start = value.find("mailto:").unwrap() + "mailto:".len();
     value[start..].split(['?', '>']).next().unwrap().to_string()
 }
 
 /// A Postfix-style DSN for one delivery, sent back to its envelope sender.
-fn dsn(envelope_sender: &str, recipient: &str, action: &str, status: &str) -> String {
+pub(crate) fn dsn(envelope_sender: &str, recipient: &str, action: &str, status: &str) -> String {
     format!(
         "Return-Path: <>\r\n\
          Delivered-To: {envelope_sender}\r\n\
@@ -288,7 +293,7 @@ fn dsn(envelope_sender: &str, recipient: &str, action: &str, status: &str) -> St
 }
 
 /// A feedback-loop complaint (ARF), sent to a separate FBL address, quoting the original.
-fn arf(original: &Received) -> String {
+pub(crate) fn arf(original: &Received) -> String {
     let headers_end = original
         .raw
         .windows(4)
@@ -327,7 +332,7 @@ fn arf(original: &Received) -> String {
     )
 }
 
-fn pipe(site: &TempSite, message: impl Into<Vec<u8>>) -> String {
+pub(crate) fn pipe(site: &TempSite, message: impl Into<Vec<u8>>) -> String {
     let out = site
         .cmd()
         .arg("inbound")
@@ -541,7 +546,10 @@ fn bad_input_changes_nothing_and_exits_zero() {
         .collect();
     let out = pipe(&site, noise);
     assert!(out.starts_with("ignored:"), "{out}");
-    // A DSN for an address that is not on the list, sent to the untagged address.
+    assert_eq!(state(&site), before);
+
+    // A DSN for an address that is not on the list, sent to the untagged address: kept as
+    // unattributed, with what it claims; no subscriber or event changes.
     let out = pipe(
         &site,
         dsn(
@@ -551,13 +559,28 @@ fn bad_input_changes_nothing_and_exits_zero() {
             "5.1.1",
         ),
     );
+    assert!(out.starts_with("hard not applied:"), "{out}");
     assert!(
-        out.contains("no subscriber has the address stranger@example.org"),
+        out.contains("the only evidence is the address stranger@example.org"),
         "{out}"
     );
-
-    assert_eq!(state(&site), before);
+    let (statuses_after, events_after, _) = state(&site);
+    assert_eq!((statuses_after, events_after), (before.0, before.1));
     assert_eq!(statuses(&site)["loyal@example.net"], "active");
+    let listed = site
+        .cmd()
+        .args(["inbound", "--unattributed"])
+        .assert()
+        .success();
+    let listed = String::from_utf8(listed.get_output().stdout.clone()).unwrap();
+    assert!(
+        listed.starts_with("1 unattributed report (never applied):"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("hard bounce  names stranger@example.org"),
+        "{listed}"
+    );
 }
 
 #[test]
@@ -645,7 +668,7 @@ fn a_mailbox_is_processed_once() {
 }
 
 /// The one-click link of a received message, pointed at the local endpoint on `web`.
-fn one_click_url(message: &Received, web: u16) -> String {
+pub(crate) fn one_click_url(message: &Received, web: u16) -> String {
     let value = list_unsubscribe(message);
     let url = value.split(", ").next().unwrap().trim_matches(['<', '>']);
     url.replace(
@@ -745,7 +768,7 @@ fn stop(daemon: Process) {
 }
 
 /// A Dovecot, its mailbox, and an inbound site that sent week 1 and reads that mailbox.
-fn imap_setup() -> Option<(Dovecot, Mailbox, TestSmtp, TempSite, Vec<Received>)> {
+pub(crate) fn imap_setup() -> Option<(Dovecot, Mailbox, TestSmtp, TempSite, Vec<Received>)> {
     let dovecot = Dovecot::start(TEST_SECRET)?;
     let mailbox = Mailbox::new(&dovecot, TEST_SECRET);
     let server = TestSmtp::start();

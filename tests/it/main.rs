@@ -21,6 +21,7 @@ mod endpoint;
 mod faults;
 mod hardening;
 mod hostile_content;
+mod hostile_inbound;
 mod inbound;
 mod relay_refusals;
 mod render;

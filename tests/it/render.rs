@@ -304,9 +304,12 @@ fn eml_is_multipart_alternative_text_then_html() {
         h.get_first_value("List-Unsubscribe").unwrap(),
         format!("<{url}>, <mailto:verdicts@example.com?subject=unsubscribe>")
     );
+    let mac = key
+        .verp_key()
+        .message_id_tag(IssueNumber(1), SubscriberId(42));
     assert_eq!(
         h.get_first_value("Message-ID").unwrap(),
-        "<verdicts.20261123T0900Z.1.42@example.com>"
+        format!("<verdicts.20261123T0900Z.1.42.{mac}@example.com>")
     );
     assert!(h
         .get_first_value("List-Id")

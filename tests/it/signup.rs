@@ -12,7 +12,7 @@ use predicates::prelude::*;
 
 /// A site with the bundled content, SMTP on `smtp_port`, the endpoint on `web_port`, and
 /// the given `signup:` section.
-fn signup_site(smtp_port: u16, web_port: u16, signup: &str) -> TempSite {
+pub(crate) fn signup_site(smtp_port: u16, web_port: u16, signup: &str) -> TempSite {
     let site = TempSite::with_bundled_content();
     let mut config = crate::common::config_yaml(smtp_port, "")
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{web_port}"));
@@ -24,13 +24,13 @@ fn signup_site(smtp_port: u16, web_port: u16, signup: &str) -> TempSite {
 }
 
 /// `verdicts serve` for the site, once it answers.
-struct Served {
+pub(crate) struct Served {
     process: Process,
     port: u16,
 }
 
 impl Served {
-    fn start(site: &TempSite, port: u16) -> Served {
+    pub(crate) fn start(site: &TempSite, port: u16) -> Served {
         Self::start_command(site, port, "serve")
     }
 
@@ -41,7 +41,7 @@ impl Served {
         Served { process, port }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
@@ -50,7 +50,7 @@ impl Served {
     }
 }
 
-fn http() -> ureq::Agent {
+pub(crate) fn http() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -60,13 +60,13 @@ fn http() -> ureq::Agent {
 }
 
 /// Status, Retry-After and body of a response.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     retry_after: Option<String>,
-    body: String,
+    pub(crate) body: String,
 }
 
-fn answer(resp: ureq::http::Response<ureq::Body>) -> Answer {
+pub(crate) fn answer(resp: ureq::http::Response<ureq::Body>) -> Answer {
     let status = resp.status().as_u16();
     let retry_after = resp
         .headers()
@@ -79,7 +79,7 @@ fn answer(resp: ureq::http::Response<ureq::Body>) -> Answer {
     }
 }
 
-fn post_form(agent: &ureq::Agent, url: &str, body: &str) -> Answer {
+pub(crate) fn post_form(agent: &ureq::Agent, url: &str, body: &str) -> Answer {
     answer(
         agent
             .post(url)
@@ -114,7 +114,7 @@ fn status_of(site: &TempSite, email: &str) -> String {
 }
 
 /// The confirmation link of a received mail (text part), pointed at the local endpoint.
-fn confirm_link(server: &TestSmtp, to: &str, port: u16) -> String {
+pub(crate) fn confirm_link(server: &TestSmtp, to: &str, port: u16) -> String {
     let mail = server
         .received()
         .into_iter()
