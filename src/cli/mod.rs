@@ -171,6 +171,15 @@ fn issue_number(
     })
 }
 
+/// The current time. `VERDICTS_NOW` (RFC 3339) stands in for the clock, so tests and
+/// rehearsals can ask "what would happen on Saturday 5 December?".
+pub fn now() -> DateTime<Utc> {
+    std::env::var("VERDICTS_NOW")
+        .ok()
+        .and_then(|v| parse_instant(&v).ok())
+        .unwrap_or_else(Utc::now)
+}
+
 /// A human label for a slot: local time and UTC.
 pub fn describe_slot(config: &Config, slot: DateTime<Utc>) -> String {
     let tz = config.schedule.slots.timezone();
@@ -365,8 +374,25 @@ fn check(config_path: &Path) -> anyhow::Result<()> {
             println!("  {}", path.display());
         }
     }
-    if let Some(next) = config.schedule.slots.next_after(Utc::now()) {
-        println!("Next slot: {}", describe_slot(&config, next));
+    // Three, so a schedule that fires on the wrong day shows it at once.
+    let mut slots = Vec::new();
+    let mut after = now();
+    while slots.len() < 3 {
+        let Some(next) = config.schedule.slots.next_after(after) else {
+            break;
+        };
+        slots.push(next);
+        after = next;
+    }
+    if !slots.is_empty() {
+        println!(
+            "Next slots of `{}` ({}):",
+            config.schedule.slots.expression(),
+            config.schedule.slots.timezone()
+        );
+        for slot in slots {
+            println!("  {}", describe_slot(&config, slot));
+        }
     }
     Ok(())
 }

@@ -171,12 +171,19 @@ pub fn dry_run(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> a
         );
         return Ok(());
     };
+    if run.removed > 0 {
+        println!(
+            "Removed {} from the previous dry run in {}.",
+            plural(run.removed, "message", "messages"),
+            out.display()
+        );
+    }
     println!(
-        "Dry run of issue {} for {}: \"{}\". Wrote {} messages ({:.1} KB) to {}. Nothing was sent and the ledger is unchanged.",
+        "Dry run of issue {} for {}: \"{}\". Wrote {} ({:.1} KB) to {}. Nothing was sent and the ledger is unchanged.",
         run.number,
         describe_slot(config, slot),
         run.digest.subject,
-        run.written,
+        plural(run.written, "message", "messages"),
         run.bytes as f64 / 1024.0,
         out.display()
     );
@@ -294,4 +301,9 @@ pub fn test(
         ));
     }
     Ok(())
+}
+
+/// "1 message", "2 messages".
+pub(super) fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

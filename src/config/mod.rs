@@ -20,6 +20,13 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/newsletter.yaml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error(
+        "there is no config file {path} (looked in {folder}{relative}); run verdicts in the \
+         newsletter's folder or name the file with --config PATH or the VERDICTS_CONFIG \
+         environment variable",
+        relative = if .path.is_relative() { ", as the path is relative to the current folder" } else { "" }
+    )]
+    NotFound { path: PathBuf, folder: PathBuf },
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -291,9 +298,20 @@ pub struct DkimConfig {
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                let parent = path.parent().unwrap_or(Path::new(""));
+                let folder = std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned());
+                ConfigError::NotFound {
+                    path: path.to_owned(),
+                    folder,
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
         })?;
         Self::parse(path, &text)
     }

@@ -599,12 +599,18 @@ pub fn summary_line(number: IssueNumber, report: &Report) -> String {
             if n == 1 { "delivery" } else { "deliveries" }
         ),
     };
+    // Pending deliveries are either waiting for a retry or were never tried (a run stopped
+    // by Ctrl-C or an outage before their turn): only the first are "retrying".
+    let untried = match report.counts.untried {
+        0 => String::new(),
+        n => format!(", not yet tried {n}"),
+    };
     format!(
-        "Issue {number}: sent {}, failed {}{temporarily}, skipped {}, retrying {} in {:.1} s ({:.0} msgs/s). Totals: {} sent, {} failed, {} skipped, {} pending of {}.{gave_up}",
+        "Issue {number}: sent {}, failed {}{temporarily}, skipped {}, retrying {}{untried} in {:.1} s ({:.0} msgs/s). Totals: {} sent, {} failed, {} skipped, {} pending of {}.{gave_up}",
         report.sent,
         report.failed,
         report.skipped,
-        report.counts.pending,
+        report.counts.pending - report.counts.untried,
         secs,
         rate,
         report.counts.sent,
