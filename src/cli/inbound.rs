@@ -15,7 +15,6 @@ use crate::config::Config;
 use crate::error::Resumable;
 use crate::inbound::process::{process, Applied, Outcome, Settings};
 use crate::inbound::{mailbox, Inbound, MAX_MESSAGE_BYTES};
-use crate::mail::token::TokenKey;
 use crate::mail::verp::VerpKey;
 use crate::store::events::{Effect, EventKind};
 use crate::store::{self};
@@ -41,7 +40,7 @@ fn retry_later(what: &str, err: impl std::fmt::Display) -> anyhow::Error {
 
 pub fn run(config_path: &Path, source: Source) -> anyhow::Result<()> {
     let config = Config::load(config_path).map_err(|e| retry_later("cannot load the config", e))?;
-    let key = TokenKey::from_env(&config.secret_env)
+    let key = crate::issue::configured_key(&config)
         .map_err(|e| retry_later("cannot read the signing secret", e))?
         .verp_key();
     let open = || {

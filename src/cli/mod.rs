@@ -192,7 +192,7 @@ pub fn describe_slot(config: &Config, slot: DateTime<Utc>) -> String {
 
 /// The signing key, or for previews a stand-in when none is configured.
 fn preview_key(config: &Config) -> (TokenKey, bool) {
-    match TokenKey::from_env(&config.secret_env) {
+    match crate::issue::configured_key(config) {
         Ok(k) => (k, true),
         Err(_) => (TokenKey::new(b"preview-only-key-not-for-sending"), false),
     }

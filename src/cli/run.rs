@@ -17,6 +17,8 @@ use crate::web::{self, WebState};
 fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox)> {
     let key = issue::token_key(config)?;
     let conn = crate::store::open(&config.database_path())?;
+    // Confirmation mails are signed with this key from now on: it is the database's.
+    issue::record_secret(config, &conn, &key)?;
     let wake = Arc::new(Notify::new());
     let limits = Arc::new(Limits::new(&config.signup));
     let outbox = Outbox::new(config, key.clone(), wake.clone(), limits.clone())?;

@@ -15,6 +15,7 @@ pub mod health;
 pub mod ids;
 pub mod ledger;
 pub mod lock;
+pub mod secret;
 pub mod signup;
 pub mod subscribers;
 
@@ -57,6 +58,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/002_ledger.sql"),
     include_str!("migrations/003_events.sql"),
     include_str!("migrations/004_signup.sql"),
+    include_str!("migrations/007_settings.sql"),
 ];
 
 /// The schema version this binary creates and understands.
