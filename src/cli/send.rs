@@ -214,7 +214,7 @@ pub fn dry_run(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> a
 /// `preview` shows) to the given addresses only, as subscribers get it; nothing recorded.
 pub fn test(
     config: &Config,
-    at: Option<DateTime<Utc>>,
+    slot: DateTime<Utc>,
     addresses: &[String],
     exact: bool,
 ) -> anyhow::Result<()> {
@@ -231,17 +231,6 @@ pub fn test(
     }
     let comparisons = content::load_dir(&config.content_dir)?;
     let dispatcher = Dispatcher::for_sending(config)?;
-    let slot = match at {
-        Some(at) => slot_at_or_before(config, at)?,
-        None => {
-            let next = config
-                .schedule
-                .slots
-                .next_after(Utc::now())
-                .unwrap_or_else(Utc::now);
-            super::plan_preview(config, &comparisons, next)?.slot
-        }
-    };
     // Read the ledger when there is one; never create it.
     let conn = if config.database_path().exists() {
         Some(crate::store::open(&config.database_path())?)

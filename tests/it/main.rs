@@ -19,6 +19,7 @@ mod docs;
 mod dovecot;
 mod endpoint;
 mod faults;
+mod first_day;
 mod hardening;
 mod inbound;
 mod render;
