@@ -2,6 +2,8 @@
 //! (config, content, state) and runs the real binary; `smtp` is a real SMTP server on a
 //! loopback port with scripted behaviour.
 
+#[macro_use]
+mod checkers;
 mod common;
 mod smtp;
 
