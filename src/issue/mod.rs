@@ -638,7 +638,6 @@ pub fn check_secret(
     use crate::store::secret::{self, SecretCheck};
     let current = key.fingerprint();
     match secret::check(conn, &current, &key.previous_fingerprints(), record)? {
-        SecretCheck::Recorded | SecretCheck::Same | SecretCheck::Rotated => Ok(()),
         SecretCheck::Rotated if record => {
             tracing::warn!(
                 "{} is a new secret; links signed with the previous one still work while previous_secret_envs lists it",
@@ -646,6 +645,7 @@ pub fn check_secret(
             );
             Ok(())
         }
+        SecretCheck::Recorded | SecretCheck::Same | SecretCheck::Rotated => Ok(()),
         SecretCheck::Different { stored } => Err(UserError::new(format!(
             "{var} is not the secret this newsletter's links were signed with: the state database {db} knows the secret with fingerprint {stored}, and {var} has fingerprint {current}. \
              With it, every unsubscribe and confirmation link already mailed would be refused. \
