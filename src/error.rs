@@ -25,8 +25,14 @@ pub fn is_user_error(err: &anyhow::Error) -> bool {
         e.is::<UserError>()
             || e.is::<crate::content::ContentErrors>()
             || e.is::<crate::config::ConfigError>()
-            || e.downcast_ref::<crate::store::DbError>()
-                .is_some_and(crate::store::DbError::is_missing)
+            || e.downcast_ref::<crate::store::DbError>().is_some_and(|e| {
+                e.is_missing()
+                    || matches!(
+                        e,
+                        crate::store::DbError::NotWritable { .. }
+                            | crate::store::DbError::AsRoot { .. }
+                    )
+            })
     })
 }
 
