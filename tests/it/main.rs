@@ -16,6 +16,7 @@ mod daemon;
 mod deliverability;
 mod delivery;
 mod delivery_faults;
+mod deployment;
 mod digest_browser;
 mod docs;
 mod dovecot;
