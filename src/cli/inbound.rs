@@ -122,7 +122,8 @@ pub fn imap_mailbox(config: &Config) -> anyhow::Result<Option<crate::inbound::im
     let Some(imap) = config.inbound.imap.clone() else {
         return Ok(None);
     };
-    let key = crate::issue::token_key(config)?.verp_key();
+    // Only checks tags: the database is opened per message, where its faults mean "retry".
+    let key = crate::issue::configured_key(config)?.verp_key();
     let mailbox = crate::inbound::imap::Mailbox::new(
         imap,
         config.database_path(),
