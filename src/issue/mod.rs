@@ -649,7 +649,7 @@ pub fn check_secret(
         SecretCheck::Different { stored } => Err(UserError::new(format!(
             "{var} is not the secret this newsletter's links were signed with: the state database {db} knows the secret with fingerprint {stored}, and {var} has fingerprint {current}. \
              With it, every unsubscribe and confirmation link already mailed would be refused. \
-             Set {var} back to its earlier value (the service's environment file holds it); to change the secret on purpose, keep the old value in another variable and list that under previous_secret_envs in {config_path} for as long as old links should work (docs/configuration.md)",
+             Set {var} back to its earlier value (the service reads it from secret_file or its environment file); to change the secret on purpose, keep the old value in another variable and list that under previous_secret_envs in {config_path} for as long as old links should work (docs/configuration.md)",
             var = config.secret_env,
             db = config.database_path().display(),
             config_path = config.path.display(),
