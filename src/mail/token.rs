@@ -95,7 +95,7 @@ impl TokenKey {
 
     /// The key for VERP tags, derived from the same secret under its own label.
     pub fn verp_key(&self) -> crate::mail::verp::VerpKey {
-        crate::mail::verp::VerpKey::derive(&self.0)
+        crate::mail::verp::VerpKey::derive(&self.0).with_previous(self.1.iter().map(Vec::as_slice))
     }
 
     /// The token for a subscriber (by id and normalised address).

@@ -53,8 +53,10 @@ pub struct Tag {
 
 /// The key that signs VERP tags, derived from the newsletter secret (the one that signs
 /// unsubscribe tokens) under its own label, so a tag and a token never share a MAC key.
+/// During a secret rotation it also holds the keys derived from the previous secrets,
+/// whose tags still verify (nothing is tagged with them).
 #[derive(Clone)]
-pub struct VerpKey([u8; 32]);
+pub struct VerpKey([u8; 32], Vec<[u8; 32]>);
 
 impl std::fmt::Debug for VerpKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,17 +68,37 @@ impl VerpKey {
     pub fn derive(secret: &[u8]) -> Self {
         let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
         mac.update(b"verdicts-verp-key-v1");
-        VerpKey(mac.finalize().into_bytes().into())
+        VerpKey(mac.finalize().into_bytes().into(), Vec::new())
+    }
+
+    /// This key, also accepting tags made with the keys derived from `previous` secrets.
+    pub fn with_previous<'a>(mut self, previous: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        self.1 = previous
+            .into_iter()
+            .map(|secret| VerpKey::derive(secret).0)
+            .collect();
+        self
     }
 
     fn mac(&self, purpose: Purpose, issue: IssueNumber, subscriber: SubscriberId) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(&[purpose.letter() as u8]);
-        mac.update(&issue.get().to_be_bytes());
-        mac.update(&subscriber.get().to_be_bytes());
-        mac
+        mac_with(&self.0, purpose, issue, subscriber)
     }
+}
 
+fn mac_with(
+    key: &[u8; 32],
+    purpose: Purpose,
+    issue: IssueNumber,
+    subscriber: SubscriberId,
+) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(&[purpose.letter() as u8]);
+    mac.update(&issue.get().to_be_bytes());
+    mac.update(&subscriber.get().to_be_bytes());
+    mac
+}
+
+impl VerpKey {
     /// The tag for one delivery and purpose.
     pub fn tag(&self, tag: Tag) -> String {
         let full = self
@@ -121,9 +143,14 @@ impl VerpKey {
         if mac.len() != MAC_LEN {
             return None;
         }
-        self.mac(purpose, issue, subscriber)
-            .verify_truncated_left(&mac)
-            .ok()?;
+        let genuine = |key: &[u8; 32]| {
+            mac_with(key, purpose, issue, subscriber)
+                .verify_truncated_left(&mac)
+                .is_ok()
+        };
+        if !genuine(&self.0) && !self.1.iter().any(genuine) {
+            return None;
+        }
         Some(Tag {
             issue,
             subscriber,
@@ -188,6 +215,18 @@ mod tests {
         let u = key.address("news+bounces@example.com", unsub);
         assert_eq!(key.verify_address(&u), Some(unsub));
         assert_ne!(key.tag(unsub), key.tag(bounce(12, 3456)));
+    }
+
+    #[test]
+    fn tags_of_a_previous_secret_verify_during_a_rotation() {
+        let old: &[u8] = b"the secret before the rotation, long";
+        let old_tag = VerpKey::derive(old).address("bounces@example.com", bounce(12, 3456));
+        let new = VerpKey::derive(SECRET);
+        assert_eq!(new.verify_address(&old_tag), None);
+        let rotating = new.clone().with_previous([old]);
+        assert_eq!(rotating.verify_address(&old_tag), Some(bounce(12, 3456)));
+        // New tags are made with the new secret only.
+        assert_eq!(rotating.tag(bounce(1, 2)), new.tag(bounce(1, 2)));
     }
 
     #[test]
