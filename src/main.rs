@@ -6,12 +6,15 @@ use clap::Parser;
 use verdicts::cli::{Cli, LogFormat};
 
 fn main() -> ExitCode {
+    verdicts::error::quiet_on_closed_output();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match verdicts::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // `verdicts preview | head -1`: the reader went away, which is not a failure.
+        Err(err) if verdicts::error::is_closed_output(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", verdicts::error::chain_message(&err));
             if verdicts::store::health::is_unexplained_corruption(&err) {
                 eprintln!(
                     "The state database is damaged: stop the daemon and restore the latest backup (see docs/operations.md)."

@@ -32,18 +32,26 @@ pub enum LogFormat {
     Json,
 }
 
-/// An instant given on the command line: RFC 3339 with offset (2026-11-23T09:00:00Z).
+/// An instant given on the command line: RFC 3339 with offset (2026-11-23T09:00:00Z), or
+/// `now` (then `--at` means the slot at or before this moment).
 pub fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    if s == "now" {
+        return Ok(super::now());
+    }
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("`{s}` is not an RFC 3339 time such as 2026-11-23T09:00:00Z: {e}"))
+        .map_err(|e| {
+            format!("`{s}` is not an RFC 3339 time such as 2026-11-23T09:00:00Z (or `now`): {e}")
+        })
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Render the issue that would go out at --at to files (digest.html, digest.txt, digest.eml)
+    /// Render the issue of a slot to files (digest.html, digest.txt, digest.eml); a slot
+    /// whose issue exists shows that stored issue
     Preview {
-        /// The moment to preview (RFC 3339) [default: now]
+        /// Preview the slot at or before this moment (RFC 3339, or `now`)
+        /// [default: the next issue: the latest slot until its issue is sent, then the next slot]
         #[arg(long, value_parser = parse_instant)]
         at: Option<DateTime<Utc>>,
         /// Output folder
@@ -55,9 +63,11 @@ pub enum Command {
     },
     /// Validate the config and every content file; exit 1 listing every problem
     Check,
-    /// Create (or resume) the issue for the slot at or before --at and deliver it
+    /// Create (or resume) the issue for a slot and deliver it
     Send {
-        /// The moment to send for (RFC 3339) [default: now]
+        /// Send the issue of the slot at or before this moment (RFC 3339, or `now`)
+        /// [default: the next issue: the latest slot until its issue is sent, then the next slot];
+        /// a slot still to come is sent only when named
         #[arg(long, value_parser = parse_instant)]
         at: Option<DateTime<Utc>>,
         /// Do not ask for confirmation
@@ -74,7 +84,7 @@ pub enum Command {
         force: bool,
         /// Send a test copy of the issue to these addresses only, exactly as subscribers get
         /// it (links work and change nothing); the ledger and the list are untouched.
-        /// Without --at: the issue `preview` shows
+        /// The same slot as `preview` and `send` choose
         #[arg(long = "test", value_name = "ADDR", num_args = 1.., conflicts_with = "dry_run")]
         test: Vec<String>,
         /// With --test: keep the Subject as subscribers get it, without the [TEST] prefix
@@ -97,9 +107,10 @@ pub enum Command {
     },
     /// Serve only the web endpoint (web.listen): unsubscribe, signup and confirmation
     Serve,
-    /// Check the issue that would go out at --at for deliverability problems
+    /// Check the issue of a slot for deliverability problems
     Lint {
-        /// The moment to check (RFC 3339) [default: the next slot]
+        /// Check the slot at or before this moment (RFC 3339, or `now`)
+        /// [default: the next issue: the latest slot until its issue is sent, then the next slot]
         #[arg(long, value_parser = parse_instant)]
         at: Option<DateTime<Utc>>,
     },

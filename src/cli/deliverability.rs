@@ -7,18 +7,17 @@ use super::describe_slot;
 use crate::config::{Config, DkimAlgorithm};
 use crate::content;
 use crate::deliverability::{self as lint, Finding};
-use crate::digest::render::{self, RenderedDigest};
+use crate::digest::render::RenderedDigest;
 use crate::error::user_error;
 use crate::mail::dkim::{self, DkimSigner};
 
 /// `verdicts lint`: checks the issue `preview` would show for the same moment. Exit 1 on any
 /// error; warnings are printed but do not fail.
-pub fn lint(config: &Config, at: Option<DateTime<Utc>>) -> anyhow::Result<()> {
+pub fn lint(config: &Config, at: DateTime<Utc>) -> anyhow::Result<()> {
     let dkim = dkim::load(config)?;
     let comparisons = content::load_dir(&config.content_dir)?;
-    let at = at.unwrap_or_else(|| next_slot(config));
     let plan = super::plan_preview(config, &comparisons, at)?;
-    let digest = render::render_issue(config, &plan.comparisons, plan.slot)?;
+    let digest = plan.digest(config)?;
     println!(
         "Checking the issue for {}: \"{}\" ({} comparison{}).",
         describe_slot(config, plan.slot),
@@ -94,15 +93,6 @@ pub fn dkim_record(config: &Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The slot an operator means when they give no time: the next one to go out.
-fn next_slot(config: &Config) -> DateTime<Utc> {
-    config
-        .schedule
-        .slots
-        .next_after(Utc::now())
-        .unwrap_or_else(Utc::now)
 }
 
 /// Prints each finding and a one-line summary.

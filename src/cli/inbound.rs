@@ -16,7 +16,6 @@ use crate::error::Resumable;
 use crate::inbound::mailbox::{self, Stored};
 use crate::inbound::process::{process, Applied, Outcome, Settings};
 use crate::inbound::{Ignored, Inbound, MAX_MESSAGE_BYTES};
-use crate::mail::token::TokenKey;
 use crate::mail::verp::VerpKey;
 use crate::store::events::{Effect, EventKind};
 use crate::store::{self};
@@ -42,7 +41,7 @@ fn retry_later(what: &str, err: impl std::fmt::Display) -> anyhow::Error {
 
 pub fn run(config_path: &Path, source: Source) -> anyhow::Result<()> {
     let config = Config::load(config_path).map_err(|e| retry_later("cannot load the config", e))?;
-    let key = TokenKey::from_env(&config.secret_env)
+    let key = crate::issue::configured_key(&config)
         .map_err(|e| retry_later("cannot read the signing secret", e))?
         .verp_key();
     let open = || {
@@ -127,7 +126,8 @@ pub fn imap_mailbox(config: &Config) -> anyhow::Result<Option<crate::inbound::im
     let Some(imap) = config.inbound.imap.clone() else {
         return Ok(None);
     };
-    let key = crate::issue::token_key(config)?.verp_key();
+    // Only checks tags: the database is opened per message, where its faults mean "retry".
+    let key = crate::issue::configured_key(config)?.verp_key();
     let mailbox = crate::inbound::imap::Mailbox::new(
         imap,
         config.database_path(),

@@ -78,6 +78,16 @@ fn print_readers(e: &IssueEvents) {
     }
 }
 
+/// The state shown for an issue: the ledger's, except that an issue still marked `sending`
+/// while no sender runs was stopped (Ctrl-C, a crash) and is shown as `interrupted`.
+fn state_label(config: &Config, state: IssueState) -> &'static str {
+    if state == IssueState::Sending && !crate::store::lock::sender_running(&config.state_dir) {
+        "interrupted"
+    } else {
+        state.as_str()
+    }
+}
+
 pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()> {
     let conn = crate::store::open(&config.database_path())?;
     match command.unwrap_or(IssuesCommand::List) {
@@ -88,16 +98,16 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
                 return Ok(());
             }
             println!(
-                "{:>4}  {:<22}  {:<8}  {:>7}  {:>6}  {:>7}  {:>7}  {:>5}  subject",
+                "{:>4}  {:<22}  {:<11}  {:>7}  {:>6}  {:>7}  {:>7}  {:>5}  subject",
                 "#", "slot (UTC)", "state", "sent", "failed", "pending", "skipped", "items"
             );
             for issue in issues {
                 let c = ledger::delivery_counts(&conn, issue.number)?;
                 println!(
-                    "{:>4}  {:<22}  {:<8}  {:>7}  {:>6}  {:>7}  {:>7}  {:>5}  {}",
+                    "{:>4}  {:<22}  {:<11}  {:>7}  {:>6}  {:>7}  {:>7}  {:>5}  {}",
                     issue.number,
                     issue.slot.format("%a %Y-%m-%d %H:%M"),
-                    issue.state.as_str(),
+                    state_label(config, issue.state),
                     c.sent,
                     c.failed,
                     c.outstanding(),
@@ -125,14 +135,26 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
                 issue.window_after.format("%Y-%m-%d %H:%M UTC"),
                 issue.cutoff.format("%Y-%m-%d %H:%M UTC")
             );
-            println!("State:       {}", issue.state.as_str());
+            let state = state_label(config, issue.state);
+            match state {
+                "interrupted" => println!(
+                    "State:       interrupted (no sender is running; `verdicts send --at {}` or the daemon resumes it)",
+                    issue.slot.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+                "paused" => println!(
+                    "State:       paused (the relay could not be reached or refused the sender; `verdicts send --at {}` or the daemon resumes it)",
+                    issue.slot.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+                other => println!("State:       {other}"),
+            }
             println!("Comparisons: {}", issue.slugs.join(", "));
             println!(
-                "Deliveries:  {} total: {} sent, {} failed, {} pending, {} sending, {} skipped",
+                "Deliveries:  {} total: {} sent, {} failed, {} pending ({} not yet tried), {} sending, {} skipped",
                 c.total(),
                 c.sent,
                 c.failed,
                 c.pending,
+                c.untried,
                 c.sending,
                 c.skipped
             );

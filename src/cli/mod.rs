@@ -35,16 +35,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Preview { at, out, force } => {
             let config = Config::load(&config_path)?;
-            // Without --at, preview the next issue to go out: what an editor wants to see.
-            let at = match at {
-                Some(at) => at,
-                None => config
-                    .schedule
-                    .slots
-                    .next_after(Utc::now())
-                    .unwrap_or_else(Utc::now),
-            };
-            preview(&config, at, &out, force)
+            let slot = choose_slot(&config, at)?;
+            preview(&config, slot, &out, force)
         }
         Command::Check => check(&config_path),
         Command::Send {
@@ -58,14 +50,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             allow_empty,
         } => {
             let config = Config::load(&config_path)?;
+            let explicit = at.is_some();
+            let slot = choose_slot(&config, at)?;
             if !test.is_empty() {
-                return send::test(&config, at, &test, exact);
+                return send::test(&config, slot, &test, exact);
             }
-            let at = at.unwrap_or_else(Utc::now);
             if dry_run {
-                send::dry_run(&config, at, &out, force)
+                send::dry_run(&config, slot, &out, force)
+            } else if !explicit && slot > now() {
+                // The latest slot's issue is done: the next one is not due yet.
+                println!(
+                    "Nothing to send until then: `verdicts send --at {}` sends it now, ahead of its slot.",
+                    slot.format("%Y-%m-%dT%H:%M:%SZ")
+                );
+                Ok(())
             } else {
-                send::send(&config, at, yes, force, allow_empty)
+                send::send(&config, slot, yes, force, allow_empty)
             }
         }
         Command::Run { allow_empty } => {
@@ -80,7 +80,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Lint { at } => {
             let config = Config::load(&config_path)?;
-            deliverability::lint(&config, at)
+            let slot = choose_slot(&config, at)?;
+            deliverability::lint(&config, slot)
         }
         Command::DkimRecord => {
             let config = Config::load(&config_path)?;
@@ -137,6 +138,86 @@ pub struct PlannedIssue<'a> {
     pub comparisons: Vec<&'a Comparison>,
     /// The number the issue has or would get: its "View in browser" page is /issues/N/.
     pub number: IssueNumber,
+    /// The digest stored with the slot's issue, when a send has created it: what its
+    /// readers got, whatever the content files say now.
+    pub stored: Option<RenderedDigest>,
+}
+
+impl PlannedIssue<'_> {
+    /// The issue's digest: the stored one, or rendered from the content files.
+    pub fn digest(&self, config: &Config) -> anyhow::Result<RenderedDigest> {
+        match &self.stored {
+            Some(digest) => Ok(digest.clone()),
+            None => Ok(render::render_issue(config, &self.comparisons, self.slot)?),
+        }
+    }
+}
+
+/// The slot a command works on. With `--at`, the slot at or before that moment. Without,
+/// the next issue, the same for `preview`, `lint`, `send`, `send --dry-run` and
+/// `send --test`: the latest slot while its issue is not created or not finished, else the
+/// next slot. The choice is printed with its reason.
+fn choose_slot(config: &Config, at: Option<DateTime<Utc>>) -> anyhow::Result<DateTime<Utc>> {
+    use crate::store::ledger::{self, IssueState};
+    if let Some(at) = at {
+        return send::slot_at_or_before(config, at);
+    }
+    let now = now();
+    let slots = &config.schedule.slots;
+    let path = config.database_path();
+    let conn = if path.exists() {
+        Some(crate::store::open(&path)?)
+    } else {
+        None
+    };
+    let mut reason = String::from("the first slot of the schedule");
+    if let Some(latest) = slots.slot_at_or_before(now) {
+        let issue = match &conn {
+            Some(conn) => ledger::issue_by_slot(conn, latest)?,
+            None => None,
+        };
+        let chosen = match &issue {
+            None => Some("the latest slot; its issue has not been sent".to_owned()),
+            Some(i) if i.state.is_unfinished() => Some(format!(
+                "the latest slot; its issue {} is not finished",
+                i.number
+            )),
+            Some(i) if i.state == IssueState::Skipped => {
+                reason = format!(
+                    "the latest slot, {}, was an empty week (issue {})",
+                    describe_slot(config, latest),
+                    i.number
+                );
+                None
+            }
+            Some(i) => {
+                reason = format!(
+                    "issue {} for the latest slot, {}, was sent",
+                    i.number,
+                    describe_slot(config, latest)
+                );
+                None
+            }
+        };
+        if let Some(why) = chosen {
+            println!(
+                "Next issue: {} ({why}; --at picks another).",
+                describe_slot(config, latest)
+            );
+            return Ok(latest);
+        }
+    }
+    let Some(next) = slots.next_after(now) else {
+        return user_error(format!(
+            "the schedule `{}` has no slot after {now}",
+            slots.expression()
+        ));
+    };
+    println!(
+        "Next issue: {} (the next slot: {reason}; --at picks another).",
+        describe_slot(config, next)
+    );
+    Ok(next)
 }
 
 /// Plans the issue for the slot at or before `at`, against the ledger when there is one.
@@ -158,6 +239,7 @@ fn plan_issue<'a>(
         window,
         comparisons,
         number: issue_number(conn, slot)?,
+        stored: None,
     })
 }
 
@@ -177,6 +259,15 @@ fn issue_number(
     })
 }
 
+/// The current time. `VERDICTS_NOW` (RFC 3339) stands in for the clock, so tests and
+/// rehearsals can ask "what would happen on Saturday 5 December?".
+pub fn now() -> DateTime<Utc> {
+    std::env::var("VERDICTS_NOW")
+        .ok()
+        .and_then(|v| parse_instant(&v).ok())
+        .unwrap_or_else(Utc::now)
+}
+
 /// A human label for a slot: local time and UTC.
 pub fn describe_slot(config: &Config, slot: DateTime<Utc>) -> String {
     let tz = config.schedule.slots.timezone();
@@ -189,7 +280,7 @@ pub fn describe_slot(config: &Config, slot: DateTime<Utc>) -> String {
 
 /// The signing key, or for previews a stand-in when none is configured.
 fn preview_key(config: &Config) -> (TokenKey, bool) {
-    match TokenKey::from_env(&config.secret_env) {
+    match crate::issue::configured_key(config) {
         Ok(k) => (k, true),
         Err(_) => (TokenKey::new(b"preview-only-key-not-for-sending"), false),
     }
@@ -220,6 +311,24 @@ pub fn plan_preview<'a>(
         Err(e) => return Err(e.into()),
     };
     let mut plan = plan_issue(config, conn.as_ref(), comparisons, at)?;
+    // A slot whose issue exists shows that issue, as its readers got it.
+    if let Some(conn) = conn.as_ref() {
+        use crate::store::ledger::{self, IssueState};
+        if let Some(issue) =
+            ledger::issue_by_slot(conn, plan.slot)?.filter(|i| i.state != IssueState::Skipped)
+        {
+            plan.number = issue.number;
+            plan.window = Window {
+                after: issue.window_after,
+                cutoff: issue.cutoff,
+            };
+            plan.stored = Some(RenderedDigest::from(ledger::stored_digest(
+                conn,
+                issue.number,
+            )?));
+            return Ok(plan);
+        }
+    }
     if plan.comparisons.is_empty() {
         println!(
             "The issue for {} has no new comparisons (window {} to {}).",
@@ -262,11 +371,17 @@ fn preview(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> anyho
     let dkim = crate::mail::dkim::load(config)?;
     let comparisons = content::load_dir(&config.content_dir)?;
     let plan = plan_preview(config, &comparisons, at)?;
-    let digest = render::render_issue(config, &plan.comparisons, plan.slot)?;
+    let digest = plan.digest(config)?;
     let (key, real_key) = preview_key(config);
     let files = write_preview(config, &digest, &plan, key, dkim.clone(), out)?;
 
     println!("Issue:       {}", describe_slot(config, plan.slot));
+    if plan.stored.is_some() {
+        println!(
+            "Stored:      issue {} as its readers got it (sent or being sent; later content edits are not in it)",
+            plan.number
+        );
+    }
     println!("Subject:     {}", digest.subject);
     println!("Preheader:   {}", digest.preheader);
     println!("Comparisons: {}", digest.comparison_count);
@@ -371,8 +486,25 @@ fn check(config_path: &Path) -> anyhow::Result<()> {
             println!("  {}", path.display());
         }
     }
-    if let Some(next) = config.schedule.slots.next_after(Utc::now()) {
-        println!("Next slot: {}", describe_slot(&config, next));
+    // Three, so a schedule that fires on the wrong day shows it at once.
+    let mut slots = Vec::new();
+    let mut after = now();
+    while slots.len() < 3 {
+        let Some(next) = config.schedule.slots.next_after(after) else {
+            break;
+        };
+        slots.push(next);
+        after = next;
+    }
+    if !slots.is_empty() {
+        println!(
+            "Next slots of `{}` ({}):",
+            config.schedule.slots.expression(),
+            config.schedule.slots.timezone()
+        );
+        for slot in slots {
+            println!("  {}", describe_slot(&config, slot));
+        }
     }
     Ok(())
 }

@@ -17,6 +17,8 @@ use crate::web::{self, WebState};
 fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox)> {
     let key = issue::token_key(config)?;
     let conn = crate::store::open(&config.database_path())?;
+    // Confirmation mails are signed with this key from now on: it is the database's.
+    issue::record_secret(config, &conn, &key)?;
     let wake = Arc::new(Notify::new());
     let limits = Arc::new(Limits::new(&config.signup));
     let outbox = Outbox::new(config, key.clone(), wake.clone(), limits.clone())?;
@@ -37,6 +39,7 @@ pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
     let dispatcher = Dispatcher::for_sending(config)?.allow_empty(allow_empty);
     let path = config.database_path();
     crate::store::quick_check(&crate::store::open(&path)?, &path)?;
+    check_site_folder(config)?;
     raise_file_limit();
     let _daemon = DaemonLock::acquire(&config.state_dir)?;
     let (state, outbox) = web_state(config)?;
@@ -82,4 +85,42 @@ pub fn serve(config: &Config) -> anyhow::Result<()> {
         let _ = mails.await;
         result
     })
+}
+
+/// The daemon rebuilds the site in a folder beside `site.out_dir` and swaps it in: refuse to
+/// start when that parent cannot be written (systemd's ProtectSystem=strict without it in
+/// ReadWritePaths), rather than log "site not rebuilt" at every rebuild while every "View
+/// in browser" link is dead.
+fn check_site_folder(config: &Config) -> anyhow::Result<()> {
+    let Some(out) = &config.site_out_dir else {
+        return Ok(());
+    };
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let refuse = |e: std::io::Error| -> anyhow::Result<()> {
+        crate::error::user_error(format!(
+            "the site cannot be built: {} cannot be written ({e}). Each build is written beside site.out_dir ({}) and swapped in, so the folder holding it must be writable by this user; under systemd, list {} in ReadWritePaths (docs/deployment.md)",
+            parent.display(),
+            out.display(),
+            parent.display()
+        ))
+    };
+    if let Err(e) = std::fs::create_dir_all(parent) {
+        return refuse(e);
+    }
+    let probe = parent.join(format!(".verdicts-write-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => refuse(e),
+    }
 }

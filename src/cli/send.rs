@@ -178,12 +178,19 @@ pub fn dry_run(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> a
         );
         return Ok(());
     };
+    if run.removed > 0 {
+        println!(
+            "Removed {} from the previous dry run in {}.",
+            plural(run.removed, "message", "messages"),
+            out.display()
+        );
+    }
     println!(
-        "Dry run of issue {} for {}: \"{}\". Wrote {} messages ({:.1} KB) to {}. Nothing was sent and the ledger is unchanged.",
+        "Dry run of issue {} for {}: \"{}\". Wrote {} ({:.1} KB) to {}. Nothing was sent and the ledger is unchanged.",
         run.number,
         describe_slot(config, slot),
         run.digest.subject,
-        run.written,
+        plural(run.written, "message", "messages"),
         run.bytes as f64 / 1024.0,
         out.display()
     );
@@ -214,7 +221,7 @@ pub fn dry_run(config: &Config, at: DateTime<Utc>, out: &Path, force: bool) -> a
 /// `preview` shows) to the given addresses only, as subscribers get it; nothing recorded.
 pub fn test(
     config: &Config,
-    at: Option<DateTime<Utc>>,
+    slot: DateTime<Utc>,
     addresses: &[String],
     exact: bool,
 ) -> anyhow::Result<()> {
@@ -231,17 +238,6 @@ pub fn test(
     }
     let comparisons = content::load_dir(&config.content_dir)?;
     let dispatcher = Dispatcher::for_sending(config)?;
-    let slot = match at {
-        Some(at) => slot_at_or_before(config, at)?,
-        None => {
-            let next = config
-                .schedule
-                .slots
-                .next_after(Utc::now())
-                .unwrap_or_else(Utc::now);
-            super::plan_preview(config, &comparisons, next)?.slot
-        }
-    };
     // Read the ledger when there is one; never create it.
     let conn = if config.database_path().exists() {
         Some(crate::store::open(&config.database_path())?)
@@ -301,4 +297,9 @@ pub fn test(
         ));
     }
     Ok(())
+}
+
+/// "1 message", "2 messages".
+pub(super) fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

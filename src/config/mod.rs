@@ -20,6 +20,13 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/newsletter.yaml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error(
+        "there is no config file {path} (looked in {folder}{relative}); run verdicts in the \
+         newsletter's folder or name the file with --config PATH or the VERDICTS_CONFIG \
+         environment variable",
+        relative = if .path.is_relative() { ", as the path is relative to the current folder" } else { "" }
+    )]
+    NotFound { path: PathBuf, folder: PathBuf },
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -49,6 +56,10 @@ struct RawConfig {
     smtp: RawSmtp,
     web: RawWeb,
     secret_env: String,
+    #[serde(default)]
+    previous_secret_envs: Vec<String>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
     #[serde(default)]
     dkim: Option<RawDkim>,
     #[serde(default)]
@@ -101,6 +112,8 @@ struct RawSmtp {
     username: Option<String>,
     #[serde(default = "default_password_env")]
     password_env: String,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
     #[serde(default = "default_concurrency")]
     concurrency: usize,
     #[serde(default)]
@@ -215,6 +228,15 @@ pub struct Config {
     pub web_listen: std::net::SocketAddr,
     pub web: WebConfig,
     pub secret_env: String,
+    /// Environment variables holding earlier secrets whose links still verify during a
+    /// rotation (`previous_secret_envs`); nothing is signed with them.
+    pub previous_secret_envs: Vec<String>,
+    /// A file holding the signing secret, read instead of `secret_env`: one place that the
+    /// daemon, CLI commands and a mail server's pipe all read (mode-checked).
+    pub secret_file: Option<PathBuf>,
+    /// `smtp.password_file`: a file holding the SMTP password, read instead of
+    /// `smtp.password_env` (mode-checked).
+    pub smtp_password_file: Option<PathBuf>,
     pub dkim: Option<DkimConfig>,
     /// Where bounces and mailto unsubscribes come back, and the list-hygiene rules.
     pub inbound: crate::inbound::config::InboundConfig,
@@ -291,9 +313,20 @@ pub struct DkimConfig {
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                let parent = path.parent().unwrap_or(Path::new(""));
+                let folder = std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned());
+                ConfigError::NotFound {
+                    path: path.to_owned(),
+                    folder,
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
         })?;
         Self::parse(path, &text)
     }
@@ -316,6 +349,7 @@ impl Config {
             .validate(|p| check.resolve(p))
             .map_err(|(field, reason)| check.invalid(field, reason))?;
         let signup = SignupConfig::from_raw(raw.signup, |f, r| check.invalid(f, r))?;
+        let smtp_password_file = raw.smtp.password_file.as_deref().map(|p| check.resolve(p));
         Ok(Config {
             path: path.to_owned(),
             newsletter: check.newsletter(raw.newsletter)?,
@@ -326,6 +360,9 @@ impl Config {
             web_listen: check.web_listen(&raw.web.listen)?,
             web: check.web(&raw.web)?,
             secret_env: raw.secret_env,
+            previous_secret_envs: raw.previous_secret_envs,
+            secret_file: raw.secret_file.as_deref().map(|p| check.resolve(p)),
+            smtp_password_file,
             dkim: raw.dkim.map(|d| DkimConfig {
                 domain: d.domain,
                 selector: d.selector,
@@ -527,6 +564,36 @@ fn normalize(path: &Path) -> PathBuf {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("`{s}` is not a duration like 30s, 6h or 2days: {e}"))
+}
+
+/// Reads a secret from `path` (the config's `field`): the file's content without the
+/// trailing newline. Refused when every user of the machine can read the file: give it to
+/// the service's user (`chmod 600`) or to root and the service's group (`chmod 640`).
+pub fn read_secret_file(path: &Path, field: &str) -> Result<String, crate::error::UserError> {
+    use std::os::unix::fs::MetadataExt;
+    let err = |m: String| crate::error::UserError::new(m);
+    let meta = std::fs::metadata(path)
+        .map_err(|e| err(format!("cannot read {} ({field}): {e}", path.display())))?;
+    if meta.mode() & 0o004 != 0 {
+        return Err(err(format!(
+            "{} ({field}) is readable by every user of this machine (mode {:o}); make it readable by the service's user only: `chmod 600` it, or `chown root:verdicts` and `chmod 640`",
+            path.display(),
+            meta.mode() & 0o777
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(format!(
+            "cannot read {} ({field}): {e}. It must be readable by the user running verdicts (it belongs to {}, mode {:o})",
+            path.display(),
+            crate::store::health::user_name(meta.uid()),
+            meta.mode() & 0o777
+        ))
+    })?;
+    let value = text.trim_end_matches(['\n', '\r']).to_owned();
+    if value.is_empty() {
+        return Err(err(format!("{} ({field}) is empty", path.display())));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -35,12 +35,32 @@ const MAX_LOOKBACK_DAYS: i64 = 400;
 
 impl SlotSchedule {
     /// Accepts the cron crate's 6/7-field syntax (seconds first) and the standard 5-field
-    /// syntax (which gets `0` seconds prepended).
+    /// syntax (which gets `0` seconds prepended). Weekday numbers mean what they mean in
+    /// standard cron (0 and 7 Sunday, 1 Monday … 6 Saturday) in the 5-field form; the cron
+    /// crate counts from 1 = Sunday, so they are written out as names before it reads them.
+    /// In the 6/7-field form a weekday number is ambiguous and refused: write `Mon`.
     pub fn new(expr: &str, tz: Tz) -> Result<Self, ScheduleError> {
-        let fields = expr.split_whitespace().count();
-        let full = match fields {
-            5 => format!("0 {}", expr.trim()),
-            6 | 7 => expr.trim().to_owned(),
+        let fields: Vec<&str> = expr.split_whitespace().collect();
+        let full = match fields.len() {
+            5 => {
+                let weekday = standard_weekdays(fields[4]).map_err(|reason| ScheduleError {
+                    expr: expr.into(),
+                    reason,
+                })?;
+                format!("0 {} {weekday}", fields[..4].join(" "))
+            }
+            6 | 7 => {
+                if fields[5].chars().any(|c| c.is_ascii_digit()) {
+                    return Err(ScheduleError {
+                        expr: expr.into(),
+                        reason: format!(
+                            "the day-of-week field `{}` uses numbers, which the 6-field form counts from 1 = Sunday and standard cron from 1 = Monday; write day names (Mon, Tue-Fri, Sat,Sun) instead",
+                            fields[5]
+                        ),
+                    });
+                }
+                fields.join(" ")
+            }
             n => {
                 return Err(ScheduleError {
                     expr: expr.into(),
@@ -129,6 +149,62 @@ impl SlotSchedule {
     }
 }
 
+/// Standard cron's weekday numbers, written as the names the cron crate reads the same way
+/// whatever its numbering: `1-5` → `Mon,Tue,Wed,Thu,Fri`, `0,6` → `Sun,Sat`, `*/2` →
+/// `Sun,Tue,Thu,Sat`. Names and `*` pass through; anything else is refused with the reason.
+fn standard_weekdays(field: &str) -> Result<String, String> {
+    const NAMES: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    if !field.chars().any(|c| c.is_ascii_digit()) {
+        return Ok(field.to_owned());
+    }
+    let bad = |why: &str| {
+        format!(
+            "the day-of-week field `{field}` {why}; use 0-7 (0 and 7 are Sunday, 1 is Monday) or names such as Mon-Fri"
+        )
+    };
+    let number = |s: &str| -> Result<u32, String> {
+        match s.parse::<u32>() {
+            Ok(n) if n <= 7 => Ok(n),
+            _ => Err(bad(&format!("has `{s}`, which is not a weekday number"))),
+        }
+    };
+    let mut days: Vec<u32> = Vec::new();
+    for part in field.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((range, step)) => match step.parse::<u32>() {
+                Ok(step) if step > 0 => (range, step),
+                _ => return Err(bad(&format!("has the step `/{step}`"))),
+            },
+            None => (part, 1),
+        };
+        let (from, to) = match range {
+            "*" | "?" => (0, 6),
+            r => match r.split_once('-') {
+                Some((a, b)) => (number(a)?, number(b)?),
+                // `5/2` is standard cron's "from 5 to the end, every 2nd day".
+                None if step > 1 => (number(r)?, 6),
+                None => {
+                    let n = number(r)?;
+                    (n, n)
+                }
+            },
+        };
+        if from > to {
+            return Err(bad(&format!(
+                "has the range `{range}`, which runs backwards"
+            )));
+        }
+        days.extend((from..=to).step_by(step as usize).map(|d| d % 7));
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for d in 0..7 {
+        if days.contains(&d) {
+            names.push(NAMES[d as usize]);
+        }
+    }
+    Ok(names.join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +281,30 @@ mod tests {
         let slot = s.next_after(utc("2027-03-27T12:00:00Z")).unwrap();
         assert_eq!(slot, utc("2027-03-28T01:00:00Z"));
         assert_eq!(s.slot_at_or_before(utc("2027-03-28T01:00:00Z")), Some(slot));
+    }
+
+    #[test]
+    fn five_field_weekday_numbers_are_standard_cron() {
+        // Saturday 5 December 2026: the next "0 9 * * 1" is Monday the 7th, not Sunday.
+        let now = utc("2026-12-05T12:00:00Z");
+        let monday = utc("2026-12-07T09:00:00Z");
+        let sunday = utc("2026-12-06T09:00:00Z");
+        assert_eq!(sched("0 9 * * 1", "UTC").next_after(now), Some(monday));
+        assert_eq!(sched("0 9 * * 0", "UTC").next_after(now), Some(sunday));
+        assert_eq!(sched("0 9 * * 7", "UTC").next_after(now), Some(sunday));
+        assert_eq!(sched("0 9 * * 1-5", "UTC").next_after(now), Some(monday));
+        assert_eq!(sched("0 9 * * 6,0", "UTC").next_after(now), Some(sunday));
+        assert_eq!(sched("0 9 * * Mon", "UTC").next_after(now), Some(monday));
+        assert_eq!(standard_weekdays("5-7").unwrap(), "Sun,Fri,Sat");
+        assert_eq!(standard_weekdays("*/2").unwrap(), "Sun,Tue,Thu,Sat");
+        assert_eq!(standard_weekdays("1-5").unwrap(), "Mon,Tue,Wed,Thu,Fri");
+        for bad in ["0 9 * * 8", "0 9 * * 5-1", "0 9 * * 1/0"] {
+            let err = SlotSchedule::new(bad, chrono_tz::UTC).unwrap_err();
+            assert!(err.to_string().contains("day-of-week"), "{bad}: {err}");
+        }
+        // The 6-field form counts differently; a number there is refused, not guessed.
+        let err = SlotSchedule::new("0 0 9 * * 1", chrono_tz::UTC).unwrap_err();
+        assert!(err.to_string().contains("Mon"), "{err}");
     }
 
     #[test]

@@ -212,6 +212,7 @@ pub fn check_sample(config: &Config, sample: &Sample) -> Vec<Finding> {
     findings.extend(text_links(sample));
     findings.extend(image_alt(sample));
     findings.extend(subject_length(sample));
+    findings.extend(local_base_url(&config.newsletter.base_url));
     findings.extend(dkim_alignment(
         config.newsletter.sender_domain(),
         config.dkim.as_ref(),
@@ -275,6 +276,30 @@ mod tests {
         assert!(gate(std::slice::from_ref(&w), true).is_ok());
         assert!(gate(&[w.clone(), e.clone()], true).is_err());
         assert_eq!(summary(&[w, e]), "1 error, 1 warning");
+    }
+
+    #[test]
+    fn loopback_http_is_a_local_trial() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080/unsubscribe?t=1",
+            "http://LOCALHOST",
+            "http://[::1]:8080/x",
+            "http://127.1.2.3/",
+        ] {
+            assert!(is_local_http(url), "{url}");
+        }
+        for url in [
+            "https://127.0.0.1",
+            "http://example.com",
+            "http://localhost.example.com",
+            "http://10.0.0.1:8080",
+            "http://127.0.0.1.example.com",
+        ] {
+            assert!(!is_local_http(url), "{url}");
+        }
+        assert_eq!(local_base_url("http://127.0.0.1:8080").len(), 1);
+        assert!(local_base_url("https://verdicts.example.com").is_empty());
     }
 
     #[test]

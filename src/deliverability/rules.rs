@@ -27,7 +27,10 @@ pub fn one_click(sample: &Sample) -> Vec<Finding> {
             .split(',')
             .map(|u| u.trim().trim_start_matches('<').trim_end_matches('>'))
             .collect();
-        if !uris.iter().any(|u| u.starts_with("https://")) {
+        if !uris
+            .iter()
+            .any(|u| u.starts_with("https://") || is_local_http(u))
+        {
             out.push(Finding::error(
                 "one-click",
                 "List-Unsubscribe has no https URI; one-click unsubscribe (RFC 8058) requires one",
@@ -51,6 +54,41 @@ pub fn one_click(sample: &Sample) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// True for a plain-http URL on this machine (`http://127.0.0.1:8080/…`, `http://localhost…`,
+/// `http://[::1]…`): a local trial's links, which only the operator's own browser opens.
+pub fn is_local_http(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    let Some(rest) = lower.strip_prefix("http://") else {
+        return false;
+    };
+    let host_end = if rest.starts_with('[') {
+        rest.find(']').map_or(rest.len(), |i| i + 1)
+    } else {
+        rest.find([':', '/', '?', '#']).unwrap_or(rest.len())
+    };
+    let host = &rest[..host_end];
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Rule `local-base-url`: a loopback `http://` base_url is a local trial. Its links work
+/// only on this machine, which is the point of a trial and wrong for any real reader, so it
+/// is a warning (`--force` sends it) where another http URL is an error.
+pub fn local_base_url(base_url: &str) -> Vec<Finding> {
+    if !is_local_http(base_url) {
+        return vec![];
+    }
+    vec![Finding::warning(
+        "local-base-url",
+        format!("newsletter.base_url is {base_url}, a loopback address: the links in this issue open only on this machine"),
+        "fine for a local trial (pass --force to send it); set newsletter.base_url to the https:// address readers reach before sending to them",
+    )]
 }
 
 /// Rules `text-part` and `html-part`: both alternatives exist and are not empty.
@@ -112,7 +150,7 @@ pub fn html_size(sample: &Sample) -> Vec<Finding> {
 pub fn unsubscribe_visible(sample: &Sample) -> Vec<Finding> {
     let url = &sample.unsubscribe_url;
     let mut out = Vec::new();
-    if !url.starts_with("https://") {
+    if !url.starts_with("https://") && !is_local_http(url) {
         out.push(Finding::error(
             "unsubscribe-visible",
             format!("the unsubscribe link {url} is not https; one-click unsubscribe needs https and browsers warn on http"),
@@ -163,6 +201,7 @@ pub fn links(sample: &Sample) -> Vec<Finding> {
         let lower = u.to_ascii_lowercase();
         if (lower.starts_with("https://") && u.len() > "https://".len())
             || lower.starts_with("mailto:")
+            || is_local_http(&u)
         {
             continue;
         }

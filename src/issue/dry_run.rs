@@ -25,6 +25,8 @@ pub struct DryRun {
     /// Written messages whose address only a server offering SMTPUTF8 can deliver (a
     /// non-ASCII local part); the files are written as for such a server.
     pub needs_smtputf8: u64,
+    /// Messages of an earlier dry run that were removed from the folder first.
+    pub removed: u64,
 }
 
 impl Dispatcher<'_> {
@@ -47,8 +49,7 @@ impl Dispatcher<'_> {
             Plan::Empty { .. } => return Ok(None),
         };
         let messages = self.messages(number, slot, &digest);
-        std::fs::create_dir_all(out)
-            .with_context(|| format!("cannot create output folder {}", out.display()))?;
+        let removed = empty_folder(out)?;
         let mut run = DryRun {
             number,
             digest,
@@ -56,6 +57,7 @@ impl Dispatcher<'_> {
             bytes: 0,
             unbuildable: Vec::new(),
             needs_smtputf8: 0,
+            removed,
         };
         let mut n = 0u64;
         store::subscribers::for_each_active_addressee(&conn, |s| -> anyhow::Result<()> {
@@ -93,6 +95,36 @@ impl Dispatcher<'_> {
         })?;
         Ok(Some(run))
     }
+}
+
+/// Makes `out` an empty folder, so that it holds this run's messages only: the `.eml` files
+/// of an earlier dry run are removed (their count returned). A folder holding anything else
+/// is refused rather than emptied: `--out` may name the wrong folder.
+fn empty_folder(out: &Path) -> anyhow::Result<u64> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output folder {}", out.display()))?;
+    let entries = std::fs::read_dir(out)
+        .with_context(|| format!("cannot read output folder {}", out.display()))?;
+    let mut old = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.with_context(|| format!("cannot read output folder {}", out.display()))?;
+        let path = entry.path();
+        let is_message = entry.file_type().is_ok_and(|t| t.is_file())
+            && path.extension().is_some_and(|e| e == "eml");
+        if !is_message {
+            return crate::error::user_error(format!(
+                "the dry run's output folder {} holds {}, which is not a message of an earlier dry run; name an empty folder with --out (the folder is emptied of .eml files first, and nothing else is removed)",
+                out.display(),
+                path.display()
+            ));
+        }
+        old.push(path);
+    }
+    for path in &old {
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(old.len() as u64)
 }
 
 fn file_name(out: &Path, n: u64, email: &str) -> PathBuf {

@@ -15,15 +15,16 @@ pub const MIN_SECRET_LEN: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("the environment variable {var} is not set; it holds the key that signs unsubscribe links. Set it to a long random value, e.g. `export {var}=$(openssl rand -hex 32)`, and keep it stable: changing it invalidates links already sent")]
+    #[error("the environment variable {var} is not set; it holds the key that signs readers' links. Give this command the service's value: set secret_file in the config to the file holding it (docs/deployment.md), or export {var} from the service's environment file. Only a new newsletter makes a new one (`openssl rand -hex 32`): a different value voids every link already sent")]
     Missing { var: String },
-    #[error("the environment variable {var} is too short ({len} bytes); use at least {MIN_SECRET_LEN} random bytes, e.g. `openssl rand -hex 32`")]
+    #[error("the secret in {var} is too short ({len} bytes); use at least {MIN_SECRET_LEN} random bytes, e.g. `openssl rand -hex 32`")]
     TooShort { var: String, len: usize },
 }
 
-/// The key that signs unsubscribe tokens.
+/// The key that signs unsubscribe tokens, and during a rotation the previous keys whose
+/// tokens still verify (nothing is signed with them).
 #[derive(Clone)]
-pub struct TokenKey(Vec<u8>);
+pub struct TokenKey(Vec<u8>, Vec<Vec<u8>>);
 
 impl std::fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,7 +34,35 @@ impl std::fmt::Debug for TokenKey {
 
 impl TokenKey {
     pub fn new(secret: &[u8]) -> Self {
-        TokenKey(secret.to_vec())
+        TokenKey(secret.to_vec(), Vec::new())
+    }
+
+    /// This key, also accepting tokens signed with `previous` (a rotation in progress).
+    pub fn with_previous(mut self, previous: Vec<TokenKey>) -> Self {
+        self.1 = previous.into_iter().map(|k| k.0).collect();
+        self
+    }
+
+    /// A one-way fingerprint of the secret (16 hex digits), kept in the database to notice
+    /// a changed secret; it reveals nothing about the secret itself.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.0)
+    }
+
+    /// The fingerprints of the previous secrets.
+    pub fn previous_fingerprints(&self) -> Vec<String> {
+        self.1.iter().map(|k| fingerprint(k)).collect()
+    }
+
+    /// A key from a secret read elsewhere (a file); `source` names it in errors.
+    pub fn from_secret(value: String, source: &str) -> Result<Self, SecretError> {
+        if value.len() < MIN_SECRET_LEN {
+            return Err(SecretError::TooShort {
+                var: source.into(),
+                len: value.len(),
+            });
+        }
+        Ok(TokenKey(value.into_bytes(), Vec::new()))
     }
 
     /// Reads the key from the environment variable named in the config.
@@ -48,7 +77,7 @@ impl TokenKey {
                 len: value.len(),
             });
         }
-        Ok(TokenKey(value.into_bytes()))
+        Ok(TokenKey(value.into_bytes(), Vec::new()))
     }
 
     /// A MAC keyed with this secret, for the other kinds of signed links.
@@ -66,7 +95,7 @@ impl TokenKey {
 
     /// The key for VERP tags, derived from the same secret under its own label.
     pub fn verp_key(&self) -> crate::mail::verp::VerpKey {
-        crate::mail::verp::VerpKey::derive(&self.0)
+        crate::mail::verp::VerpKey::derive(&self.0).with_previous(self.1.iter().map(Vec::as_slice))
     }
 
     /// The token for a subscriber (by id and normalised address).
@@ -86,10 +115,26 @@ impl TokenKey {
         let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else {
             return false;
         };
-        self.mac(subscriber_id, email_norm)
+        if self
+            .mac(subscriber_id, email_norm)
             .verify_slice(&tag)
             .is_ok()
+        {
+            return true;
+        }
+        self.1.iter().any(|old| {
+            TokenKey::new(old)
+                .mac(subscriber_id, email_norm)
+                .verify_slice(&tag)
+                .is_ok()
+        })
     }
+}
+
+fn fingerprint(secret: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"verdicts-secret-fingerprint-v1");
+    data_encoding::HEXLOWER.encode(&mac.finalize().into_bytes()[..8])
 }
 
 /// The sample subscriber of previews and test copies. SQLite numbers real subscribers from
@@ -113,6 +158,24 @@ pub fn claimed_subscriber(token: &str) -> Option<SubscriberId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn previous_keys_verify_old_tokens_and_sign_nothing() {
+        let old = TokenKey::new(b"the old secret, 0123456789");
+        let new = TokenKey::new(b"the new secret, 0123456789");
+        let t_old = old.issue(SubscriberId(7), "ada@example.com");
+        assert!(!new.verify(&t_old, SubscriberId(7), "ada@example.com"));
+        let rotating = new.clone().with_previous(vec![old.clone()]);
+        assert!(rotating.verify(&t_old, SubscriberId(7), "ada@example.com"));
+        assert!(!rotating.verify(&t_old, SubscriberId(8), "ada@example.com"));
+        assert_eq!(
+            rotating.issue(SubscriberId(7), "ada@example.com"),
+            new.issue(SubscriberId(7), "ada@example.com")
+        );
+        assert_eq!(rotating.previous_fingerprints(), [old.fingerprint()]);
+        assert_ne!(old.fingerprint(), new.fingerprint());
+        assert_eq!(new.fingerprint().len(), 16);
+    }
 
     #[test]
     fn token_verifies_for_its_subscriber_only() {

@@ -59,10 +59,13 @@ pub struct Tag {
 /// The keys that sign VERP tags and Message-IDs, each derived from the newsletter secret
 /// (the one that signs unsubscribe tokens) under its own label, so a tag, a Message-ID and
 /// a token never share a MAC key.
+/// During a secret rotation it also holds the keys derived from the previous secrets,
+/// whose tags and Message-IDs still verify (nothing new is made with them).
 #[derive(Clone)]
 pub struct VerpKey {
     tags: [u8; 32],
     message_ids: [u8; 32],
+    previous: Vec<([u8; 32], [u8; 32])>,
 }
 
 impl std::fmt::Debug for VerpKey {
@@ -81,15 +84,25 @@ impl VerpKey {
         VerpKey {
             tags: derive(b"verdicts-verp-key-v1"),
             message_ids: derive(b"verdicts-message-id-key-v1"),
+            previous: Vec::new(),
         }
     }
 
+    /// This key, also accepting tags and Message-IDs made with the keys derived from
+    /// `previous` secrets.
+    pub fn with_previous<'a>(mut self, previous: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        self.previous = previous
+            .into_iter()
+            .map(|secret| {
+                let k = VerpKey::derive(secret);
+                (k.tags, k.message_ids)
+            })
+            .collect();
+        self
+    }
+
     fn mac(&self, purpose: Purpose, issue: IssueNumber, subscriber: SubscriberId) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.tags).expect("HMAC takes any key length");
-        mac.update(&[purpose.letter() as u8]);
-        mac.update(&issue.get().to_be_bytes());
-        mac.update(&subscriber.get().to_be_bytes());
-        mac
+        mac_with(&self.tags, purpose, issue, subscriber)
     }
 
     /// The tag for one delivery and purpose.
@@ -136,9 +149,14 @@ impl VerpKey {
         if mac.len() != MAC_LEN {
             return None;
         }
-        self.mac(purpose, issue, subscriber)
-            .verify_truncated_left(&mac)
-            .ok()?;
+        let genuine = |key: &[u8; 32]| {
+            mac_with(key, purpose, issue, subscriber)
+                .verify_truncated_left(&mac)
+                .is_ok()
+        };
+        if !genuine(&self.tags) && !self.previous.iter().any(|(tags, _)| genuine(tags)) {
+            return None;
+        }
         Some(Tag {
             issue,
             subscriber,
@@ -158,11 +176,7 @@ impl VerpKey {
 
 impl VerpKey {
     fn message_id_mac(&self, issue: IssueNumber, subscriber: SubscriberId) -> HmacSha256 {
-        let mut mac =
-            HmacSha256::new_from_slice(&self.message_ids).expect("HMAC takes any key length");
-        mac.update(&issue.get().to_be_bytes());
-        mac.update(&subscriber.get().to_be_bytes());
-        mac
+        message_id_mac_with(&self.message_ids, issue, subscriber)
     }
 
     /// The MAC part of the Message-ID of one delivery: 16 lowercase base32 characters,
@@ -185,15 +199,37 @@ impl VerpKey {
         let Ok(mac) = BASE32_NOPAD.decode(tag.trim().to_ascii_uppercase().as_bytes()) else {
             return false;
         };
-        mac.len() == MAC_LEN
-            && self
-                .message_id_mac(issue, subscriber)
+        let genuine = |key: &[u8; 32]| {
+            message_id_mac_with(key, issue, subscriber)
                 .verify_truncated_left(&mac)
                 .is_ok()
+        };
+        mac.len() == MAC_LEN
+            && (genuine(&self.message_ids) || self.previous.iter().any(|(_, ids)| genuine(ids)))
     }
 }
 
 /// A positive decimal id without sign or leading zeros, so one tag has one spelling.
+fn mac_with(
+    key: &[u8; 32],
+    purpose: Purpose,
+    issue: IssueNumber,
+    subscriber: SubscriberId,
+) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(&[purpose.letter() as u8]);
+    mac.update(&issue.get().to_be_bytes());
+    mac.update(&subscriber.get().to_be_bytes());
+    mac
+}
+
+fn message_id_mac_with(key: &[u8; 32], issue: IssueNumber, subscriber: SubscriberId) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(&issue.get().to_be_bytes());
+    mac.update(&subscriber.get().to_be_bytes());
+    mac
+}
+
 fn parse_id(s: &str) -> Option<i64> {
     if s.is_empty() || s.len() > 19 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit())
     {
@@ -267,6 +303,18 @@ mod tests {
         assert_eq!(key.verify_tag("b-012-3456-aaaaaaaaaaaaaaaa"), None);
         assert_eq!(key.verify_address("bounces@example.com"), None);
         assert_eq!(key.verify_address(""), None);
+    }
+
+    #[test]
+    fn tags_of_a_previous_secret_verify_during_a_rotation() {
+        let old: &[u8] = b"the secret before the rotation, long";
+        let old_tag = VerpKey::derive(old).address("bounces@example.com", bounce(12, 3456));
+        let new = VerpKey::derive(SECRET);
+        assert_eq!(new.verify_address(&old_tag), None);
+        let rotating = new.clone().with_previous([old]);
+        assert_eq!(rotating.verify_address(&old_tag), Some(bounce(12, 3456)));
+        // New tags are made with the new secret only.
+        assert_eq!(rotating.tag(bounce(1, 2)), new.tag(bounce(1, 2)));
     }
 
     #[test]

@@ -244,3 +244,143 @@ mod tests {
         assert!(!missing.exists());
     }
 }
+
+/// Checks that this process can write the database at `path` and create files beside it
+/// (SQLite's `-wal` and `-shm`), before SQLite finds out halfway through a command with
+/// a bare `SQLITE_READONLY_DIRECTORY`. The usual cause is a command run with plain `sudo`,
+/// which leaves a root-owned file or folder the service's user cannot write; the error
+/// names the file, its owner and this process's user.
+///
+/// The file itself is judged from its metadata and never opened (see [`check_file`]); the
+/// folder by creating and removing an empty probe file, which also catches a read-only
+/// file system (systemd's `ProtectSystem=strict` outside `ReadWritePaths`).
+pub fn check_writable(path: &Path) -> Result<(), DbError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = Identity::current();
+    if let (Some(me), Ok(meta)) = (&me, std::fs::metadata(path)) {
+        if !me.may_write(&meta) {
+            return Err(DbError::NotWritable {
+                path: path.to_owned(),
+                what: "the state database",
+                owner: user_name(meta.uid()),
+                mode: meta.mode() & 0o777,
+                me: user_name(me.uid),
+                why: "permission denied".into(),
+            });
+        }
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let probe = folder.join(format!(".verdicts-write-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => {
+            let meta = std::fs::metadata(folder).ok();
+            Err(DbError::NotWritable {
+                path: folder.to_owned(),
+                what: "the state folder",
+                owner: meta
+                    .as_ref()
+                    .map_or_else(|| "?".into(), |m| user_name(m.uid())),
+                mode: meta.as_ref().map_or(0, |m| m.mode() & 0o777),
+                me: me.map_or_else(|| "?".into(), |me| user_name(me.uid)),
+                why: if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+                    "it is on a read-only file system (with systemd's ProtectSystem=strict, list it in ReadWritePaths)".into()
+                } else {
+                    e.to_string()
+                },
+            })
+        }
+    }
+}
+
+/// The user and groups this process acts as (Linux: /proc/self/status).
+struct Identity {
+    uid: u32,
+    gids: Vec<u32>,
+}
+
+impl Identity {
+    fn current() -> Option<Identity> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let field = |name: &str| -> Vec<u32> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|rest| {
+                    rest.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // Effective ids: the second of Uid:/Gid:'s real, effective, saved, filesystem.
+        let uid = *field("Uid:").get(1)?;
+        let mut gids = field("Groups:");
+        gids.extend(field("Gid:").get(1));
+        Some(Identity { uid, gids })
+    }
+
+    fn may_write(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.mode();
+        self.uid == 0
+            || (meta.uid() == self.uid && mode & 0o200 != 0)
+            || (meta.uid() != self.uid && self.gids.contains(&meta.gid()) && mode & 0o020 != 0)
+            || (meta.uid() != self.uid && !self.gids.contains(&meta.gid()) && mode & 0o002 != 0)
+    }
+}
+
+/// True when this process runs as root.
+pub fn running_as_root() -> bool {
+    Identity::current().is_some_and(|me| me.uid == 0)
+}
+
+/// A user's name from /etc/passwd, with the number: `verdicts (uid 998)`.
+pub fn user_name(uid: u32) -> String {
+    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+        p.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let id = f.nth(1)?.parse::<u32>().ok()?;
+            (id == uid).then(|| name.to_owned())
+        })
+    });
+    match name {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+#[cfg(test)]
+mod writable_tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_that_cannot_be_written_is_named_with_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = crate::store::create(&dir.path().join("verdicts.db")).unwrap();
+        drop(conn);
+        assert!(check_writable(&dir.path().join("verdicts.db")).is_ok());
+        if running_as_root() {
+            return; // root writes anything; the integration test covers the owner message
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+        let err = check_writable(&dir.path().join("verdicts.db")).unwrap_err();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let text = err.to_string();
+        assert!(text.contains("the state folder"), "{text}");
+        assert!(text.contains("belongs to"), "{text}");
+    }
+}

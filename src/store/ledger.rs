@@ -79,6 +79,8 @@ pub struct DeliveryCounts {
     /// the deadline).
     pub failed_temporarily: u64,
     pub skipped: u64,
+    /// Of `pending`, those never attempted yet (as opposed to waiting for a retry).
+    pub untried: u64,
 }
 
 impl DeliveryCounts {
@@ -330,22 +332,28 @@ pub fn set_issue_state(
 
 pub fn delivery_counts(conn: &Connection, number: IssueNumber) -> rusqlite::Result<DeliveryCounts> {
     let mut stmt = conn.prepare_cached(
-        "SELECT state, failure IS 'temporary', count(*) FROM deliveries WHERE issue = ?
-         GROUP BY state, failure IS 'temporary'",
+        "SELECT state, failure IS 'temporary', attempts = 0, count(*) FROM deliveries WHERE issue = ?
+         GROUP BY state, failure IS 'temporary', attempts = 0",
     )?;
     let mut counts = DeliveryCounts::default();
     let rows = stmt.query_map([number], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, bool>(1)?,
-            r.get::<_, i64>(2)?,
+            r.get::<_, bool>(2)?,
+            r.get::<_, i64>(3)?,
         ))
     })?;
     for row in rows {
-        let (state, temporary, n) = row?;
+        let (state, temporary, untried, n) = row?;
         let n = n as u64;
         match state.as_str() {
-            "pending" => counts.pending += n,
+            "pending" => {
+                counts.pending += n;
+                if untried {
+                    counts.untried += n;
+                }
+            }
             "sending" => counts.sending += n,
             "sent" => counts.sent += n,
             "failed" => {

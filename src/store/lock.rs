@@ -43,6 +43,16 @@ impl SenderLock {
     }
 }
 
+/// True while some process holds `sender.lock` in `state_dir`: an issue in the ledger as
+/// `sending` is then under way; otherwise its sender stopped (Ctrl-C, a crash) and it waits
+/// to be resumed. Looks without taking the lock for longer than the check.
+pub fn sender_running(state_dir: &Path) -> bool {
+    let Ok(file) = File::open(state_dir.join("sender.lock")) else {
+        return false;
+    };
+    matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock))
+}
+
 fn lock_file(state_dir: &Path, name: &str, doing: &str) -> anyhow::Result<File> {
     {
         std::fs::create_dir_all(state_dir)

@@ -15,6 +15,7 @@ pub mod health;
 pub mod ids;
 pub mod ledger;
 pub mod lock;
+pub mod secret;
 pub mod signup;
 pub mod subscribers;
 pub mod unattributed;
@@ -60,6 +61,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/004_signup.sql"),
     include_str!("migrations/005_held_bounces.sql"),
     include_str!("migrations/006_signed_evidence.sql"),
+    include_str!("migrations/007_settings.sql"),
 ];
 
 /// The schema version this binary creates and understands.
@@ -92,6 +94,27 @@ pub enum DbError {
          daemon and restore the latest backup (see docs/operations.md)"
     )]
     Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "cannot write {what} {path}: it belongs to {owner} (mode {mode:o}) and this command runs \
+         as {me}: {why}. Run verdicts as the user the service runs as (e.g. `sudo -u verdicts \
+         verdicts …` in the newsletter's folder), or give the state folder back to that user \
+         (`sudo chown -R verdicts: {folder}`)",
+        folder = state_folder(.path, .what)
+    )]
+    NotWritable {
+        path: PathBuf,
+        what: &'static str,
+        owner: String,
+        mode: u32,
+        me: String,
+        why: String,
+    },
+    #[error(
+        "refusing to create {path} as root: its folder belongs to {owner}, and a database \
+         made by root could not be written by that user's service. Run the command as that \
+         user, e.g. `sudo -u verdicts verdicts …` in the newsletter's folder"
+    )]
+    AsRoot { path: PathBuf, owner: String },
     #[error("cannot create {path}")]
     CreateDir {
         path: PathBuf,
@@ -130,6 +153,15 @@ pub enum DbError {
     },
 }
 
+/// The state folder of a path named by [`DbError::NotWritable`].
+fn state_folder(path: &Path, what: &str) -> String {
+    let folder = match path.parent() {
+        Some(p) if what == "the state database" && !p.as_os_str().is_empty() => p,
+        _ => path,
+    };
+    folder.display().to_string()
+}
+
 impl DbError {
     /// Nothing is where the config points (exit 1: the operator's to fix); the other
     /// variants are a file that is there but broken, or a failure.
@@ -143,6 +175,7 @@ impl DbError {
 /// truncated or not a verdicts database, is an error naming the path; nothing is created.
 pub fn open(path: &Path) -> Result<Connection, DbError> {
     health::check_file(path)?;
+    health::check_writable(path)?;
     let conn = open_file(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     if user_version(&conn).map_err(|e| health::classify(path, e))? == 0 {
         return Err(DbError::NotADatabase {
@@ -167,6 +200,20 @@ pub enum Opened {
 pub fn create(path: &Path) -> Result<(Connection, Opened), DbError> {
     if path.exists() {
         return open(path).map(|c| (c, Opened::Existing));
+    }
+    // `sudo verdicts init` in a folder that belongs to the service's user would leave a
+    // root-owned database the service cannot write.
+    if health::running_as_root() {
+        use std::os::unix::fs::MetadataExt;
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(meta) = folder.and_then(|f| std::fs::metadata(f).ok()) {
+            if meta.uid() != 0 {
+                return Err(DbError::AsRoot {
+                    path: path.to_owned(),
+                    owner: health::user_name(meta.uid()),
+                });
+            }
+        }
     }
     let opened = Fresh::build(path)?.publish()?;
     open(path).map(|c| (c, opened))

@@ -165,7 +165,7 @@ fn missing_config_names_the_path() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
-            "cannot read config file nowhere.yaml",
+            "there is no config file nowhere.yaml",
         ));
 }
 

@@ -7,6 +7,16 @@ use std::time::{Duration, Instant};
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
+/// The bundled config and content as shipped (`config/newsletter.yaml`, `content/`). The
+/// tests read this pristine copy, never the live files an operator edits; `.ci/run`
+/// checks that the two agree.
+pub const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bundled");
+
+/// The pristine bundled config file (see [`BUNDLED`]).
+pub fn bundled_config() -> PathBuf {
+    Path::new(BUNDLED).join("config/newsletter.yaml")
+}
+
 /// A throwaway newsletter folder: `config.yaml`, `content/comparisons/`, `state/`.
 pub struct TempSite {
     pub dir: tempfile::TempDir,
@@ -25,7 +35,7 @@ impl TempSite {
     /// A site holding the bundled comparisons.
     pub fn with_bundled_content() -> Self {
         let site = Self::new();
-        let src = Path::new(REPO).join("content/comparisons");
+        let src = Path::new(BUNDLED).join("content/comparisons");
         for entry in std::fs::read_dir(src).unwrap() {
             let p = entry.unwrap().path();
             std::fs::copy(&p, site.comparisons().join(p.file_name().unwrap())).unwrap();

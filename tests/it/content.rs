@@ -29,7 +29,7 @@ fn single_error(file: &str) -> String {
 
 #[test]
 fn bundled_content_loads_with_seed_facts() {
-    let cs = load_dir(&std::path::Path::new(crate::common::REPO).join("content")).unwrap();
+    let cs = load_dir(&std::path::Path::new(crate::common::BUNDLED).join("content")).unwrap();
     assert_eq!(cs.len(), 5);
     let percents: Vec<(u8, u8)> = cs
         .iter()

@@ -43,7 +43,7 @@ const DNS_NAME: &str = "verdicts1._domainkey.example.com";
 
 /// The bundled config and the bundled week's digest.
 fn bundled() -> (Config, RenderedDigest) {
-    let config = Config::load(&Path::new(REPO).join("config/newsletter.yaml")).unwrap();
+    let config = Config::load(&crate::common::bundled_config()).unwrap();
     let cs = load_dir(&config.content_dir).unwrap();
     let refs: Vec<_> = cs.iter().collect();
     let digest =
@@ -75,19 +75,24 @@ fn signed_copy(signer: Option<DkimSigner>) -> (Vec<u8>, String) {
 }
 
 /// What dkimpy says about `message`, looking `DNS_NAME` up in `record`: `Ok(its report)`
-/// when the signature verifies. Panics when python3 or dkimpy is missing (CI installs both).
+/// when the signature verifies. Callers check first that dkimpy is there
+/// (`require_checker!(Checker::Dkim)`).
 pub(crate) fn dkimpy_verify(message: &[u8], record: &Path) -> Result<String, String> {
     let dir = tempfile::tempdir().unwrap();
     let eml = dir.path().join("message.eml");
     std::fs::write(&eml, message).unwrap();
-    let out = Command::new("python3")
+    let out = Command::new(crate::checkers::python())
         .arg(dkim_fixture("verify.py"))
         .arg(&eml)
         .arg(record)
         .arg(DNS_NAME)
         .output()
         .unwrap_or_else(|e| {
-            panic!("cannot run python3 ({e}): the DKIM tests need python3 with dkimpy (`python3 -m pip install dkimpy pynacl`; .ci/run installs them)")
+            panic!(
+                "cannot run {} ({e}): {}",
+                crate::checkers::python().display(),
+                crate::checkers::Checker::Dkim.install()
+            )
         });
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -95,7 +100,8 @@ pub(crate) fn dkimpy_verify(message: &[u8], record: &Path) -> Result<String, Str
         Some(0) => Ok(stdout),
         Some(1) => Err(stderr),
         _ => panic!(
-            "the DKIM verifier could not run: {stderr}\nInstall dkimpy: `python3 -m pip install dkimpy pynacl` (.ci/run does this)"
+            "the DKIM verifier could not run: {stderr}\nInstall dkimpy and PyNaCl: {}",
+            crate::checkers::Checker::Dkim.install()
         ),
     }
 }
@@ -122,6 +128,7 @@ fn replace_once(haystack: &[u8], from: &str, to: &str) -> Vec<u8> {
 
 #[test]
 fn rsa_signed_copy_verifies_independently_and_covers_both_list_unsubscribe_headers() {
+    crate::require_checker!(crate::checkers::Checker::Dkim);
     let signer = DkimSigner::load(&dkim_config("rsa2048.pem", DkimAlgorithm::Rsa)).unwrap();
     let (raw, _) = signed_copy(Some(signer));
     let report = dkimpy_verify(&raw, &dkim_fixture("rsa2048.txt")).expect("signature verifies");
@@ -143,6 +150,7 @@ fn rsa_signed_copy_verifies_independently_and_covers_both_list_unsubscribe_heade
 
 #[test]
 fn ed25519_signed_copy_verifies_independently() {
+    crate::require_checker!(crate::checkers::Checker::Dkim);
     let signer = DkimSigner::load(&dkim_config("ed25519.pem", DkimAlgorithm::Ed25519)).unwrap();
     let (raw, _) = signed_copy(Some(signer));
     let text = String::from_utf8_lossy(&raw);
@@ -155,6 +163,7 @@ fn ed25519_signed_copy_verifies_independently() {
 
 #[test]
 fn altering_the_body_or_the_unsubscribe_headers_after_signing_fails_verification() {
+    crate::require_checker!(crate::checkers::Checker::Dkim);
     for (key, algorithm, record) in [
         ("rsa2048.pem", DkimAlgorithm::Rsa, "rsa2048.txt"),
         ("ed25519.pem", DkimAlgorithm::Ed25519, "ed25519.txt"),
@@ -302,6 +311,7 @@ fn three_config_lines_turn_dkim_on_and_dkim_record_prints_what_to_publish() {
             "DKIM: signing as d=example.com s=verdicts1 (rsa-sha256)",
         ));
     let eml = std::fs::read(out_dir.join("digest.eml")).unwrap();
+    crate::require_checker!(crate::checkers::Checker::Dkim);
     let report = dkimpy_verify(&eml, &dkim_fixture("rsa2048.txt")).expect("preview verifies");
     assert!(signed_headers(&report).contains(&"list-unsubscribe-post".to_string()));
 }
@@ -443,6 +453,7 @@ fn with_header_added(raw: &[u8], line: &str, at_top: bool) -> Vec<u8> {
 
 #[test]
 fn copies_received_by_the_server_verify_with_two_independent_verifiers() {
+    crate::require_checker!(crate::checkers::Checker::Dkim);
     for (key, extra, record, algorithm) in ALGORITHMS {
         let record = dkim_fixture(record);
         for m in sent_signed_copies(key, extra) {
@@ -472,6 +483,7 @@ fn copies_received_by_the_server_verify_with_two_independent_verifiers() {
 
 #[test]
 fn copies_built_for_a_server_without_smtputf8_are_signed_as_sent() {
+    crate::require_checker!(crate::checkers::Checker::Dkim);
     // The message is built after the server says it does not offer SMTPUTF8: the domain
     // goes as punycode in the envelope and the To field, and the signature covers exactly
     // that spelling.
@@ -508,6 +520,7 @@ fn copies_built_for_a_server_without_smtputf8_are_signed_as_sent() {
 
 #[test]
 fn signup_confirmations_verify_with_both_verifiers_for_both_algorithms() {
+    crate::require_checker!(crate::checkers::Checker::Dkim);
     use verdicts::mail::address::SubscriberEmail;
     use verdicts::mail::confirmation::ConfirmationMail;
     let (config, _) = bundled();
@@ -543,6 +556,7 @@ fn signup_confirmations_verify_with_both_verifiers_for_both_algorithms() {
 
 #[test]
 fn an_added_header_or_an_altered_content_type_fails_both_verifiers() {
+    crate::require_checker!(crate::checkers::Checker::Dkim);
     for (key, extra, record, _) in ALGORITHMS {
         let record = dkim_fixture(record);
         let copy = sent_signed_copies(key, extra).remove(0).raw;

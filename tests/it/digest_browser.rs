@@ -3,8 +3,8 @@
 //! mode, and with every <style> element stripped, as some mail apps do, the issue still
 //! fits a 375 px phone without sideways scrolling.
 //!
-//! Needs `chromium`, `node` and `npm ci` in tests/a11y (CI installs all three). Outside CI
-//! the test is skipped with a notice when one is missing; in CI (`CI=true`) it fails.
+//! Needs `chromium`, `node` and `npm ci` in tests/a11y: the `browser` checker of
+//! tests/it/checkers.rs (skipped when missing, a failure under VERDICTS_TEST_REQUIRE_ALL=1).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,33 +26,10 @@ fn tooling_dir() -> PathBuf {
     Path::new(common::REPO).join("tests/a11y")
 }
 
-/// The browser tooling, or `None` (with a notice) when it is missing outside CI.
+/// The browser, or `None` when the browser checker is missing (see tests/it/checkers.rs).
 fn tooling() -> Option<PathBuf> {
-    let chromium = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    let dir = tooling_dir();
-    let mut missing = Vec::new();
-    if !chromium.exists() {
-        missing.push(format!("{} (apt-get install chromium)", chromium.display()));
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        missing.push("node (apt-get install nodejs npm)".into());
-    }
-    for module in ["axe-core", "puppeteer-core"] {
-        if !dir.join("node_modules").join(module).exists() {
-            missing.push(format!("{module} (npm ci in tests/a11y)"));
-        }
-    }
-    if missing.is_empty() {
-        return Some(chromium);
-    }
-    let msg = format!("browser checks need: {}", missing.join(", "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("skipping: {msg}");
-    None
+    crate::checkers::available(crate::checkers::Checker::Browser, module_path!())
+        .then(crate::checkers::chromium)
 }
 
 /// Runs tests/a11y/check.mjs on `files`; one report per file.
@@ -92,7 +69,7 @@ fn violations(report: &Value, mode: &str) -> Vec<String> {
 /// The bundled week (five comparisons, one split) and a single comparison with an
 /// editor's note, as written to the HTML part.
 fn digests(dir: &Path) -> Vec<PathBuf> {
-    let config = Config::load(&Path::new(common::REPO).join("config/newsletter.yaml")).unwrap();
+    let config = Config::load(&common::bundled_config()).unwrap();
     let bundled = load_dir(&config.content_dir).unwrap();
     let refs: Vec<_> = bundled.iter().collect();
     let noted = parse_comparison(Path::new("valid.md"), &fixture("valid.md")).unwrap();

@@ -259,13 +259,16 @@ impl Sandbox {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("config")).unwrap();
         std::fs::copy(
-            Path::new(REPO).join("config/newsletter.yaml"),
+            crate::common::bundled_config(),
             dir.path().join("config/newsletter.yaml"),
         )
         .unwrap();
         let comparisons = dir.path().join("content/comparisons");
         std::fs::create_dir_all(&comparisons).unwrap();
-        for entry in std::fs::read_dir(Path::new(REPO).join("content/comparisons")).unwrap() {
+        for entry in
+            std::fs::read_dir(Path::new(crate::common::BUNDLED).join("content/comparisons"))
+                .unwrap()
+        {
             let p = entry.unwrap().path();
             std::fs::copy(&p, comparisons.join(p.file_name().unwrap())).unwrap();
         }

@@ -32,12 +32,7 @@ impl Dovecot {
     }
 
     fn start_with(password: &str, tls: Option<(&Path, &Path)>) -> Option<Dovecot> {
-        if !Path::new(BINARY).exists() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{BINARY} is missing: .ci/run installs Debian's dovecot-imapd"
-            );
-            eprintln!("skipping: {BINARY} is not installed (apt-get install dovecot-imapd)");
+        if !crate::checkers::available(crate::checkers::Checker::Dovecot, module_path!()) {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();

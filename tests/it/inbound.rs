@@ -825,6 +825,7 @@ fn private_ca(
 
 #[test]
 fn a_mailbox_behind_tls_with_a_private_certificate_is_read_once_it_is_trusted() {
+    crate::require_checker!(crate::checkers::Checker::Dovecot);
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = private_ca(certs.path());
     let Some(dovecot) = Dovecot::start_with_tls(TEST_SECRET, &cert, &key) else {

@@ -2,6 +2,8 @@
 //! (config, content, state) and runs the real binary; `smtp` is a real SMTP server on a
 //! loopback port with scripted behaviour.
 
+#[macro_use]
+mod checkers;
 mod common;
 mod smtp;
 
@@ -14,11 +16,13 @@ mod daemon;
 mod deliverability;
 mod delivery;
 mod delivery_faults;
+mod deployment;
 mod digest_browser;
 mod docs;
 mod dovecot;
 mod endpoint;
 mod faults;
+mod first_day;
 mod hardening;
 mod hostile_content;
 mod hostile_inbound;

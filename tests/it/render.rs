@@ -17,9 +17,7 @@ fn slot() -> DateTime<Utc> {
 }
 
 fn bundled() -> (Config, RenderedDigest) {
-    let config =
-        Config::load(&std::path::Path::new(crate::common::REPO).join("config/newsletter.yaml"))
-            .unwrap();
+    let config = Config::load(&crate::common::bundled_config()).unwrap();
     let cs = load_dir(&config.content_dir).unwrap();
     let refs: Vec<_> = cs.iter().collect();
     let digest =

@@ -29,7 +29,7 @@ fn text(e: ElementRef<'_>) -> String {
 }
 
 fn bundled_config() -> Config {
-    Config::load(&Path::new(crate::common::REPO).join("config/newsletter.yaml")).unwrap()
+    Config::load(&crate::common::bundled_config()).unwrap()
 }
 
 fn slot() -> DateTime<Utc> {
@@ -411,34 +411,16 @@ fn every_page_has_its_title_description_and_open_graph_tags_and_stays_small() {
     assert!(!sitemap.contains("404"));
 }
 
-/// Runs a helper tool, or says why it cannot: fails in CI, skips with a notice elsewhere.
-fn tool_available(what: &str, probe: &mut Command, install: &str) -> bool {
-    let ok = probe.output().is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{what} is missing; .ci/run installs it ({install})");
-        }
-        eprintln!("skipping: {what} is not installed ({install})");
-    }
-    ok
-}
-
 #[test]
 fn atom_feeds_parse_with_feedparser_and_follow_the_atom_rules() {
-    if !tool_available(
-        "Python's feedparser",
-        Command::new("python3").args(["-c", "import feedparser"]),
-        "pip install feedparser",
-    ) {
-        return;
-    }
+    crate::require_checker!(crate::checkers::Checker::Feedparser);
     let built = build_bundled();
     let script = Path::new(crate::common::REPO).join("tests/site/check_atom.py");
     for (feed, entries) in [
         ("feed.xml", built.comparisons.len()),
         ("issues/feed.xml", 1),
     ] {
-        let out = Command::new("python3")
+        let out = Command::new(crate::checkers::python())
             .arg(&script)
             .arg(built.out.join(feed))
             .arg(entries.to_string())
@@ -465,20 +447,7 @@ fn atom_feeds_parse_with_feedparser_and_follow_the_atom_rules() {
 #[test]
 fn axe_finds_no_violations_on_any_page_type() {
     let tools = Path::new(crate::common::REPO).join("tests/a11y");
-    if !tool_available(
-        "axe-core and puppeteer-core (npm)",
-        Command::new("node").current_dir(&tools).args([
-            "-e",
-            "import('axe-core').then(()=>import('puppeteer-core'))",
-        ]),
-        "npm ci in tests/a11y",
-    ) || !tool_available(
-        "Debian's chromium",
-        Command::new("chromium").arg("--version"),
-        "apt-get install chromium",
-    ) {
-        return;
-    }
+    crate::require_checker!(crate::checkers::Checker::Browser);
     let built = build_bundled();
     let c = &built.comparisons[0];
     let pages = [

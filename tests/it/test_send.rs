@@ -93,7 +93,9 @@ fn test_copies_arrive_signed_with_links_that_work_and_record_nothing() {
     for m in &copies {
         assert_eq!(header(m, "Subject"), format!("[TEST] {SUBJECT}"));
         assert_eq!(header(m, "To"), m.rcpt[0]);
-        dkimpy_verify(&m.raw, &dkim_fixture("ed25519.txt")).expect("the test copy verifies");
+        if crate::checkers::available(crate::checkers::Checker::Dkim, module_path!()) {
+            dkimpy_verify(&m.raw, &dkim_fixture("ed25519.txt")).expect("the test copy verifies");
+        }
         let link = unsubscribe_link(m);
         let token = link.split("token=").nth(1).unwrap();
         assert_eq!(claimed_subscriber(token), Some(SAMPLE_SUBSCRIBER_ID));
