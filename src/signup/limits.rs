@@ -82,14 +82,15 @@ impl Limits {
         }
     }
 
-    /// Counts one signup request from `ip` (every POST, valid or not).
+    /// Counts one signup request from the client keyed `ip` (every POST, valid or not;
+    /// see [`super::limit_key`]).
     pub fn check_client(&self, ip: IpAddr) -> Result<(), Limited> {
         self.per_ip
             .check_key(&ip)
             .map_err(|e| self.limited(Limit::ClientIp, e))
     }
 
-    /// Counts one signup for a (normalised) address, whatever its status, so the answer
+    /// Counts one signup for an address (its [`limit key`](crate::mail::address::SubscriberEmail::limit_key)), whatever its status, so the answer
     /// never depends on whether the address is on the list; then one against the global cap.
     pub fn check_address(&self, email_norm: &str) -> Result<(), Limited> {
         let key = email_norm.to_owned();
@@ -124,6 +125,9 @@ mod tests {
             thanks_url: None,
             record_ip: false,
             trusted_proxies: Vec::new(),
+            proxy_header: Default::default(),
+            ipv6_prefix: 64,
+            plus_tag_domains: Vec::new(),
             per_ip_per_hour: n(per_ip),
             per_address_per_hour: n(1),
             per_address_per_day: n(3),

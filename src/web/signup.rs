@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use super::{page, server_error, TokenQuery, WebState};
-use crate::config::signup::SignupConfig;
+use crate::config::signup::{ProxyHeader, SignupConfig};
 use crate::mail::address::{SubscriberEmail, SubscriberName};
 use crate::mail::confirmation::{claimed_confirmation, verify_token};
 use crate::signup::form::{escape, form_html};
@@ -214,14 +214,19 @@ async fn subscribe(State(state): State<Arc<WebState>>, req: Request) -> Response
         return not_found();
     };
     let kind = Kind::of(req.headers());
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = match svc.config.proxy_header {
+        ProxyHeader::XForwardedFor => "x-forwarded-for",
+        ProxyHeader::Forwarded => "forwarded",
+    };
+    // Every line of the header: a proxy may append its own line rather than extend the
+    // one the client wrote.
     let client = crate::signup::client_ip(
         peer_ip(&req),
-        forwarded.as_deref(),
+        svc.config.proxy_header,
+        req.headers()
+            .get_all(header)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("garbled")),
         &svc.config.trusted_proxies,
     );
     // The body is read (at most 8 KB) before any answer: a response that leaves the body
@@ -245,7 +250,10 @@ async fn subscribe(State(state): State<Arc<WebState>>, req: Request) -> Response
             return response;
         }
     };
-    if let Err(limited) = svc.limits.check_client(client) {
+    if let Err(limited) = svc
+        .limits
+        .check_client(crate::signup::limit_key(client, svc.config.ipv6_prefix))
+    {
         debug!(%client, "signup refused: client over its limit");
         return too_many(kind, limited);
     }
@@ -287,7 +295,10 @@ async fn subscribe(State(state): State<Arc<WebState>>, req: Request) -> Response
             )
         }
     };
-    if let Err(limited) = svc.limits.check_address(&email.normalized()) {
+    if let Err(limited) = svc
+        .limits
+        .check_address(&email.limit_key(&svc.config.plus_tag_domains))
+    {
         debug!(limit = ?limited.limit, "signup refused: over a limit");
         return too_many(kind, limited);
     }

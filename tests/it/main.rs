@@ -20,6 +20,7 @@ mod dovecot;
 mod endpoint;
 mod faults;
 mod hardening;
+mod hostile_web;
 mod inbound;
 mod relay_refusals;
 mod render;

@@ -1,0 +1,233 @@
+//! The web door from the attacker's side: every case is a request someone would send to get
+//! around a limit or a check, and each asserts what the database holds afterwards (the
+//! subscriber rows and the confirmation outbox), not only the status code.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::common::{wait_for_http, Process, TempSite};
+use crate::smtp::{closed_port, TestSmtp};
+
+/// A site with the bundled content, SMTP on `smtp_port`, the endpoint on `web_port`, and
+/// extra config appended (a `signup:` section, say).
+fn site(smtp_port: u16, web_port: u16, extra: &str) -> TempSite {
+    let site = TempSite::with_bundled_content();
+    let mut config = crate::common::config_yaml(smtp_port, "")
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{web_port}"));
+    config.push_str(extra);
+    std::fs::write(site.config_path(), config).unwrap();
+    site.cmd().arg("init").assert().success();
+    site
+}
+
+fn serve(site: &TempSite, port: u16) -> Process {
+    let process = Process::start(site, &["serve"]);
+    wait_for_http(port);
+    process
+}
+
+/// What the database holds that a signup could change: each subscriber (address, status)
+/// and the number of confirmation mails queued or sent.
+#[derive(Debug, PartialEq, Eq, Clone)]
+struct Snapshot {
+    subscribers: Vec<(String, String)>,
+    confirmations: i64,
+}
+
+fn snapshot(site: &TempSite) -> Snapshot {
+    let db = site.db();
+    let mut stmt = db
+        .prepare("SELECT email, status FROM subscribers ORDER BY id")
+        .unwrap();
+    let subscribers = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let confirmations = db
+        .query_row("SELECT count(*) FROM confirmations", [], |r| r.get(0))
+        .unwrap();
+    Snapshot {
+        subscribers,
+        confirmations,
+    }
+}
+
+/// One raw HTTP/1.1 request (so a test controls every header line) and the status and
+/// headers+body of its answer.
+fn raw(port: u16, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    (status, text)
+}
+
+/// A form signup for `email` with the given extra header lines (each ending in CRLF).
+fn signup(port: u16, email: &str, headers: &str) -> u16 {
+    let body = format!("email={}", urlencode(email));
+    let (status, text) = raw(
+        port,
+        &format!(
+            "POST /subscribe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n{headers}\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(
+        status == 200 || status == 429 || status == 400,
+        "{status}: {text}"
+    );
+    status
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_second_x_forwarded_for_line_does_not_reset_the_client_limit() {
+    let smtp = TestSmtp::start();
+    let web = closed_port();
+    // The proxy (HAProxy, `option forwardfor`) appends a line of its own with the address
+    // it saw; the attacker writes a fresh first line on every request.
+    let site = site(
+        smtp.port(),
+        web,
+        "signup:\n  trusted_proxies: [127.0.0.1]\n",
+    );
+    let _served = serve(&site, web);
+    let mut accepted = 0;
+    for i in 0..20 {
+        let status = signup(
+            web,
+            &format!("bulk{i}@example.com"),
+            &format!("X-Forwarded-For: 198.51.100.{i}\r\nX-Forwarded-For: 203.0.113.7\r\n"),
+        );
+        accepted += usize::from(status == 200);
+    }
+    assert_eq!(accepted, 10, "the default limit is 10 per client per hour");
+    let after = snapshot(&site);
+    assert_eq!(after.subscribers.len(), 10, "{after:?}");
+    assert_eq!(after.confirmations, 10);
+    // The forged first line on its own changes nothing either.
+    let status = signup(
+        web,
+        "one-more@example.com",
+        "X-Forwarded-For: 198.51.100.99, 203.0.113.7\r\n",
+    );
+    assert_eq!(status, 429);
+    assert_eq!(snapshot(&site), after);
+}
+
+#[test]
+fn rotating_ipv6_addresses_inside_one_64_shares_one_limit() {
+    let smtp = TestSmtp::start();
+    let web = closed_port();
+    let site = site(
+        smtp.port(),
+        web,
+        "signup:\n  trusted_proxies: [127.0.0.1]\n  proxy_header: forwarded\n",
+    );
+    let _served = serve(&site, web);
+    let mut accepted = 0;
+    for i in 0..20 {
+        let status = signup(
+            web,
+            &format!("rot{i}@example.com"),
+            &format!(
+                "Forwarded: for=\"[2001:db8:5:6:{i:x}::{:x}]:4711\"\r\n",
+                i * 7 + 1
+            ),
+        );
+        accepted += usize::from(status == 200);
+    }
+    assert_eq!(accepted, 10);
+    let after = snapshot(&site);
+    assert_eq!(after.subscribers.len(), 10, "{after:?}");
+    assert_eq!(after.confirmations, 10);
+    // The neighbouring /64 is another site, with its own limit.
+    let status = signup(
+        web,
+        "neighbour@example.com",
+        "Forwarded: for=\"[2001:db8:5:7::1]\"\r\n",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(snapshot(&site).subscribers.len(), 11);
+}
+
+#[test]
+fn respellings_of_one_inbox_get_one_confirmation_an_hour() {
+    let smtp = TestSmtp::start();
+    let web = closed_port();
+    let site = site(
+        smtp.port(),
+        web,
+        "signup:\n  trusted_proxies: [127.0.0.1]\n",
+    );
+    let _served = serve(&site, web);
+    let inboxes: [&[&str]; 3] = [
+        &[
+            "ada@gmail.com",
+            "Ada@Gmail.com",
+            "ada+news@gmail.com",
+            "a.d.a@googlemail.com",
+            "\"ada\"@gmail.com",
+            "\"ada+x\"@gmail.com",
+        ],
+        &[
+            "leser@bücher.example",
+            "leser@xn--bcher-kva.example",
+            "\"leser\"@BÜCHER.example",
+            "Leser@XN--BCHER-KVA.EXAMPLE",
+        ],
+        &[
+            "reader@example.com",
+            "\"reader\"@example.com",
+            "\"r\\eader\"@example.com",
+        ],
+    ];
+    let mut ip = 0;
+    for spellings in inboxes {
+        let before = snapshot(&site);
+        for (n, email) in spellings.iter().enumerate() {
+            ip += 1;
+            let status = signup(web, email, &format!("X-Forwarded-For: 192.0.2.{ip}\r\n"));
+            let expected = if n == 0 { 200 } else { 429 };
+            assert_eq!(status, expected, "{email}");
+        }
+        let after = snapshot(&site);
+        assert_eq!(
+            after.subscribers.len(),
+            before.subscribers.len() + 1,
+            "{after:?}"
+        );
+        assert_eq!(after.confirmations, before.confirmations + 1, "{after:?}");
+    }
+}
+
+#[allow(dead_code)]
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
