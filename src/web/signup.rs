@@ -234,6 +234,18 @@ async fn subscribe(State(state): State<Arc<WebState>>, req: Request) -> Response
     // reusing at that very moment.
     let body: Bytes = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,
+        Err(e) if super::server::is_too_slow(&e) => {
+            debug!(%client, "signup body arrived too slowly");
+            let mut response = kind.error(
+                StatusCode::REQUEST_TIMEOUT,
+                "Too slow",
+                "The request took too long to arrive; please try again.",
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
         Err(_) => {
             let mut response = kind.error(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -231,3 +231,135 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
     done()
 }
+
+/// A GET of `/healthz` on a fresh connection, answered within `limit`.
+fn healthz_answers(port: u16, limit: Duration) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), limit) else {
+        return false;
+    };
+    s.set_read_timeout(Some(limit)).unwrap();
+    s.set_write_timeout(Some(limit)).unwrap();
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out.starts_with(b"HTTP/1.1 200")
+}
+
+/// True once the server has closed `s` (EOF or reset), reading whatever it answered.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => false,
+        Err(_) => true,
+    }
+}
+
+#[test]
+fn trickled_bodies_at_the_bundled_defaults_are_cut_off_and_healthz_answers_throughout() {
+    let started = Instant::now();
+    let smtp = TestSmtp::start();
+    let web = closed_port();
+    // No `web:` limits and no `signup:` section: the bundled defaults (256 connections,
+    // 10 s for a body, 1 KB/s at least).
+    let site = site(smtp.port(), web, "");
+    let _served = serve(&site, web);
+    let before = snapshot(&site);
+    let form = "email=victim%40example.com&name=";
+    let head = |len: usize| {
+        format!(
+            "POST /subscribe HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    // 300 attackers, more than the cap: half send a byte now and then (the issue's one
+    // byte every 20 s, sped up), half keep a fair rate for a body that never ends.
+    let attackers: Vec<(TcpStream, bool)> = (0..300)
+        .filter_map(|i| {
+            let mut s = TcpStream::connect(("127.0.0.1", web)).ok()?;
+            s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            let fast = i % 2 == 0;
+            let len = if fast { 60_000 } else { 1000 };
+            s.write_all(head(len).as_bytes()).ok()?;
+            s.write_all(&form.as_bytes()[..1]).ok()?;
+            Some((s, fast))
+        })
+        .collect();
+    assert!(attackers.len() >= 250, "{} connected", attackers.len());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut attackers = attackers;
+            let mut open_at: Vec<Option<Duration>> = vec![None; attackers.len()];
+            let t0 = Instant::now();
+            let mut round = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, (s, fast)) in attackers.iter_mut().enumerate() {
+                    if open_at[i].is_some() {
+                        continue;
+                    }
+                    if closed_by_server(s) {
+                        open_at[i] = Some(t0.elapsed());
+                        continue;
+                    }
+                    let chunk = if *fast { vec![b'x'; 300] } else { vec![b'x'] };
+                    if (*fast || round.is_multiple_of(20)) && s.write_all(&chunk).is_err() {
+                        open_at[i] = Some(t0.elapsed());
+                    }
+                }
+                round += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            open_at
+        })
+    };
+    // /healthz answers throughout, on fresh connections.
+    let mut answered = 0;
+    let mut failed = 0;
+    let watch_until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < watch_until {
+        if healthz_answers(web, Duration::from_secs(2)) {
+            answered += 1;
+        } else {
+            failed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let closed_after = trickler.join().unwrap();
+    assert_eq!(
+        failed, 0,
+        "/healthz failed {failed} times, answered {answered}"
+    );
+    // Every trickled request was cut off, the slowest by the total deadline (10 s).
+    let still_open = closed_after.iter().filter(|c| c.is_none()).count();
+    assert_eq!(
+        still_open, 0,
+        "{still_open} trickling connections still open"
+    );
+    let latest = closed_after.iter().flatten().max().unwrap();
+    eprintln!(
+        "healthz answered {answered}/{answered}; {} trickling connections, the last closed \
+         after {latest:?}",
+        closed_after.len()
+    );
+    assert!(
+        *latest < Duration::from_secs(13),
+        "the last one closed after {latest:?}"
+    );
+    // And nothing reached the database.
+    assert_eq!(snapshot(&site), before);
+    assert!(smtp.received().is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
