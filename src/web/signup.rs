@@ -307,6 +307,20 @@ async fn subscribe(State(state): State<Arc<WebState>>, req: Request) -> Response
             )
         }
     };
+    // An address the relay cannot deliver to would get "check your inbox" and never a
+    // confirmation: say so now, with the reason.
+    if let Some(reason) = crate::mail::envelope::undeliverable(&email, svc.limits.relay_smtputf8())
+    {
+        debug!(%client, "signup refused: undeliverable address");
+        return kind.error(
+            StatusCode::BAD_REQUEST,
+            "We cannot deliver to that address",
+            &format!(
+                "This newsletter's mail server cannot deliver to that address: {reason}. \
+                 Please use another address."
+            ),
+        );
+    }
     if let Err(limited) = svc
         .limits
         .check_address(&email.limit_key(&svc.config.plus_tag_domains))

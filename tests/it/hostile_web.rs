@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::common::{wait_for_http, Process, TempSite};
-use crate::smtp::{closed_port, TestSmtp};
+use crate::smtp::{closed_port, Behaviour, TestSmtp};
 
 /// A site with the bundled content, SMTP on `smtp_port`, the endpoint on `web_port`, and
 /// extra config appended (a `signup:` section, say).
@@ -220,7 +220,6 @@ fn respellings_of_one_inbox_get_one_confirmation_an_hour() {
     }
 }
 
-#[allow(dead_code)]
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let started = Instant::now();
     while started.elapsed() < limit {
@@ -361,5 +360,75 @@ fn trickled_bodies_at_the_bundled_defaults_are_cut_off_and_healthz_answers_throu
         started.elapsed() < Duration::from_secs(60),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[test]
+fn signups_that_could_never_be_confirmed_are_refused_and_the_rest_are_delivered() {
+    // A relay without SMTPUTF8: a non-ASCII local part has no spelling it can deliver to,
+    // a quoted local part and an international domain (as punycode) do.
+    let smtp = TestSmtp::start_with(Behaviour::default().without_smtputf8());
+    let web = closed_port();
+    let site = site(
+        smtp.port(),
+        web,
+        "signup:\n  trusted_proxies: [127.0.0.1]\n",
+    );
+    let _served = serve(&site, web);
+    // The web process asks the relay what it offers when it starts.
+    assert!(wait_until(Duration::from_secs(10), || smtp.connections() >= 1));
+    std::thread::sleep(Duration::from_millis(500));
+    let before = snapshot(&site);
+    let body = format!("email={}", urlencode("jörg@example.com"));
+    let (status, text) = raw(
+        web,
+        &format!(
+            "POST /subscribe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("SMTPUTF8"), "{text}");
+    assert_eq!(
+        snapshot(&site),
+        before,
+        "nothing stored for a refused signup"
+    );
+
+    let mut ip = 0;
+    for email in ["\"second last\"@example.com", "leser@bücher.example"] {
+        ip += 1;
+        let status = signup(web, email, &format!("X-Forwarded-For: 192.0.2.{ip}\r\n"));
+        assert_eq!(status, 200, "{email}");
+    }
+    assert_eq!(smtp.wait_for(2, Duration::from_secs(20)), 2);
+    let mut rcpts: Vec<String> = smtp
+        .received()
+        .into_iter()
+        .flat_map(|m| {
+            assert!(!m.smtputf8);
+            m.rcpt
+        })
+        .collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        ["\"second last\"@example.com", "leser@xn--bcher-kva.example"]
+    );
+    let sent = || -> i64 {
+        site.db()
+            .query_row(
+                "SELECT count(*) FROM confirmations WHERE mail_state = 'sent'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || sent() == 2),
+        "{}",
+        sent()
     );
 }
