@@ -115,9 +115,21 @@ impl SubscriberEmail {
         self.0.as_ref()
     }
 
-    /// The comparison key: unique per subscriber regardless of letter case.
+    /// The comparison key: one per mailbox, however it is spelled. Letter case is folded,
+    /// quotes that are not needed are dropped (`"ada"@example.com` is `ada@example.com`),
+    /// and an international domain is keyed by its IDNA form (`bücher.example` and
+    /// `xn--bcher-kva.example` are one domain). A `+tag` is kept: it may be a mailbox of its
+    /// own, and readers use tags to tell lists apart.
     pub fn normalized(&self) -> String {
-        self.as_str().to_lowercase()
+        let (local, domain) = self.canonical_parts();
+        format!("{local}@{domain}")
+    }
+
+    /// The key before mailboxes were keyed by [`Self::normalized`] (the address as given,
+    /// lower-cased), when it differs: links signed with it before then still work.
+    pub fn legacy_key(&self) -> Option<String> {
+        let old = self.as_str().to_lowercase();
+        (old != self.normalized()).then_some(old)
     }
 
     pub fn address(&self) -> &lettre::Address {
@@ -361,6 +373,31 @@ mod tests {
                 .unwrap()
                 .limit_key(&all),
             "ada@example.com"
+        );
+    }
+
+    #[test]
+    fn one_mailbox_has_one_key() {
+        let key = |s: &str| SubscriberEmail::parse(s).unwrap().normalized();
+        assert_eq!(key("ada@example.com"), key("\"ada\"@example.com"));
+        assert_eq!(key("ada@example.com"), key("\"Ada\"@EXAMPLE.com"));
+        assert_eq!(
+            key("leser@bücher.example"),
+            key("leser@xn--bcher-kva.example")
+        );
+        assert_eq!(key("leser@bücher.example"), "leser@xn--bcher-kva.example");
+        assert_ne!(key("ada@example.com"), key("ada+news@example.com"));
+        assert_ne!(
+            key("\"first last\"@example.com"),
+            key("firstlast@example.com")
+        );
+        let quoted = SubscriberEmail::parse("\"ada\"@example.com").unwrap();
+        assert_eq!(quoted.legacy_key().as_deref(), Some("\"ada\"@example.com"));
+        assert_eq!(
+            SubscriberEmail::parse("Ada@example.com")
+                .unwrap()
+                .legacy_key(),
+            None
         );
     }
 

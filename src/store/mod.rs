@@ -15,6 +15,7 @@ pub mod health;
 pub mod ids;
 pub mod ledger;
 pub mod lock;
+pub mod rekey;
 pub mod signup;
 pub mod subscribers;
 
@@ -52,12 +53,16 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The schema, one SQL file per version: entry `i` takes the database from version `i` to
 /// `i + 1` (`PRAGMA user_version`). Append new files; never edit a released one.
+/// Migration 8, which [`rekey::run`] completes in Rust.
+const MAILBOX_KEYS: &str = include_str!("migrations/008_mailbox_keys.sql");
+
 pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_subscribers.sql"),
     include_str!("migrations/002_ledger.sql"),
     include_str!("migrations/003_events.sql"),
     include_str!("migrations/004_signup.sql"),
     include_str!("migrations/005_held_bounces.sql"),
+    MAILBOX_KEYS,
 ];
 
 /// The schema version this binary creates and understands.
@@ -341,6 +346,9 @@ fn migrate_locked(
             source,
         };
         tx.execute_batch(sql).map_err(migrate_err)?;
+        if *sql == MAILBOX_KEYS {
+            rekey::run(&tx).map_err(migrate_err)?;
+        }
         tx.pragma_update(None, "user_version", version)
             .map_err(migrate_err)?;
         tracing::debug!(version, path = %path.display(), "applied migration");

@@ -148,10 +148,7 @@ fn verified_subscriber(state: &WebState, token: &str) -> anyhow::Result<Option<S
     let Some(sub) = subscribers::get(&db, id)? else {
         return Ok(None);
     };
-    Ok(state
-        .key
-        .verify(token, id, &sub.email.normalized())
-        .then_some(sub))
+    Ok(state.key.verify_for(token, id, &sub.email).then_some(sub))
 }
 
 /// The sample subscriber's link (previews, test copies): the pages a subscriber would see,

@@ -375,13 +375,9 @@ fn check_token(state: &WebState, token: &str) -> anyhow::Result<TokenCheck> {
     let Some(c) = store_signup::confirmation(&db, id)? else {
         return Ok(TokenCheck::Invalid);
     };
-    if !verify_token(
-        &state.key,
-        token,
-        id,
-        c.expires_at,
-        &c.subscriber.email.normalized(),
-    ) {
+    let email = &c.subscriber.email;
+    let verified = |key: &str| verify_token(&state.key, token, id, c.expires_at, key);
+    if !(verified(&email.normalized()) || email.legacy_key().is_some_and(|k| verified(&k))) {
         return Ok(TokenCheck::Invalid);
     }
     if c.expires_at <= Utc::now() {

@@ -432,3 +432,87 @@ fn signups_that_could_never_be_confirmed_are_refused_and_the_rest_are_delivered(
         sent()
     );
 }
+
+#[test]
+fn one_mailbox_cannot_be_stored_twice_through_any_spelling() {
+    let smtp = TestSmtp::start();
+    let web = closed_port();
+    // Limits out of the way: this is about what the list stores.
+    let site = site(
+        smtp.port(),
+        web,
+        "signup:\n  trusted_proxies: [127.0.0.1]\n  per_address_per_hour: 100\n  \
+         per_address_per_day: 100\n",
+    );
+    let _served = serve(&site, web);
+    let mut ip = 0;
+    for email in [
+        "ada@example.com",
+        "\"ada\"@example.com",
+        "\"Ada\"@EXAMPLE.com",
+        "leser@bücher.example",
+        "leser@xn--bcher-kva.example",
+    ] {
+        ip += 1;
+        let status = signup(web, email, &format!("X-Forwarded-For: 192.0.2.{ip}\r\n"));
+        assert_eq!(status, 200, "{email}");
+    }
+    let after = snapshot(&site);
+    let emails: Vec<&str> = after.subscribers.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(emails, ["ada@example.com", "leser@bücher.example"]);
+    // The operator's way in knows the mailbox too.
+    let out = site
+        .cmd()
+        .args(["subscribers", "add", "\"ada\"@Example.com"])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("already listed"), "{said}");
+    assert_eq!(snapshot(&site).subscribers, after.subscribers);
+}
+
+#[test]
+fn double_slash_paths_never_redirect_off_site() {
+    let web = closed_port();
+    let site = site(2525, web, "site:\n  out_dir: public\n");
+    site.cmd().args(["site", "build"]).assert().success();
+    let _served = serve(&site, web);
+    let before = snapshot(&site);
+    for path in [
+        "//issues",
+        "//evil.example/",
+        "//evil.example",
+        "///evil.example/x?y=1",
+        "//evil.example/%2e%2e/",
+    ] {
+        let (status, text) = raw(
+            web,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: verdicts.example.com\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        let location = text.lines().find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        });
+        if let Some(to) = location {
+            let to = to.trim();
+            assert!(
+                to.starts_with('/') && !to.starts_with("//") && !to.starts_with("/\\"),
+                "{path} redirected to {to}"
+            );
+        }
+        assert!(status < 500, "{path}: {status}");
+    }
+    let (status, text) = raw(
+        web,
+        "GET //issues HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 308, "{text}");
+    assert!(
+        text.to_lowercase().contains("location: /issues\r\n"),
+        "{text}"
+    );
+    assert_eq!(snapshot(&site), before);
+}
