@@ -184,3 +184,32 @@ impl SignupConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<SignupConfig, String> {
+        let raw: RawSignup = serde_yaml::from_str(yaml).unwrap();
+        SignupConfig::from_raw(raw, |field, reason| super::super::ConfigError::Invalid {
+            path: "newsletter.yaml".into(),
+            field,
+            reason,
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn proxies_take_networks_and_thanks_urls_stay_on_the_site() {
+        let c = parse("trusted_proxies: [127.0.0.1, 10.0.0.0/8, '::1']").unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert_eq!(c.ipv6_prefix, 64);
+        assert!(parse("trusted_proxies: [nginx]").is_err());
+        assert!(parse("ipv6_prefix: 0").is_err());
+        assert!(parse("thanks_url: /thanks").is_ok());
+        for off_site in ["//evil.example/", "/\\\\evil.example"] {
+            let yaml = format!("thanks_url: '{off_site}'");
+            assert!(parse(&yaml).is_err(), "{off_site}");
+        }
+    }
+}

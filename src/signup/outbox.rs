@@ -89,7 +89,10 @@ impl Outbox {
 
     /// Runs until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        self.probe_relay().await;
+        tokio::select! {
+            _ = self.probe_relay() => {}
+            _ = stop.changed() => return,
+        }
         let mut next_sweep = tokio::time::Instant::now();
         loop {
             if *stop.borrow() {

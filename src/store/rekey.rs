@@ -187,6 +187,32 @@ fn merge(conn: &Connection, rows: &[Row], now: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// The row a subscriber id was merged into by migration 8, and the address it had, so a
+/// link signed for the removed row still reaches the mailbox.
+pub fn merged_into(
+    conn: &Connection,
+    removed: crate::store::SubscriberId,
+) -> rusqlite::Result<Option<(crate::store::SubscriberId, String)>> {
+    let exists = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'subscriber_merges'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    conn.prepare_cached(
+        "SELECT kept_id, removed_email FROM subscriber_merges WHERE removed_id = ?1",
+    )?
+    .query_row([removed.get()], |r| {
+        Ok((crate::store::SubscriberId(r.get(0)?), r.get(1)?))
+    })
+    .optional()
+}
+
 /// The merges migration 8 made, for a report: (kept address, removed address, status after).
 pub fn merges(conn: &Connection) -> rusqlite::Result<Vec<(String, String, String)>> {
     let exists = conn

@@ -41,10 +41,6 @@ const DRAIN: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one "connection limit reached" warning per this interval.
 const WARN_EVERY: Duration = Duration::from_secs(60);
-/// A connection waiting for its request at least this long may be closed to make room
-/// (a legitimate request arrives within milliseconds; the one displaced is always the one
-/// that has waited longest).
-const EVICT_AFTER: Duration = Duration::from_millis(20);
 /// How long a new connection waits for the slot of the connection it displaced.
 const EVICT_WAIT: Duration = Duration::from_millis(500);
 /// A body's first second is not held to the minimum rate.
@@ -88,6 +84,7 @@ pub async fn serve_on(
     let registry = Arc::new(Registry::default());
     let (shutdown, shutting_down) = watch::channel(false);
     let mut refused: u64 = 0;
+    let mut displaced_count: u64 = 0;
     let mut warned: Option<Instant> = None;
     let mut stop = pin!(stop);
     loop {
@@ -105,27 +102,35 @@ pub async fn serve_on(
         };
         let permit = match slots.clone().try_acquire_owned() {
             Ok(p) => Ok(p),
-            // Full: make room by closing the connection that has waited longest for its
-            // request, if one has waited long enough to be a slow client.
-            Err(_) if registry.evict_slowest() => {
-                match tokio::time::timeout(EVICT_WAIT, slots.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => Ok(p),
-                    _ => Err(()),
+            Err(_) => {
+                // Full: make room by closing the connection that has waited longest for
+                // its request; refuse only when every connection is being answered.
+                let displaced = registry.evict_slowest();
+                if displaced {
+                    displaced_count += 1;
+                }
+                if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    warn!(
+                        max_connections = web.max_connections,
+                        displaced = displaced_count,
+                        refused,
+                        "connection limit reached (web.max_connections); closing the slowest \
+                         connections to make room, refusing when none is waiting"
+                    );
+                    warned = Some(Instant::now());
+                }
+                match displaced {
+                    true => tokio::time::timeout(EVICT_WAIT, slots.clone().acquire_owned())
+                        .await
+                        .map_err(drop)
+                        .and_then(|p| p.map_err(drop)),
+                    false => Err(()),
                 }
             }
-            Err(_) => Err(()),
         };
         let Ok(permit) = permit else {
             refuse(stream);
             refused += 1;
-            if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                warn!(
-                    max_connections = web.max_connections,
-                    refused,
-                    "connection limit reached (web.max_connections); refusing new connections"
-                );
-                warned = Some(Instant::now());
-            }
             continue;
         };
         let app = app.clone();
@@ -355,8 +360,9 @@ impl Registry {
             .remove(&id);
     }
 
-    /// Tells the connection that has waited longest for its request (at least
-    /// [`EVICT_AFTER`]) to close; false when there is none.
+    /// Tells the connection that has waited longest for its request to close (a request
+    /// that is on its way arrives within milliseconds, so the longest wait is the slowest
+    /// client); false when every connection is busy being answered.
     fn evict_slowest(&self) -> bool {
         let mut conns = self
             .conns
@@ -365,7 +371,6 @@ impl Registry {
         let slowest = conns
             .iter()
             .filter_map(|(id, t)| t.waiting().map(|w| (w, *id)))
-            .filter(|(w, _)| *w >= EVICT_AFTER)
             .max();
         match slowest {
             Some((_, id)) => {

@@ -516,3 +516,121 @@ fn double_slash_paths_never_redirect_off_site() {
     );
     assert_eq!(snapshot(&site), before);
 }
+
+#[test]
+fn a_list_from_before_one_mailbox_keys_is_merged_and_old_links_still_unsubscribe() {
+    let web = closed_port();
+    let site = site(2525, web, "");
+    {
+        // The list as the release before migration 8 could leave it: one mailbox twice.
+        let db = site.db();
+        db.execute_batch(
+            "DROP TABLE subscriber_merges;
+             INSERT INTO subscribers (id, email, email_norm, status, source, created_at,
+                                      updated_at, signed_up_at)
+             VALUES (1, 'ada@example.com', 'ada@example.com', 'active', 'cli',
+                     '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z'),
+                    (2, '\"ada\"@example.com', '\"ada\"@example.com', 'active', 'web',
+                     '2026-01-02T00:00:00Z', '2026-01-02T00:00:00Z', '2026-01-02T00:00:00Z');",
+        )
+        .unwrap();
+        // Migration 8 is the newest one in this release.
+        db.pragma_update(None, "user_version", verdicts::store::schema_version() - 1)
+            .unwrap();
+    }
+    let served = serve(&site, web);
+    let after = snapshot(&site);
+    assert_eq!(
+        after.subscribers,
+        [("ada@example.com".to_string(), "active".to_string())]
+    );
+    let merges: i64 = site
+        .db()
+        .query_row("SELECT count(*) FROM subscriber_merges", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(merges, 1);
+    // The unsubscribe link an old issue carried for the removed spelling still works,
+    // and unsubscribes the mailbox.
+    let key = verdicts::mail::token::TokenKey::new(crate::common::TEST_SECRET.as_bytes());
+    let token = key.issue(verdicts::store::SubscriberId(2), "\"ada\"@example.com");
+    let (status, text) = raw(
+        web,
+        &format!(
+            "POST /unsubscribe?token={token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 26\r\n\r\n\
+             List-Unsubscribe=One-Click"
+        ),
+    );
+    assert_eq!(status, 200, "{text}\n{}", served.log());
+    assert_eq!(
+        snapshot(&site).subscribers,
+        [("ada@example.com".to_string(), "unsubscribed".to_string())]
+    );
+    // A forged one for the removed row changes nothing.
+    let forged = verdicts::mail::token::TokenKey::new(b"another key entirely, really")
+        .issue(verdicts::store::SubscriberId(2), "\"ada\"@example.com");
+    let (status, _) = raw(
+        web,
+        &format!(
+            "POST /unsubscribe?token={forged} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Length: 0\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn twenty_tricklers_against_a_cap_of_twenty_do_not_take_healthz_down() {
+    // The issue's scaled-down case: as many slow bodies as the cap allows, and more.
+    let smtp = TestSmtp::start();
+    let web = closed_port();
+    let site = site(smtp.port(), web, "");
+    site.edit_config(|c| {
+        c.replace(
+            &format!("127.0.0.1:{web}"),
+            &format!("127.0.0.1:{web}\n  max_connections: 20"),
+        )
+    });
+    let _served = serve(&site, web);
+    let before = snapshot(&site);
+    let mut attackers: Vec<TcpStream> = (0..40)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", web)).ok()?;
+            s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            s.write_all(
+                b"POST /subscribe HTTP/1.1\r\nHost: x\r\n\
+                  Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ne",
+            )
+            .ok()?;
+            Some(s)
+        })
+        .collect();
+    let until = Instant::now() + Duration::from_secs(8);
+    let (mut answered, mut failed) = (0, 0);
+    let mut last_trickle = Instant::now();
+    while Instant::now() < until {
+        if last_trickle.elapsed() >= Duration::from_secs(2) {
+            for s in &mut attackers {
+                let _ = s.write_all(b"m");
+            }
+            last_trickle = Instant::now();
+        }
+        if healthz_answers(web, Duration::from_secs(2)) {
+            answered += 1;
+        } else {
+            failed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        failed, 0,
+        "/healthz failed {failed} times, answered {answered}"
+    );
+    let open = attackers
+        .iter_mut()
+        .map(|s| !(0..5).any(|_| closed_by_server(s)))
+        .filter(|still_open| *still_open)
+        .count();
+    assert_eq!(open, 0, "{open} tricklers still connected");
+    assert_eq!(snapshot(&site), before);
+}
