@@ -175,7 +175,12 @@ impl SubscriberEmail {
             None => user.to_owned(),
         };
         let domain = self.0.domain();
-        let domain = idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase());
+        // An ASCII domain's IDNA form is itself, lower-cased (the fast path of an import).
+        let domain = if domain.is_ascii() {
+            domain.to_ascii_lowercase()
+        } else {
+            idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase())
+        };
         (local.to_lowercase(), domain.to_lowercase())
     }
 

@@ -193,15 +193,7 @@ pub fn merged_into(
     conn: &Connection,
     removed: crate::store::SubscriberId,
 ) -> rusqlite::Result<Option<(crate::store::SubscriberId, String)>> {
-    let exists = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'subscriber_merges'",
-            [],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-    if !exists {
+    if !has_merges(conn)? {
         return Ok(None);
     }
     conn.prepare_cached(
@@ -213,17 +205,35 @@ pub fn merged_into(
     .optional()
 }
 
-/// The merges migration 8 made, for a report: (kept address, removed address, status after).
-pub fn merges(conn: &Connection) -> rusqlite::Result<Vec<(String, String, String)>> {
-    let exists = conn
+/// The addresses migration 8 merged into subscriber `kept`, so a confirmation link signed
+/// for one of them still confirms the mailbox.
+pub fn merged_emails(
+    conn: &Connection,
+    kept: crate::store::SubscriberId,
+) -> rusqlite::Result<Vec<String>> {
+    if !has_merges(conn)? {
+        return Ok(Vec::new());
+    }
+    conn.prepare_cached("SELECT removed_email FROM subscriber_merges WHERE kept_id = ?1")?
+        .query_map([kept.get()], |r| r.get(0))?
+        .collect()
+}
+
+/// False before migration 8 (a database opened read-only by an older check, say).
+fn has_merges(conn: &Connection) -> rusqlite::Result<bool> {
+    Ok(conn
         .query_row(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'subscriber_merges'",
             [],
             |_| Ok(()),
         )
         .optional()?
-        .is_some();
-    if !exists {
+        .is_some())
+}
+
+/// The merges migration 8 made, for a report: (kept address, removed address, status after).
+pub fn merges(conn: &Connection) -> rusqlite::Result<Vec<(String, String, String)>> {
+    if !has_merges(conn)? {
         return Ok(Vec::new());
     }
     conn.prepare(
