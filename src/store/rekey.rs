@@ -37,62 +37,76 @@ pub struct Rekeyed {
 }
 
 /// Recomputes every key and merges duplicates, inside the migration's transaction.
+///
+/// The old keys were unique, so only a row whose key changes can meet another: the pass
+/// over the list streams and keeps just those rows (usually few) in memory.
 pub fn run(conn: &Connection) -> rusqlite::Result<Rekeyed> {
-    let rows: Vec<(Row, String)> = conn
-        .prepare(
-            "SELECT id, email, status, updated_at, unsubscribed_at, email_norm
-             FROM subscribers ORDER BY id",
-        )?
-        .query_map([], |r| {
-            Ok((
-                Row {
-                    id: r.get(0)?,
-                    email: r.get(1)?,
-                    status: r.get(2)?,
-                    updated_at: r.get(3)?,
-                    unsubscribed_at: r.get(4)?,
-                },
-                r.get::<_, String>(5)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut groups: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-    let mut old_keys = BTreeMap::new();
-    for (row, old) in rows {
-        // A row edited by hand into something that is no address keeps its key.
-        let key = SubscriberEmail::parse(&row.email)
-            .map(|e| e.normalized())
-            .unwrap_or_else(|_| old.clone());
-        old_keys.insert(row.id, old);
-        groups.entry(key).or_default().push(row);
+    let mut moving: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    {
+        let mut stmt = conn.prepare("SELECT id, email, email_norm FROM subscribers")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let (id, email, old): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            // A row edited by hand into something that is no address keeps its key.
+            let Some(key) = new_key(&email) else {
+                continue;
+            };
+            if key != old {
+                moving.entry(key).or_default().push(id);
+            }
+        }
     }
     let mut done = Rekeyed::default();
     let now = crate::store::timestamp(chrono::Utc::now());
-    let mut changed = Vec::new();
-    for (key, rows) in &groups {
-        let kept = &rows[0];
-        if rows.len() > 1 {
-            merge(conn, rows, &now)?;
-            done.merged += rows.len() - 1;
+    let mut rekey = Vec::new();
+    for (key, mut ids) in moving {
+        // The row that holds this key already, if its own key stays.
+        let holder: Option<(i64, String)> = conn
+            .query_row(
+                "SELECT id, email FROM subscribers WHERE email_norm = ?1",
+                [&key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((id, email)) = holder {
+            if new_key(&email).as_ref() == Some(&key) {
+                ids.push(id);
+            }
         }
-        if old_keys.get(&kept.id) != Some(key) {
-            changed.push((kept.id, key.clone()));
+        ids.sort_unstable();
+        ids.dedup();
+        let kept = ids[0];
+        if ids.len() > 1 {
+            let rows = ids
+                .iter()
+                .map(|id| row(conn, *id))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            merge(conn, &rows, &now)?;
+            done.merged += ids.len() - 1;
+        }
+        let current: String = conn.query_row(
+            "SELECT email_norm FROM subscribers WHERE id = ?1",
+            [kept],
+            |r| r.get(0),
+        )?;
+        if current != key {
+            rekey.push((kept, key));
         }
     }
     // Two passes, so a key can move to a row whose old key another row still holds.
-    for (id, _) in &changed {
+    for (id, _) in &rekey {
         conn.execute(
             "UPDATE subscribers SET email_norm = char(1) || id WHERE id = ?1",
             [id],
         )?;
     }
-    for (id, key) in &changed {
+    for (id, key) in &rekey {
         conn.execute(
             "UPDATE subscribers SET email_norm = ?2 WHERE id = ?1",
             params![id, key],
         )?;
     }
-    done.rekeyed = changed.len();
+    done.rekeyed = rekey.len();
     if done.merged > 0 || done.rekeyed > 0 {
         tracing::warn!(
             merged = done.merged,
@@ -102,6 +116,26 @@ pub fn run(conn: &Connection) -> rusqlite::Result<Rekeyed> {
         );
     }
     Ok(done)
+}
+
+fn new_key(email: &str) -> Option<String> {
+    SubscriberEmail::parse(email).ok().map(|e| e.normalized())
+}
+
+fn row(conn: &Connection, id: i64) -> rusqlite::Result<Row> {
+    conn.query_row(
+        "SELECT id, email, status, updated_at, unsubscribed_at FROM subscribers WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(Row {
+                id: r.get(0)?,
+                email: r.get(1)?,
+                status: r.get(2)?,
+                updated_at: r.get(3)?,
+                unsubscribed_at: r.get(4)?,
+            })
+        },
+    )
 }
 
 /// The status a merged mailbox keeps: the most recent decision among its rows.
