@@ -164,6 +164,10 @@ struct RawWeb {
     max_connections: usize,
     #[serde(default = "default_max_body_bytes")]
     max_body_bytes: usize,
+    #[serde(default = "default_body_timeout")]
+    body_timeout: String,
+    #[serde(default = "default_min_body_rate")]
+    min_body_rate: u64,
 }
 
 fn default_header_timeout() -> String {
@@ -177,6 +181,12 @@ fn default_max_connections() -> usize {
 }
 fn default_max_body_bytes() -> usize {
     64 * 1024
+}
+fn default_body_timeout() -> String {
+    "10s".into()
+}
+fn default_min_body_rate() -> u64 {
+    1024
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -300,6 +310,10 @@ pub struct WebConfig {
     pub max_connections: usize,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// How long a request's body may take to arrive, in total, however it trickles.
+    pub body_timeout: Duration,
+    /// The slowest a body may arrive (bytes per second, after its first second).
+    pub min_body_rate: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -506,9 +520,12 @@ impl Check<'_> {
             .map_err(|e| self.invalid("web.header_timeout", e))?;
         let idle_timeout =
             parse_duration(&raw.idle_timeout).map_err(|e| self.invalid("web.idle_timeout", e))?;
+        let body_timeout =
+            parse_duration(&raw.body_timeout).map_err(|e| self.invalid("web.body_timeout", e))?;
         for (field, d) in [
             ("web.header_timeout", header_timeout),
             ("web.idle_timeout", idle_timeout),
+            ("web.body_timeout", body_timeout),
         ] {
             if d.is_zero() {
                 return Err(self.invalid(field, "must be longer than 0s".into()));
@@ -528,6 +545,8 @@ impl Check<'_> {
             idle_timeout,
             max_connections: raw.max_connections,
             max_body_bytes: raw.max_body_bytes,
+            body_timeout,
+            min_body_rate: raw.min_body_rate,
         })
     }
 

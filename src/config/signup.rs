@@ -1,7 +1,6 @@
 //! The `signup:` section: the public signup form's confirmation expiry, where to send a
 //! visitor afterwards, whether to keep their IP, and the abuse limits.
 
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -18,6 +17,12 @@ pub(super) struct RawSignup {
     record_ip: bool,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    #[serde(default)]
+    proxy_header: ProxyHeader,
+    #[serde(default = "default_ipv6_prefix")]
+    ipv6_prefix: u8,
+    #[serde(default = "default_plus_tag_domains")]
+    plus_tag_domains: Vec<String>,
     #[serde(default = "default_per_ip_per_hour")]
     per_ip_per_hour: u32,
     #[serde(default = "default_per_address_per_hour")]
@@ -49,6 +54,39 @@ fn default_per_address_per_day() -> u32 {
 fn default_mails_per_hour() -> u32 {
     200
 }
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+/// Mail providers known to deliver `name+tag@` to `name@`.
+fn default_plus_tag_domains() -> Vec<String> {
+    [
+        "gmail.com",
+        "googlemail.com",
+        "outlook.com",
+        "hotmail.com",
+        "live.com",
+        "icloud.com",
+        "me.com",
+        "fastmail.com",
+        "proton.me",
+        "protonmail.com",
+        "posteo.de",
+        "mailbox.org",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Which header a trusted proxy appends the client's address to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy's `option forwardfor`, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
+}
 
 /// The validated `signup:` section (all defaults when it is absent).
 #[derive(Debug, Clone)]
@@ -59,8 +97,15 @@ pub struct SignupConfig {
     pub thanks_url: Option<String>,
     /// Keep the signup request's IP in the consent record.
     pub record_ip: bool,
-    /// Peers whose `X-Forwarded-For` header is believed.
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Peers (addresses or networks) whose forwarding header is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header those proxies append the client to.
+    pub proxy_header: ProxyHeader,
+    /// IPv6 clients are counted per network of this prefix length (a /64 is one site).
+    pub ipv6_prefix: u8,
+    /// Domains where `name+tag@` reaches `name@`, so the per-address limit counts them as
+    /// one (`*` for every domain).
+    pub plus_tag_domains: Vec<String>,
     pub per_ip_per_hour: NonZeroU32,
     pub per_address_per_hour: NonZeroU32,
     pub per_address_per_day: NonZeroU32,
@@ -82,8 +127,8 @@ impl SignupConfig {
             ));
         }
         if let Some(url) = &raw.thanks_url {
-            if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
-            {
+            let local = url.starts_with('/') && !url.starts_with("//") && !url.starts_with("/\\");
+            if !(url.starts_with("https://") || url.starts_with("http://") || local) {
                 return Err(invalid(
                     "signup.thanks_url",
                     format!("`{url}` must be an http(s) URL or a path starting with /"),
@@ -94,22 +139,41 @@ impl SignupConfig {
             .trusted_proxies
             .iter()
             .map(|p| {
-                p.trim().parse::<IpAddr>().map_err(|_| {
-                    invalid(
-                        "signup.trusted_proxies",
-                        format!("`{p}` is not an IP address (list each proxy's address)"),
-                    )
-                })
+                let p = p.trim();
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "signup.trusted_proxies",
+                            format!(
+                                "`{p}` is not an IP address or network (list each proxy's \
+                                 address, or its network as 10.0.0.0/8)"
+                            ),
+                        )
+                    })
             })
             .collect::<Result<_, _>>()?;
         let positive = |field: &'static str, n: u32| {
             NonZeroU32::new(n).ok_or_else(|| invalid(field, "must be at least 1".into()))
         };
+        if !(1..=128).contains(&raw.ipv6_prefix) {
+            return Err(invalid(
+                "signup.ipv6_prefix",
+                format!("{} is out of range 1..=128", raw.ipv6_prefix),
+            ));
+        }
         Ok(SignupConfig {
             expire_after,
             thanks_url: raw.thanks_url,
             record_ip: raw.record_ip,
             trusted_proxies,
+            proxy_header: raw.proxy_header,
+            ipv6_prefix: raw.ipv6_prefix,
+            plus_tag_domains: raw
+                .plus_tag_domains
+                .iter()
+                .map(|d| d.trim().to_lowercase())
+                .collect(),
             per_ip_per_hour: positive("signup.per_ip_per_hour", raw.per_ip_per_hour)?,
             per_address_per_hour: positive(
                 "signup.per_address_per_hour",
@@ -118,5 +182,34 @@ impl SignupConfig {
             per_address_per_day: positive("signup.per_address_per_day", raw.per_address_per_day)?,
             mails_per_hour: positive("signup.mails_per_hour", raw.mails_per_hour)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<SignupConfig, String> {
+        let raw: RawSignup = serde_yaml::from_str(yaml).unwrap();
+        SignupConfig::from_raw(raw, |field, reason| super::super::ConfigError::Invalid {
+            path: "newsletter.yaml".into(),
+            field,
+            reason,
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn proxies_take_networks_and_thanks_urls_stay_on_the_site() {
+        let c = parse("trusted_proxies: [127.0.0.1, 10.0.0.0/8, '::1']").unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert_eq!(c.ipv6_prefix, 64);
+        assert!(parse("trusted_proxies: [nginx]").is_err());
+        assert!(parse("ipv6_prefix: 0").is_err());
+        assert!(parse("thanks_url: /thanks").is_ok());
+        for off_site in ["//evil.example/", "/\\\\evil.example"] {
+            let yaml = format!("thanks_url: '{off_site}'");
+            assert!(parse(&yaml).is_err(), "{off_site}");
+        }
     }
 }

@@ -115,14 +115,111 @@ impl SubscriberEmail {
         self.0.as_ref()
     }
 
-    /// The comparison key: unique per subscriber regardless of letter case.
+    /// The comparison key: one per mailbox, however it is spelled. Letter case is folded,
+    /// quotes that are not needed are dropped (`"ada"@example.com` is `ada@example.com`),
+    /// and an international domain is keyed by its IDNA form (`bücher.example` and
+    /// `xn--bcher-kva.example` are one domain). A `+tag` is kept: it may be a mailbox of its
+    /// own, and readers use tags to tell lists apart.
     pub fn normalized(&self) -> String {
-        self.as_str().to_lowercase()
+        let (local, domain) = self.canonical_parts();
+        format!("{local}@{domain}")
+    }
+
+    /// The key before mailboxes were keyed by [`Self::normalized`] (the address as given,
+    /// lower-cased), when it differs: links signed with it before then still work.
+    pub fn legacy_key(&self) -> Option<String> {
+        let old = self.as_str().to_lowercase();
+        (old != self.normalized()).then_some(old)
     }
 
     pub fn address(&self) -> &lettre::Address {
         &self.0
     }
+
+    /// The mailbox's local part and domain spelled one way: the local part lower-cased and
+    /// unquoted when its quotes are not needed (`"ada"` is `ada`), the domain in its ASCII
+    /// (IDNA) form, the one the relay is given, so `bücher.example` and
+    /// `xn--bcher-kva.example` are one domain.
+    fn canonical_parts(&self) -> (String, String) {
+        let user = self.0.user();
+        let local = match user
+            .strip_prefix('"')
+            .and_then(|u| u.strip_suffix('"'))
+            .filter(|_| user.len() >= 2)
+        {
+            Some(inner) => {
+                let mut unescaped = String::with_capacity(inner.len());
+                let mut chars = inner.chars();
+                while let Some(c) = chars.next() {
+                    unescaped.push(if c == '\\' {
+                        chars.next().unwrap_or(c)
+                    } else {
+                        c
+                    });
+                }
+                if is_dot_atom(&unescaped) {
+                    unescaped
+                } else {
+                    let mut quoted = String::with_capacity(unescaped.len() + 2);
+                    quoted.push('"');
+                    for c in unescaped.chars() {
+                        if c == '"' || c == '\\' {
+                            quoted.push('\\');
+                        }
+                        quoted.push(c);
+                    }
+                    quoted.push('"');
+                    quoted
+                }
+            }
+            None => user.to_owned(),
+        };
+        let domain = self.0.domain();
+        // An ASCII domain's IDNA form is itself, lower-cased (the fast path of an import).
+        let domain = if domain.is_ascii() {
+            domain.to_ascii_lowercase()
+        } else {
+            idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_lowercase())
+        };
+        (local.to_lowercase(), domain.to_lowercase())
+    }
+
+    /// The key the per-address signup limit counts under: the canonical mailbox, with a
+    /// `+tag` dropped where the domain delivers `name+tag@` to `name@` (`plus_tag_domains`,
+    /// `*` for all) and Gmail's ignored dots removed, so respellings of one inbox share
+    /// one limit.
+    pub fn limit_key(&self, plus_tag_domains: &[String]) -> String {
+        let (mut local, mut domain) = self.canonical_parts();
+        let quoted = local.starts_with('"');
+        if domain == "googlemail.com" {
+            domain = "gmail.com".into();
+        }
+        let ignores_tags = plus_tag_domains.iter().any(|d| {
+            d == "*" || *d == domain || idna::domain_to_ascii(d).is_ok_and(|a| a == domain)
+        });
+        if !quoted && (ignores_tags || domain == "gmail.com") {
+            if let Some(i) = local.find('+').filter(|&i| i > 0) {
+                local.truncate(i);
+            }
+        }
+        if !quoted && domain == "gmail.com" {
+            local.retain(|c| c != '.');
+        }
+        format!("{local}@{domain}")
+    }
+}
+
+/// True for a local part that needs no quotes (RFC 5322 dot-atom, with RFC 6532's UTF-8).
+fn is_dot_atom(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && !s.contains("..")
+        && s.chars().all(|c| {
+            !c.is_ascii() && !c.is_control()
+                || c.is_ascii_alphanumeric()
+                || "!#$%&'*+-/=?^_`{|}~.".contains(c)
+        })
 }
 
 impl fmt::Display for SubscriberEmail {
@@ -253,6 +350,60 @@ mod tests {
         let b = SubscriberEmail::parse("reader@example.COM").unwrap();
         assert_eq!(a.normalized(), b.normalized());
         assert_eq!(a.as_str(), "Reader@Example.com");
+    }
+
+    #[test]
+    fn respellings_of_one_inbox_share_one_limit_key() {
+        let tags = vec!["gmail.com".to_string(), "example.net".to_string()];
+        let key = |s: &str| SubscriberEmail::parse(s).unwrap().limit_key(&tags);
+        assert_eq!(key("Ada@Example.com"), "ada@example.com");
+        assert_eq!(key("\"ada\"@example.com"), "ada@example.com");
+        assert_eq!(key("\"a\\da\"@example.com"), "ada@example.com");
+        assert_eq!(
+            key("\"first last\"@example.com"),
+            "\"first last\"@example.com"
+        );
+        assert_eq!(key("leser@bücher.example"), "leser@xn--bcher-kva.example");
+        assert_eq!(
+            key("leser@XN--BCHER-KVA.example"),
+            "leser@xn--bcher-kva.example"
+        );
+        assert_eq!(key("ada+news@example.net"), "ada@example.net");
+        assert_eq!(key("a.d.a+x@googlemail.com"), "ada@gmail.com");
+        // A domain not known to ignore tags keeps them: they may be different mailboxes.
+        assert_eq!(key("ada+news@example.com"), "ada+news@example.com");
+        let all = vec!["*".to_string()];
+        assert_eq!(
+            SubscriberEmail::parse("ada+news@example.com")
+                .unwrap()
+                .limit_key(&all),
+            "ada@example.com"
+        );
+    }
+
+    #[test]
+    fn one_mailbox_has_one_key() {
+        let key = |s: &str| SubscriberEmail::parse(s).unwrap().normalized();
+        assert_eq!(key("ada@example.com"), key("\"ada\"@example.com"));
+        assert_eq!(key("ada@example.com"), key("\"Ada\"@EXAMPLE.com"));
+        assert_eq!(
+            key("leser@bücher.example"),
+            key("leser@xn--bcher-kva.example")
+        );
+        assert_eq!(key("leser@bücher.example"), "leser@xn--bcher-kva.example");
+        assert_ne!(key("ada@example.com"), key("ada+news@example.com"));
+        assert_ne!(
+            key("\"first last\"@example.com"),
+            key("firstlast@example.com")
+        );
+        let quoted = SubscriberEmail::parse("\"ada\"@example.com").unwrap();
+        assert_eq!(quoted.legacy_key().as_deref(), Some("\"ada\"@example.com"));
+        assert_eq!(
+            SubscriberEmail::parse("Ada@example.com")
+                .unwrap()
+                .legacy_key(),
+            None
+        );
     }
 
     #[test]

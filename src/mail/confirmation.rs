@@ -16,7 +16,9 @@ use lettre::Message;
 use crate::config::Newsletter;
 use crate::mail::address::{SubscriberEmail, SubscriberName};
 use crate::mail::dkim::DkimSigner;
+use crate::mail::envelope::envelope_for;
 use crate::mail::message::MessageError;
+use crate::mail::outgoing::OutgoingMessage;
 use crate::mail::token::TokenKey;
 use crate::store;
 
@@ -122,13 +124,16 @@ impl ConfirmationMail<'_> {
         )
     }
 
-    /// The complete message, DKIM-signed when a signer is given.
+    /// The complete message, DKIM-signed when a signer is given, spelled for a server that
+    /// offers SMTPUTF8 or not, with its envelope given as an issue's is
+    /// ([`crate::mail::envelope`]).
     pub fn build(
         &self,
         newsletter: &Newsletter,
         key: &TokenKey,
         dkim: Option<&DkimSigner>,
-    ) -> Result<BuiltMail, MessageError> {
+        smtputf8: bool,
+    ) -> Result<OutgoingMessage, MessageError> {
         let url = self.confirm_url(newsletter, key);
         let expires = self.expires_at.format("%-d %B %Y, %H:%M UTC").to_string();
         let render_err = |e: askama::Error| MessageError::Build {
@@ -144,13 +149,16 @@ impl ConfirmationMail<'_> {
         };
         let text = TextMail { m: &view }.render().map_err(render_err)?;
         let html = HtmlMail { m: &view }.render().map_err(render_err)?;
-        let to = Mailbox::new(
-            self.name.map(|n| n.as_str().to_owned()),
-            self.email.address().clone(),
-        );
+        let (envelope, to_addr) = envelope_for(&newsletter.from.email, self.email, smtputf8)?;
+        let to = Mailbox::new(self.name.map(|n| n.as_str().to_owned()), to_addr);
+        let from = match envelope.from() {
+            Some(sender) => Mailbox::new(newsletter.from.name.clone(), sender.clone()),
+            None => newsletter.from.clone(),
+        };
         let message = Message::builder()
-            .from(newsletter.from.clone())
+            .from(from)
             .to(to)
+            .envelope(envelope.clone())
             .subject(format!("Confirm your subscription to {}", newsletter.name))
             .date_now()
             .message_id(Some(self.message_id(newsletter)))
@@ -159,7 +167,6 @@ impl ConfirmationMail<'_> {
                 recipient: self.email.to_string(),
                 source,
             })?;
-        let envelope = message.envelope().clone();
         let raw = message.formatted();
         let raw = match dkim {
             Some(signer) => {
@@ -183,24 +190,11 @@ impl ConfirmationMail<'_> {
             }
             None => raw,
         };
-        Ok(BuiltMail { envelope, raw })
-    }
-}
-
-/// A built confirmation mail: its envelope and its bytes as they go on the wire.
-#[derive(Debug, Clone)]
-pub struct BuiltMail {
-    envelope: lettre::address::Envelope,
-    raw: Vec<u8>,
-}
-
-impl BuiltMail {
-    pub fn envelope(&self) -> &lettre::address::Envelope {
-        &self.envelope
-    }
-
-    pub fn formatted(&self) -> Vec<u8> {
-        self.raw.clone()
+        let text = String::from_utf8(raw).map_err(|e| MessageError::Build {
+            recipient: self.email.to_string(),
+            source: lettre::error::Error::Io(std::io::Error::other(e.to_string())),
+        })?;
+        Ok(OutgoingMessage::whole(envelope, text))
     }
 }
 
@@ -255,7 +249,7 @@ mod tests {
             expires_at: created + chrono::Duration::days(7),
         };
         let raw = String::from_utf8(
-            mail.build(&text.newsletter, &key, Some(&signer))
+            mail.build(&text.newsletter, &key, Some(&signer), true)
                 .unwrap()
                 .formatted(),
         )

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use lettre::address::{Address, Envelope};
+use lettre::address::Address;
 use lettre::message::header::{self, HeaderName, HeaderValue, Headers};
 use lettre::message::{Mailbox, Mailboxes};
 
@@ -14,6 +14,7 @@ use crate::config::Newsletter;
 use crate::digest::render::RenderedDigest;
 use crate::mail::address::{ascii_form, AsciiFormError, SubscriberEmail};
 use crate::mail::dkim::DkimSigner;
+use crate::mail::envelope::envelope_for;
 use crate::mail::outgoing::{encode_link, BodyHashPlan, BodyLayout, OutgoingMessage};
 use crate::mail::token::{TokenKey, SAMPLE_EMAIL, SAMPLE_SUBSCRIBER_ID};
 use crate::mail::verp::{Purpose, Tag, VerpKey};
@@ -277,35 +278,21 @@ impl IssueMessages {
         r: &Recipient,
         smtputf8: bool,
     ) -> Result<OutgoingMessage, MessageError> {
-        let (to_addr, from) = if smtputf8 {
-            (r.email.address().clone(), &self.from)
+        let from = if smtputf8 {
+            &self.from
         } else {
-            let from = self.from_ascii.as_ref().map_err(Clone::clone)?;
-            (ascii_form(r.email.address())?, from)
+            self.from_ascii.as_ref().map_err(Clone::clone)?
         };
-        // The envelope is given, not derived from the To header (a quoted local part like
-        // "first last"@example.com would not survive the round trip). Its sender is the
-        // VERP address when bounces are read back, else the From address.
-        let sender = match self.envelope_sender(r.subscriber_id) {
-            Some(verp) => {
-                let tagged: Address = verp
-                    .parse()
-                    .map_err(|_| MessageError::Address(verp.clone()))?;
-                if smtputf8 {
-                    tagged
-                } else {
-                    ascii_form(&tagged)?
-                }
-            }
-            None if smtputf8 => self.newsletter.from.email.clone(),
-            None => ascii_form(&self.newsletter.from.email)?,
+        // The envelope's sender is the VERP address when bounces are read back, else the
+        // From address; the envelope itself is spelled by `mail::envelope`, as for every
+        // mail the newsletter sends.
+        let sender: Address = match self.envelope_sender(r.subscriber_id) {
+            Some(verp) => verp
+                .parse()
+                .map_err(|_| MessageError::Address(verp.clone()))?,
+            None => self.newsletter.from.email.clone(),
         };
-        let envelope = Envelope::new(Some(sender), vec![to_addr.clone()]).map_err(|source| {
-            MessageError::Build {
-                recipient: r.email.to_string(),
-                source,
-            }
-        })?;
+        let (envelope, to_addr) = envelope_for(&sender, &r.email, smtputf8)?;
         let url = self.unsubscribe_url(r);
         let mailto = match self.tagged(r.subscriber_id, Purpose::Unsubscribe) {
             Some(address) => format!("mailto:{address}?subject=unsubscribe"),

@@ -6,6 +6,7 @@ pub mod address;
 pub mod confirmation;
 pub mod dkim;
 pub mod dkim_sign;
+pub mod envelope;
 pub mod message;
 pub mod outgoing;
 pub mod token;

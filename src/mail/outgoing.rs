@@ -81,6 +81,16 @@ impl BodyLayout {
         }
     }
 
+    /// No body beyond the head: for a message built whole elsewhere.
+    fn empty() -> BodyLayout {
+        BodyLayout {
+            text: String::new(),
+            chunks: std::iter::once(0..0).collect(),
+            transparent: vec![String::new()],
+            ascii: true,
+        }
+    }
+
     fn chunks(&self) -> impl Iterator<Item = &str> {
         self.chunks.iter().map(|r| &self.text[r.clone()])
     }
@@ -155,6 +165,16 @@ impl OutgoingMessage {
             head,
             link,
             body,
+        }
+    }
+
+    /// A message built whole (a confirmation mail), sent the way an issue's copy is.
+    pub fn whole(envelope: Envelope, text: String) -> Self {
+        OutgoingMessage {
+            envelope,
+            head: text,
+            link: String::new(),
+            body: Arc::new(BodyLayout::empty()),
         }
     }
 

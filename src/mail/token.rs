@@ -104,6 +104,21 @@ impl TokenKey {
         format!("{subscriber_id}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
+    /// Checks a token against the subscriber it names and their address: signed over the
+    /// address's key, or over the key it had before mailboxes were keyed as one (links in
+    /// issues sent before then).
+    pub fn verify_for(
+        &self,
+        token: &str,
+        subscriber_id: SubscriberId,
+        email: &crate::mail::address::SubscriberEmail,
+    ) -> bool {
+        self.verify(token, subscriber_id, &email.normalized())
+            || email
+                .legacy_key()
+                .is_some_and(|old| self.verify(token, subscriber_id, &old))
+    }
+
     /// Checks a token against the subscriber it names, in constant time.
     pub fn verify(&self, token: &str, subscriber_id: SubscriberId, email_norm: &str) -> bool {
         let Some((id, tag)) = token.split_once('.') else {

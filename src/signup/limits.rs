@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -31,6 +32,10 @@ pub struct Limits {
     per_address_hour: DefaultKeyedRateLimiter<String>,
     per_address_day: DefaultKeyedRateLimiter<String>,
     global: DefaultDirectRateLimiter,
+    /// Whether the relay offers SMTPUTF8, as the confirmation mail worker last found it
+    /// (0 not known yet, 1 yes, 2 no): an address only such a relay can deliver to is
+    /// refused at signup when it does not.
+    relay_smtputf8: AtomicU8,
 }
 
 /// `n` per `period`, all of them usable at once.
@@ -65,6 +70,22 @@ impl Limits {
                 clock.clone(),
             ),
             clock,
+            relay_smtputf8: AtomicU8::new(0),
+        }
+    }
+
+    /// Records whether the relay offers SMTPUTF8 (from the worker's last session).
+    pub fn learn_relay_smtputf8(&self, offered: bool) {
+        self.relay_smtputf8
+            .store(if offered { 1 } else { 2 }, Ordering::Relaxed);
+    }
+
+    /// Whether the relay offers SMTPUTF8, if known.
+    pub fn relay_smtputf8(&self) -> Option<bool> {
+        match self.relay_smtputf8.load(Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
         }
     }
 
@@ -82,14 +103,15 @@ impl Limits {
         }
     }
 
-    /// Counts one signup request from `ip` (every POST, valid or not).
+    /// Counts one signup request from the client keyed `ip` (every POST, valid or not;
+    /// see [`super::limit_key`]).
     pub fn check_client(&self, ip: IpAddr) -> Result<(), Limited> {
         self.per_ip
             .check_key(&ip)
             .map_err(|e| self.limited(Limit::ClientIp, e))
     }
 
-    /// Counts one signup for a (normalised) address, whatever its status, so the answer
+    /// Counts one signup for an address (its [`limit key`](crate::mail::address::SubscriberEmail::limit_key)), whatever its status, so the answer
     /// never depends on whether the address is on the list; then one against the global cap.
     pub fn check_address(&self, email_norm: &str) -> Result<(), Limited> {
         let key = email_norm.to_owned();
@@ -124,6 +146,9 @@ mod tests {
             thanks_url: None,
             record_ip: false,
             trusted_proxies: Vec::new(),
+            proxy_header: Default::default(),
+            ipv6_prefix: 64,
+            plus_tag_domains: Vec::new(),
             per_ip_per_hour: n(per_ip),
             per_address_per_hour: n(1),
             per_address_per_day: n(3),

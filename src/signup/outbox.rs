@@ -8,13 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use lettre::transport::smtp::client::AsyncSmtpConnection;
-use lettre::transport::smtp::extension::ClientId;
 use rusqlite::Connection;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use crate::config::{Config, Newsletter, SmtpConfig};
+use crate::delivery::{Attempt, SmtpTransport, Transport};
 use crate::mail::confirmation::ConfirmationMail;
 use crate::mail::dkim::DkimSigner;
 use crate::mail::token::TokenKey;
@@ -90,6 +89,10 @@ impl Outbox {
 
     /// Runs until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        tokio::select! {
+            _ = self.probe_relay() => {}
+            _ = stop.changed() => return,
+        }
         let mut next_sweep = tokio::time::Instant::now();
         loop {
             if *stop.borrow() {
@@ -147,22 +150,10 @@ impl Outbox {
             let next = self.with_db(store_signup::next_due_ms).await?;
             return Ok(Pass::Idle(next));
         }
-        let hello = ClientId::Domain(self.newsletter.sender_domain().to_owned());
-        let mut session = match crate::delivery::smtp::connect(
-            &self.smtp,
-            &hello,
-            self.password.as_deref(),
-        )
-        .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, queued = due.len(), "cannot reach the relay for confirmation mails");
-                return Ok(Pass::RelayDown);
-            }
-        };
+        let transport = SmtpTransport::new(self.smtp.clone(), self.password.clone());
+        let mut session = transport.session();
         for mail in due {
-            let outcome = self.send_one(&mut session, &mail).await;
+            let outcome = self.send_one(&transport, &mut session, &mail).await;
             let id = mail.id;
             let record = match outcome {
                 Sent::Yes(reply) => {
@@ -193,17 +184,43 @@ impl Outbox {
                     .await
                 }
                 Sent::SessionLost(reply) => {
-                    warn!(confirmation = id, %reply, "lost the relay while sending a confirmation");
+                    warn!(confirmation = id, %reply, "cannot reach the relay for confirmation mails");
+                    transport.close(session).await;
                     return Ok(Pass::RelayDown);
                 }
             };
             record?;
         }
-        let _ = session.quit().await;
+        transport.close(session).await;
         Ok(Pass::Worked)
     }
 
-    async fn send_one(&self, session: &mut AsyncSmtpConnection, mail: &QueuedMail) -> Sent {
+    /// Asks the relay what it offers (at start), so the endpoint knows which addresses it
+    /// can deliver to before the first confirmation mail is due.
+    pub async fn probe_relay(&self) {
+        let transport = SmtpTransport::new(self.smtp.clone(), self.password.clone());
+        let mut session = transport.session();
+        match transport.prepare(&mut session).await {
+            Ok(smtputf8) => self.limits.learn_relay_smtputf8(smtputf8),
+            Err(e) => warn!(error = ?e, "cannot reach the relay to ask what it offers"),
+        }
+        transport.close(session).await;
+    }
+
+    /// One confirmation mail through the issue path: the same transport, session setup,
+    /// envelope and address spelling (SMTPUTF8 or punycode) and SMTP transaction as an
+    /// issue's copy.
+    async fn send_one(
+        &self,
+        transport: &SmtpTransport,
+        session: &mut <SmtpTransport as Transport>::Session,
+        mail: &QueuedMail,
+    ) -> Sent {
+        let smtputf8 = match transport.prepare(session).await {
+            Ok(offered) => offered,
+            Err(attempt) => return sent(attempt),
+        };
+        self.limits.learn_relay_smtputf8(smtputf8);
         let built = ConfirmationMail {
             id: mail.id,
             email: &mail.email,
@@ -211,29 +228,25 @@ impl Outbox {
             created_at: mail.created_at,
             expires_at: mail.expires_at,
         }
-        .build(&self.newsletter, &self.key, self.dkim.as_ref());
+        .build(&self.newsletter, &self.key, self.dkim.as_ref(), smtputf8);
         let message = match built {
             Ok(m) => m,
             Err(e) => return Sent::Never(e.to_string()),
         };
-        let body = message.formatted();
-        match tokio::time::timeout(
-            self.smtp.timeout * 2,
-            session.send(message.envelope(), &body),
-        )
-        .await
-        {
-            Err(_) => Sent::SessionLost("no answer within the timeout".into()),
-            Ok(Ok(resp)) => Sent::Yes(format!(
-                "{} {}",
-                resp.code(),
-                resp.message().collect::<Vec<_>>().join(" ")
-            )),
-            Ok(Err(e)) if e.is_permanent() => Sent::Never(e.to_string()),
-            Ok(Err(e)) if e.is_transient() => Sent::Retry(e.to_string()),
-            Ok(Err(e)) if e.is_client() => Sent::Never(e.to_string()),
-            Ok(Err(e)) => Sent::SessionLost(e.to_string()),
-        }
+        // No ledger mark to wait for: the body may go at once.
+        let (ack, durable) = tokio::sync::oneshot::channel();
+        let _ = ack.send(true);
+        sent(transport.attempt(session, &message, durable).await)
+    }
+}
+
+fn sent(attempt: Attempt) -> Sent {
+    match attempt {
+        Attempt::Sent(reply) => Sent::Yes(reply),
+        Attempt::Temporary(reply) => Sent::Retry(reply),
+        Attempt::Permanent { reply, .. } => Sent::Never(reply),
+        Attempt::Connection(reply) => Sent::SessionLost(reply),
+        Attempt::LedgerGone | Attempt::NotDue => Sent::Retry("not attempted".into()),
     }
 }
 

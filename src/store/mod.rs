@@ -16,6 +16,7 @@ pub mod ids;
 pub mod ledger;
 pub mod lock;
 pub mod secret;
+pub mod rekey;
 pub mod signup;
 pub mod subscribers;
 pub mod unattributed;
@@ -54,6 +55,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The schema, one SQL file per version: entry `i` takes the database from version `i` to
 /// `i + 1` (`PRAGMA user_version`). Append new files; never edit a released one.
+/// Migration 8, which [`rekey::run`] completes in Rust.
+const MAILBOX_KEYS: &str = include_str!("migrations/008_mailbox_keys.sql");
+
 pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_subscribers.sql"),
     include_str!("migrations/002_ledger.sql"),
@@ -62,6 +66,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/005_held_bounces.sql"),
     include_str!("migrations/006_signed_evidence.sql"),
     include_str!("migrations/007_settings.sql"),
+    MAILBOX_KEYS,
 ];
 
 /// The schema version this binary creates and understands.
@@ -390,6 +395,9 @@ fn migrate_locked(
             source,
         };
         tx.execute_batch(sql).map_err(migrate_err)?;
+        if *sql == MAILBOX_KEYS {
+            rekey::run(&tx).map_err(migrate_err)?;
+        }
         tx.pragma_update(None, "user_version", version)
             .map_err(migrate_err)?;
         tracing::debug!(version, path = %path.display(), "applied migration");

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info};
 
 use super::{page, server_error, TokenQuery, WebState};
-use crate::config::signup::SignupConfig;
+use crate::config::signup::{ProxyHeader, SignupConfig};
 use crate::mail::address::{SubscriberEmail, SubscriberName};
 use crate::mail::confirmation::{claimed_confirmation, verify_token};
 use crate::signup::form::{escape, form_html};
@@ -214,14 +214,19 @@ async fn subscribe(State(state): State<Arc<WebState>>, req: Request) -> Response
         return not_found();
     };
     let kind = Kind::of(req.headers());
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = match svc.config.proxy_header {
+        ProxyHeader::XForwardedFor => "x-forwarded-for",
+        ProxyHeader::Forwarded => "forwarded",
+    };
+    // Every line of the header: a proxy may append its own line rather than extend the
+    // one the client wrote.
     let client = crate::signup::client_ip(
         peer_ip(&req),
-        forwarded.as_deref(),
+        svc.config.proxy_header,
+        req.headers()
+            .get_all(header)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("garbled")),
         &svc.config.trusted_proxies,
     );
     // The body is read (at most 8 KB) before any answer: a response that leaves the body
@@ -229,6 +234,18 @@ async fn subscribe(State(state): State<Arc<WebState>>, req: Request) -> Response
     // reusing at that very moment.
     let body: Bytes = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,
+        Err(e) if super::server::is_too_slow(&e) => {
+            debug!(%client, "signup body arrived too slowly");
+            let mut response = kind.error(
+                StatusCode::REQUEST_TIMEOUT,
+                "Too slow",
+                "The request took too long to arrive; please try again.",
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
         Err(_) => {
             let mut response = kind.error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -245,7 +262,10 @@ async fn subscribe(State(state): State<Arc<WebState>>, req: Request) -> Response
             return response;
         }
     };
-    if let Err(limited) = svc.limits.check_client(client) {
+    if let Err(limited) = svc
+        .limits
+        .check_client(crate::signup::limit_key(client, svc.config.ipv6_prefix))
+    {
         debug!(%client, "signup refused: client over its limit");
         return too_many(kind, limited);
     }
@@ -287,7 +307,24 @@ async fn subscribe(State(state): State<Arc<WebState>>, req: Request) -> Response
             )
         }
     };
-    if let Err(limited) = svc.limits.check_address(&email.normalized()) {
+    // An address the relay cannot deliver to would get "check your inbox" and never a
+    // confirmation: say so now, with the reason.
+    if let Some(reason) = crate::mail::envelope::undeliverable(&email, svc.limits.relay_smtputf8())
+    {
+        debug!(%client, "signup refused: undeliverable address");
+        return kind.error(
+            StatusCode::BAD_REQUEST,
+            "We cannot deliver to that address",
+            &format!(
+                "This newsletter's mail server cannot deliver to that address: {reason}. \
+                 Please use another address."
+            ),
+        );
+    }
+    if let Err(limited) = svc
+        .limits
+        .check_address(&email.limit_key(&svc.config.plus_tag_domains))
+    {
         debug!(limit = ?limited.limit, "signup refused: over a limit");
         return too_many(kind, limited);
     }
@@ -338,13 +375,18 @@ fn check_token(state: &WebState, token: &str) -> anyhow::Result<TokenCheck> {
     let Some(c) = store_signup::confirmation(&db, id)? else {
         return Ok(TokenCheck::Invalid);
     };
-    if !verify_token(
-        &state.key,
-        token,
-        id,
-        c.expires_at,
-        &c.subscriber.email.normalized(),
-    ) {
+    let verified = |email: &SubscriberEmail| {
+        let check = |key: &str| verify_token(&state.key, token, id, c.expires_at, key);
+        check(&email.normalized()) || email.legacy_key().is_some_and(|k| check(&k))
+    };
+    // A link signed for an address migration 8 merged into this subscriber speaks for the
+    // same mailbox.
+    let verified = verified(&c.subscriber.email)
+        || crate::store::rekey::merged_emails(&db, c.subscriber.id)?
+            .iter()
+            .filter_map(|e| SubscriberEmail::parse(e).ok())
+            .any(|e| verified(&e));
+    if !verified {
         return Ok(TokenCheck::Invalid);
     }
     if c.expires_at <= Utc::now() {

@@ -543,6 +543,7 @@ fn signup_confirmations_verify_with_both_verifiers_for_both_algorithms() {
                 &config.newsletter,
                 &TokenKey::new(b"a-test-key-of-enough-length"),
                 Some(&signer),
+                true,
             )
             .unwrap()
             .formatted();
