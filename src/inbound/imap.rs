@@ -123,7 +123,7 @@ impl Mailbox {
         // Each was checked when the config was read.
         roots.add_parsable_certificates(self.imap.extra_roots.iter().cloned());
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| ImapError::Connect {

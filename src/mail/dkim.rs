@@ -6,10 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use ed25519_dalek::pkcs8::DecodePrivateKey as _;
-use rsa::pkcs1::{DecodeRsaPrivateKey as _, EncodeRsaPrivateKey as _};
-use rsa::pkcs8::EncodePublicKey as _;
-use rsa::traits::PublicKeyParts as _;
 
 use crate::config::{Config, DkimAlgorithm, DkimConfig};
 use crate::error::UserError;
@@ -17,8 +13,9 @@ use crate::mail::dkim_sign::{self, SignatureSpec, SigningKey};
 
 pub use crate::mail::dkim_sign::SIGNED_HEADERS;
 
-/// RSA keys shorter than this are refused by receivers (RFC 8301).
-const MIN_RSA_BITS: usize = 1024;
+/// RSA keys shorter than this are refused (RFC 8301 makes receivers ignore keys under
+/// 1024 bits and asks signers for 2048; aws-lc-rs signs with 2048 to 8192).
+const MIN_RSA_BITS: usize = 2048;
 
 /// A DNS TXT string holds at most this many bytes; longer records are split.
 const TXT_STRING_MAX: usize = 255;
@@ -253,63 +250,65 @@ fn parse_key(
             }
         ),
     };
-    match algorithm {
-        DkimAlgorithm::Rsa => {
-            let key = if text.contains("BEGIN RSA PRIVATE KEY") {
-                rsa::RsaPrivateKey::from_pkcs1_pem(text).map_err(|e| invalid(e.to_string()))?
-            } else {
-                match rsa::pkcs8::DecodePrivateKey::from_pkcs8_pem(text) {
-                    Ok(key) => key,
-                    Err(e) => {
-                        if ed25519_dalek::SigningKey::from_pkcs8_pem(text).is_ok() {
-                            return Err(wrong_type("an Ed25519 key", DkimAlgorithm::Ed25519));
-                        }
-                        return Err(invalid(e.to_string()));
-                    }
-                }
-            };
-            let bits = key.size() * 8;
-            if bits < MIN_RSA_BITS {
-                return Err(invalid(format!(
-                    "it is {bits} bits; receivers ignore RSA keys under {MIN_RSA_BITS} bits, use 2048"
-                )));
+    let rejected = |e: aws_lc_rs::error::KeyRejected| {
+        invalid(match e.description_() {
+            "TooSmall" => format!(
+                "it is shorter than {MIN_RSA_BITS} bits; receivers distrust short RSA keys, use 2048"
+            ),
+            "TooLarge" => "it is longer than 8192 bits; use 2048".into(),
+            other => format!("the key does not parse ({other})"),
+        })
+    };
+    let key = if text.contains("-----BEGIN") {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::PrivateKeyDer;
+        let der = PrivateKeyDer::from_pem_slice(text.as_bytes())
+            .map_err(|e| invalid(format!("it holds no PEM private key ({e})")))?;
+        match (der, algorithm) {
+            (PrivateKeyDer::Pkcs1(der), DkimAlgorithm::Rsa) => {
+                SigningKey::rsa_from_pkcs1_der(der.secret_pkcs1_der()).map_err(rejected)?
             }
-            let public = key
-                .to_public_key()
-                .to_public_key_der()
-                .map_err(|e| invalid(e.to_string()))?;
-            let pkcs1 = key.to_pkcs1_der().map_err(|e| invalid(e.to_string()))?;
-            let signing = SigningKey::rsa_from_pkcs1_der(pkcs1.as_bytes()).map_err(invalid)?;
-            Ok((signing, b64.encode(public.as_bytes())))
-        }
-        DkimAlgorithm::Ed25519 => {
-            let key = if text.contains("-----BEGIN") {
-                match ed25519_dalek::SigningKey::from_pkcs8_pem(text) {
+            (PrivateKeyDer::Pkcs1(_), DkimAlgorithm::Ed25519) => {
+                return Err(wrong_type("an RSA key", DkimAlgorithm::Rsa))
+            }
+            (PrivateKeyDer::Pkcs8(der), DkimAlgorithm::Rsa) => {
+                let der = der.secret_pkcs8_der();
+                match SigningKey::rsa_from_pkcs8_der(der) {
                     Ok(key) => key,
-                    Err(e) => {
-                        let is_rsa = text.contains("BEGIN RSA PRIVATE KEY")
-                            || <rsa::RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_pem(text)
-                                .is_ok();
-                        if is_rsa {
-                            return Err(wrong_type("an RSA key", DkimAlgorithm::Rsa));
-                        }
-                        return Err(invalid(e.to_string()));
+                    Err(_) if SigningKey::ed25519_from_pkcs8_der(der).is_ok() => {
+                        return Err(wrong_type("an Ed25519 key", DkimAlgorithm::Ed25519))
                     }
+                    Err(e) => return Err(rejected(e)),
                 }
-            } else {
-                let seed: [u8; 32] = b64
-                    .decode(text.trim())
-                    .ok()
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| {
-                        invalid("it is neither PKCS#8 PEM nor a base64 32-byte seed".into())
-                    })?;
-                ed25519_dalek::SigningKey::from_bytes(&seed)
-            };
-            let signing = SigningKey::ed25519_from_seed(&key.to_bytes()).map_err(invalid)?;
-            Ok((signing, b64.encode(key.verifying_key().to_bytes())))
+            }
+            (PrivateKeyDer::Pkcs8(der), DkimAlgorithm::Ed25519) => {
+                let der = der.secret_pkcs8_der();
+                match SigningKey::ed25519_from_pkcs8_der(der) {
+                    Ok(key) => key,
+                    Err(_) if SigningKey::rsa_from_pkcs8_der(der).is_ok() => {
+                        return Err(wrong_type("an RSA key", DkimAlgorithm::Rsa))
+                    }
+                    Err(e) => return Err(invalid(format!("the key does not parse ({e})"))),
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "it is an elliptic-curve (SEC1) key; DKIM signs with RSA or Ed25519".into(),
+                ))
+            }
         }
-    }
+    } else if algorithm == DkimAlgorithm::Ed25519 {
+        let seed: [u8; 32] = b64
+            .decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| invalid("it is neither PKCS#8 PEM nor a base64 32-byte seed".into()))?;
+        SigningKey::ed25519_from_seed(&seed).map_err(invalid)?
+    } else {
+        return Err(invalid("it holds no PEM private key".into()));
+    };
+    let public = b64.encode(key.public_key_for_dns());
+    Ok((key, public))
 }
 
 #[cfg(test)]
