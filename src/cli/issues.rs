@@ -200,12 +200,13 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
                     "issue {number} is an empty week; it has no deliveries"
                 ));
             }
-            let requeued = runtime::block_on_until_signal(Some(1), |stop| async {
-                issue::requeue_failed(config, number, stop, &mut |e| {
-                    super::send::print_event(config, e)
-                })
-                .await
-            })?;
+            let requeued =
+                runtime::block_on_until_signal(runtime::send_workers(config), |stop| async {
+                    issue::requeue_failed(config, number, stop, &mut |e| {
+                        super::send::print_event(config, e)
+                    })
+                    .await
+                })?;
             let Some(n) = requeued else {
                 return Err(Resumable(format!(
                     "stopped while waiting for another sender; nothing was re-queued in issue {number}"

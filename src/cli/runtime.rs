@@ -6,10 +6,20 @@ use std::future::Future;
 use anyhow::Context;
 use tokio::sync::watch;
 
+/// The async workers for sending an issue: one when messages are not signed (one thread
+/// keeps the SMTP sessions busy and is measurably faster than two on a small machine: fewer
+/// cross-thread wake-ups, more CPU left to the mail server), one per core when DKIM is on,
+/// because the workers then also sign (docs/performance-dkim.md).
+pub fn send_workers(config: &crate::config::Config) -> Option<usize> {
+    if config.dkim.is_some() {
+        None
+    } else {
+        Some(1)
+    }
+}
+
 /// Runs `f` on a fresh runtime with a stop flag that turns true on SIGINT or SIGTERM.
-/// `worker_threads: Some(1)` suits a send: one async thread keeps the SMTP sessions busy and
-/// is measurably faster than two on a small machine (fewer cross-thread wake-ups, more CPU
-/// left to the mail server); DKIM signing goes to blocking threads anyway.
+/// `worker_threads: None` is one per core (see [`send_workers`] for a send).
 pub fn block_on_until_signal<F, Fut, T>(worker_threads: Option<usize>, f: F) -> anyhow::Result<T>
 where
     F: FnOnce(watch::Receiver<bool>) -> Fut,

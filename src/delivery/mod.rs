@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 mod breaker;
-pub mod build_pool;
 pub mod data;
 mod halt;
 mod run;

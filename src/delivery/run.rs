@@ -15,7 +15,6 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::breaker::Breaker;
-use super::build_pool::BuildPool;
 use super::halt::{guarded, unless_failed, watchdog, Fault, Halt, Progress};
 use super::transport::Transport;
 use super::worker::{worker, Engine, Job};
@@ -122,14 +121,8 @@ pub(super) fn spawn<T: Transport>(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let builders = if job.messages.signs() {
-        Some(BuildPool::per_core()?)
-    } else {
-        None
-    };
     let engine = Arc::new(Engine {
         messages: job.messages.clone(),
-        builders,
         smtp: job.smtp.clone(),
         give_up_at_ms: start.deadline.timestamp_millis(),
         writer: writer_tx,

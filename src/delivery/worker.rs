@@ -8,7 +8,6 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tracing::{debug, Instrument};
 
 use super::breaker::Breaker;
-use super::build_pool::BuildPool;
 use super::halt::{Fault, Progress, Sentinel};
 use super::smtp::Attempt;
 use super::transport::Transport;
@@ -30,8 +29,6 @@ pub(super) struct Job {
 pub(super) struct Engine<T> {
     pub(super) transport: T,
     pub(super) messages: Arc<IssueMessages>,
-    /// Where signed messages are built (signing is CPU work; building alone is not).
-    pub(super) builders: Option<BuildPool>,
     pub(super) smtp: SmtpConfig,
     /// After this time (ms since the epoch) a temporary failure is final
     /// (`smtp.give_up_after` from the issue's creation).
@@ -56,22 +53,15 @@ impl<T: Transport> Engine<T> {
         breaker.tripped().map(str::to_owned)
     }
 
-    /// The recipient's message in the form `smtputf8` allows, or why there is none.
-    async fn build(&self, r: &Recipient, smtputf8: bool) -> Result<OutgoingMessage, String> {
-        match &self.builders {
-            // A signature costs up to a millisecond: keep it off the async workers.
-            Some(pool) => {
-                let (messages, r) = (self.messages.clone(), r.clone());
-                match pool.run(move || messages.build_for(&r, smtputf8)).await {
-                    Some(built) => built.map_err(|e| e.to_string()),
-                    None => Err("building the message failed (the signer panicked)".into()),
-                }
-            }
-            None => self
-                .messages
-                .build_for(r, smtputf8)
-                .map_err(|e| e.to_string()),
-        }
+    /// The recipient's message in the form `smtputf8` allows, or why there is none. Signing
+    /// happens here, on the async worker: a signed send runs one worker per core, so the
+    /// signatures use every core without a hand-off to other threads and back for each copy
+    /// (that hand-off cost more CPU per message than the rest of the SMTP work; see
+    /// docs/performance-dkim.md).
+    fn build(&self, r: &Recipient, smtputf8: bool) -> Result<OutgoingMessage, String> {
+        self.messages
+            .build_for(r, smtputf8)
+            .map_err(|e| e.to_string())
     }
 
     /// One attempt: readies the session, builds the recipient's message for what the
@@ -88,7 +78,7 @@ impl<T: Transport> Engine<T> {
             Ok(smtputf8) => smtputf8,
             Err(attempt) => return attempt,
         };
-        match self.build(r, smtputf8).await {
+        match self.build(r, smtputf8) {
             Ok(message) => self.transport.attempt(session, &message, durable).await,
             Err(reply) => Attempt::Permanent {
                 reply,
