@@ -67,6 +67,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/006_signed_evidence.sql"),
     include_str!("migrations/007_settings.sql"),
     MAILBOX_KEYS,
+    include_str!("migrations/009_event_sources.sql"),
 ];
 
 /// The schema version this binary creates and understands.
