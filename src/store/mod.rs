@@ -15,7 +15,9 @@ pub mod health;
 pub mod ids;
 pub mod ledger;
 pub mod lock;
+pub mod privacy;
 pub mod rekey;
+pub mod retention;
 pub mod secret;
 pub mod signup;
 pub mod subscribers;
@@ -68,6 +70,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/007_settings.sql"),
     MAILBOX_KEYS,
     include_str!("migrations/009_event_sources.sql"),
+    include_str!("migrations/010_history.sql"),
 ];
 
 /// The schema version this binary creates and understands.
@@ -256,6 +259,10 @@ impl Fresh {
             &fresh.temp,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
+        // Before the first table: pages freed by compaction go back to the file system
+        // (`PRAGMA incremental_vacuum`), so the file shrinks instead of only being reused.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(|e| health::classify(path, e))?;
         migrate(&conn, path)?;
         fresh.conn = Some(conn);
         Ok(fresh)
