@@ -237,3 +237,25 @@ pub fn enable_incremental_vacuum(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     conn.execute_batch("VACUUM")
 }
+
+const LAST_PASS: &str = "maintenance_last_pass";
+
+/// When the daemon's last maintenance pass ended.
+pub fn last_pass(conn: &Connection) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    use rusqlite::OptionalExtension;
+    let value: Option<String> = conn
+        .query_row("SELECT value FROM settings WHERE name = ?", [LAST_PASS], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(value.as_deref().and_then(store::parse_timestamp))
+}
+
+pub fn record_pass(conn: &Connection, at: DateTime<Utc>) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO settings (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        params![LAST_PASS, store::timestamp(at)],
+    )?;
+    Ok(())
+}
