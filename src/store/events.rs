@@ -241,16 +241,22 @@ pub fn latest_sent_issue(
     .query_row([subscriber_id], |r| r.get(0))
 }
 
-/// True when the issue was delivered (or attempted) to the subscriber.
+/// True when the issue was delivered (or attempted) to the subscriber. For an issue whose
+/// rows were compacted (`store::retention`) that can no longer be looked up, so a listed
+/// subscriber counts: the caller holds signed evidence (a VERP tag or a signed Message-ID)
+/// naming this issue and subscriber, which only a real delivery carries.
 pub fn has_delivery(
     conn: &Connection,
     issue: IssueNumber,
     subscriber_id: SubscriberId,
 ) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM deliveries WHERE issue = ? AND subscriber_id = ?")?
-        .query_row(params![issue, subscriber_id], |_| Ok(()))
-        .optional()
-        .map(|r| r.is_some())
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE issue = ?1 AND subscriber_id = ?2)
+             OR (EXISTS (SELECT 1 FROM issue_totals
+                         WHERE issue = ?1 AND compacted_at IS NOT NULL)
+                 AND EXISTS (SELECT 1 FROM subscribers WHERE id = ?2))",
+    )?
+    .query_row(params![issue, subscriber_id], |r| r.get(0))
 }
 
 /// Marks an inbound message as handled; false when it already was (nothing to do).

@@ -26,6 +26,7 @@ mod first_day;
 mod hardening;
 mod hostile_content;
 mod hostile_inbound;
+mod history;
 mod hostile_web;
 mod inbound;
 mod relay_refusals;
