@@ -259,10 +259,6 @@ impl Fresh {
             &fresh.temp,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
-        // Before the first table: pages freed by compaction go back to the file system
-        // (`PRAGMA incremental_vacuum`), so the file shrinks instead of only being reused.
-        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
-            .map_err(|e| health::classify(path, e))?;
         migrate(&conn, path)?;
         fresh.conn = Some(conn);
         Ok(fresh)
@@ -317,9 +313,17 @@ pub fn empty_in_memory() -> Result<Connection, DbError> {
 }
 
 fn open_file(path: &Path, flags: OpenFlags) -> Result<Connection, DbError> {
+    let creating = flags.contains(OpenFlags::SQLITE_OPEN_CREATE);
     let flags = flags | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| health::classify(path, e))?;
     configure(&conn).map_err(|e| health::classify(path, e))?;
+    if creating {
+        // Only possible before the file has a header (so before WAL is switched on):
+        // pages freed by compaction can then go back to the file system
+        // (`PRAGMA incremental_vacuum`) instead of only being reused.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(|e| health::classify(path, e))?;
+    }
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(|e| health::classify(path, e))?;

@@ -350,3 +350,56 @@ pub fn show(conn: &Connection, email: &SubscriberEmail) -> rusqlite::Result<Opti
         deliveries,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::signup::{request_signup, SignupOutcome, SignupRequest};
+    use crate::store::subscribers::{add, SubscriberSource};
+    use crate::store::testing::{email, store};
+
+    #[test]
+    fn an_erased_address_is_known_in_any_spelling_and_only_by_its_hash() {
+        let (_dir, conn) = store();
+        add(&conn, &email("Ada@Example.com"), None, SubscriberSource::Cli).unwrap();
+        let erased = erase(&conn, "ada@EXAMPLE.com", Reason::Request).unwrap();
+        assert!(erased.subscriber.is_some());
+        assert!(!erased.already_erased);
+        assert!(is_erased(&conn, &email("ADA@example.com")).unwrap().is_some());
+        assert!(is_erased(&conn, &email("bob@example.com")).unwrap().is_none());
+        let stored: String = conn
+            .query_row("SELECT hash FROM erased_addresses", [], |r| r.get(0))
+            .unwrap();
+        assert!(!stored.contains("ada"), "only a hash is kept: {stored}");
+        assert_eq!(stored.len(), 64);
+        assert!(erase(&conn, "ada@example.com", Reason::Request)
+            .unwrap()
+            .already_erased);
+        let err = erase(&conn, "not an address", Reason::Request).unwrap_err();
+        assert!(err.to_string().starts_with("`not an address` is not an email address"));
+    }
+
+    #[test]
+    fn a_signup_of_an_erased_address_is_refused_without_a_mail() {
+        let (_dir, conn) = store();
+        erase(&conn, "gone@example.com", Reason::Request).unwrap();
+        let e = email("gone@example.com");
+        let outcome = request_signup(
+            &conn,
+            &SignupRequest {
+                email: &e,
+                name: None,
+                source: SubscriberSource::Web,
+                ip: None,
+                expire_after: std::time::Duration::from_secs(3600),
+                resend_after: std::time::Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        assert_eq!(outcome, SignupOutcome::Refused);
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM subscribers", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+}

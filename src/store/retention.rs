@@ -259,3 +259,49 @@ pub fn record_pass(conn: &Connection, at: DateTime<Utc>) -> rusqlite::Result<()>
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::subscribers::{add, set_status, SubscriberSource, SubscriberStatus};
+    use crate::store::testing::{email, store};
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn readers_who_left_before_the_window_are_erased_and_the_rest_stay() {
+        let (_dir, conn) = store();
+        for who in ["left@example.com", "stays@example.com"] {
+            add(&conn, &email(who), None, SubscriberSource::Cli).unwrap();
+        }
+        set_status(&conn, &email("left@example.com"), SubscriberStatus::Unsubscribed).unwrap();
+        let now = Utc::now();
+        let policy = Policy {
+            deliveries_before: utc("2000-01-01T00:00:00Z"),
+            events_before: utc("2000-01-01T00:00:00Z"),
+            erase_left_before: Some(now + chrono::Duration::seconds(5)),
+        };
+        let dry = compact(&conn, &policy, true).unwrap();
+        assert_eq!(dry.erased, 1);
+        assert!(privacy::is_erased(&conn, &email("left@example.com"))
+            .unwrap()
+            .is_none());
+        let done = compact(&conn, &policy, false).unwrap();
+        assert_eq!(done.erased, 1);
+        assert!(done.incremental, "new files return freed pages");
+        let erased = privacy::is_erased(&conn, &email("left@example.com"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(erased.reason, "retention");
+        let left: Vec<String> = conn
+            .prepare("SELECT email FROM subscribers")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(left, ["stays@example.com"]);
+    }
+}
