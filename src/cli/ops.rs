@@ -77,9 +77,7 @@ pub fn compact(config: &Config, dry_run: bool, vacuum: bool) -> anyhow::Result<(
     let report = store::retention::compact(&conn, &policy, dry_run)?;
     let verb = if dry_run { "Would fold" } else { "Folded" };
     if report.issues.is_empty() {
-        println!(
-            "No issue is older than retention.deliveries with its rows still kept."
-        );
+        println!("No issue is older than retention.deliveries with its rows still kept.");
     }
     for issue in &report.issues {
         println!(

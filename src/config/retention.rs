@@ -131,11 +131,20 @@ mod tests {
     #[test]
     fn bad_values_name_the_field_and_the_reason() {
         let e = parse("deliveries: soon").unwrap_err();
-        assert!(e.starts_with("retention.deliveries: `soon` is not a duration"), "{e}");
+        assert!(
+            e.starts_with("retention.deliveries: `soon` is not a duration"),
+            "{e}"
+        );
         let e = parse("events: 2d").unwrap_err();
-        assert!(e.contains("retention.events: `2d` is shorter than 7 days"), "{e}");
+        assert!(
+            e.contains("retention.events: `2d` is shorter than 7 days"),
+            "{e}"
+        );
         let e = parse("daily_at: '25:00'").unwrap_err();
-        assert!(e.starts_with("retention.daily_at: `25:00` is not a time of day"), "{e}");
+        assert!(
+            e.starts_with("retention.daily_at: `25:00` is not a time of day"),
+            "{e}"
+        );
         assert_eq!(
             parse("unsubscribed: 30d").unwrap().unsubscribed,
             Some(Duration::from_secs(30 * 86400))

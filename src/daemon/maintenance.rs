@@ -22,7 +22,10 @@ pub fn next_after(after: DateTime<Utc>, at: NaiveTime, tz: Tz) -> DateTime<Utc> 
         let instant = tz
             .from_local_datetime(&wall)
             .earliest()
-            .or_else(|| tz.from_local_datetime(&(wall + chrono::Duration::hours(1))).earliest())
+            .or_else(|| {
+                tz.from_local_datetime(&(wall + chrono::Duration::hours(1)))
+                    .earliest()
+            })
             .map(|t| t.with_timezone(&Utc));
         if let Some(t) = instant.filter(|t| *t > after) {
             return t;

@@ -262,8 +262,8 @@ pub async fn run(
     });
     let mut awaited: Option<DateTime<Utc>> = None;
     // The daily retention pass and whole-file check; a failed look-up tries again in an hour.
-    let mut maintenance_due = maintenance::due_at(config)
-        .unwrap_or_else(|_| Utc::now() + chrono::Duration::hours(1));
+    let mut maintenance_due =
+        maintenance::due_at(config).unwrap_or_else(|_| Utc::now() + chrono::Duration::hours(1));
     let mut warned: HashSet<DateTime<Utc>> = HashSet::new();
     if let Some(next) = schedule.next_after(Utc::now()) {
         info!(next_slot = %describe(schedule, next), "daemon started");

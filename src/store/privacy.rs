@@ -128,7 +128,11 @@ pub fn erase(conn: &Connection, email: &str, reason: Reason) -> Result<Erased, E
         let inserted = tx.execute(
             "INSERT INTO erased_addresses (hash, erased_at, reason) VALUES (?1, ?2, ?3)
              ON CONFLICT (hash) DO NOTHING",
-            params![hash(&salt, &parsed), Utc::now().timestamp(), reason.as_str()],
+            params![
+                hash(&salt, &parsed),
+                Utc::now().timestamp(),
+                reason.as_str()
+            ],
         )?;
         erased.already_erased = inserted == 0;
         Ok(erased)
@@ -361,22 +365,36 @@ mod tests {
     #[test]
     fn an_erased_address_is_known_in_any_spelling_and_only_by_its_hash() {
         let (_dir, conn) = store();
-        add(&conn, &email("Ada@Example.com"), None, SubscriberSource::Cli).unwrap();
+        add(
+            &conn,
+            &email("Ada@Example.com"),
+            None,
+            SubscriberSource::Cli,
+        )
+        .unwrap();
         let erased = erase(&conn, "ada@EXAMPLE.com", Reason::Request).unwrap();
         assert!(erased.subscriber.is_some());
         assert!(!erased.already_erased);
-        assert!(is_erased(&conn, &email("ADA@example.com")).unwrap().is_some());
-        assert!(is_erased(&conn, &email("bob@example.com")).unwrap().is_none());
+        assert!(is_erased(&conn, &email("ADA@example.com"))
+            .unwrap()
+            .is_some());
+        assert!(is_erased(&conn, &email("bob@example.com"))
+            .unwrap()
+            .is_none());
         let stored: String = conn
             .query_row("SELECT hash FROM erased_addresses", [], |r| r.get(0))
             .unwrap();
         assert!(!stored.contains("ada"), "only a hash is kept: {stored}");
         assert_eq!(stored.len(), 64);
-        assert!(erase(&conn, "ada@example.com", Reason::Request)
-            .unwrap()
-            .already_erased);
+        assert!(
+            erase(&conn, "ada@example.com", Reason::Request)
+                .unwrap()
+                .already_erased
+        );
         let err = erase(&conn, "not an address", Reason::Request).unwrap_err();
-        assert!(err.to_string().starts_with("`not an address` is not an email address"));
+        assert!(err
+            .to_string()
+            .starts_with("`not an address` is not an email address"));
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub struct Policy {
 
 impl Policy {
     pub fn at(now: DateTime<Utc>, config: &crate::config::retention::RetentionConfig) -> Policy {
-        let back = |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        let back =
+            |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
         Policy {
             deliveries_before: back(config.deliveries),
             events_before: back(config.events),
@@ -83,10 +84,7 @@ fn due_issues(conn: &Connection, before: DateTime<Utc>) -> rusqlite::Result<Vec<
 }
 
 /// Finished issues past the window, rows or not, never marked compacted.
-fn unmarked_issues(
-    conn: &Connection,
-    before: DateTime<Utc>,
-) -> rusqlite::Result<Vec<IssueNumber>> {
+fn unmarked_issues(conn: &Connection, before: DateTime<Utc>) -> rusqlite::Result<Vec<IssueNumber>> {
     conn.prepare(
         "SELECT i.number FROM issues i JOIN issue_totals t ON t.issue = i.number
          WHERE i.slot < ?1 AND i.state IN ('complete', 'skipped') AND t.compacted_at IS NULL
@@ -244,9 +242,11 @@ const LAST_PASS: &str = "maintenance_last_pass";
 pub fn last_pass(conn: &Connection) -> rusqlite::Result<Option<DateTime<Utc>>> {
     use rusqlite::OptionalExtension;
     let value: Option<String> = conn
-        .query_row("SELECT value FROM settings WHERE name = ?", [LAST_PASS], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT value FROM settings WHERE name = ?",
+            [LAST_PASS],
+            |r| r.get(0),
+        )
         .optional()?;
     Ok(value.as_deref().and_then(store::parse_timestamp))
 }
@@ -276,7 +276,12 @@ mod tests {
         for who in ["left@example.com", "stays@example.com"] {
             add(&conn, &email(who), None, SubscriberSource::Cli).unwrap();
         }
-        set_status(&conn, &email("left@example.com"), SubscriberStatus::Unsubscribed).unwrap();
+        set_status(
+            &conn,
+            &email("left@example.com"),
+            SubscriberStatus::Unsubscribed,
+        )
+        .unwrap();
         let now = Utc::now();
         let policy = Policy {
             deliveries_before: utc("2000-01-01T00:00:00Z"),

@@ -91,11 +91,17 @@ fn totals_survive_compaction_and_the_window_edges_hold() {
         "{show_before}"
     );
     assert!(show_before.contains("Complaints:  1"), "{show_before}");
-    assert!(show_before.contains("refused@example.net  permanent"), "{show_before}");
+    assert!(
+        show_before.contains("refused@example.net  permanent"),
+        "{show_before}"
+    );
 
     // Inside the window: nothing is folded, the failed list stays and retry works.
     let out = compact_at(&site, SOON);
-    assert!(out.contains("No issue is older than retention.deliveries"), "{out}");
+    assert!(
+        out.contains("No issue is older than retention.deliveries"),
+        "{out}"
+    );
     assert_eq!(stdout(&site, &["issues", "show", "1"]), show_before);
     site.cmd()
         .args(["issues", "retry", "1"])
@@ -107,7 +113,10 @@ fn totals_survive_compaction_and_the_window_edges_hold() {
 
     // Outside it: both issues are folded, every number stays, the detail is gone.
     let out = compact_at(&site, LATER);
-    assert!(out.contains("Folded issue 1 into its totals: 6 delivery rows."), "{out}");
+    assert!(
+        out.contains("Folded issue 1 into its totals: 6 delivery rows."),
+        "{out}"
+    );
     assert!(out.contains("Folded issue 2 into its totals"), "{out}");
     assert_eq!(count(&site, "SELECT count(*) FROM deliveries"), 0);
     assert_eq!(stdout(&site, &["issues"]), list_before);
@@ -214,9 +223,11 @@ fn an_access_request_shows_everything_and_an_erasure_keeps_erased_readers_out() 
     send_week(&site, &server, 0);
     let list_before = stdout(&site, &["issues"]);
 
-    let json: serde_json::Value =
-        serde_json::from_str(&stdout(&site, &["subscribers", "show", "LOYAL@example.net"]))
-            .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&stdout(
+        &site,
+        &["subscribers", "show", "LOYAL@example.net"],
+    ))
+    .unwrap();
     assert_eq!(json["subscriber"]["email"], "loyal@example.net");
     assert_eq!(json["subscriber"]["status"], "active");
     assert_eq!(json["consent"]["source"], "cli");
@@ -275,7 +286,9 @@ fn an_access_request_shows_everything_and_an_erasure_keeps_erased_readers_out() 
         .args(["subscribers", "add", "loyal@example.net"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("`loyal@example.net` was erased on"));
+        .stderr(predicate::str::contains(
+            "`loyal@example.net` was erased on",
+        ));
 
     // The operator decides otherwise.
     site.cmd()
@@ -283,7 +296,10 @@ fn an_access_request_shows_everything_and_an_erasure_keeps_erased_readers_out() 
         .arg(&csv)
         .assert()
         .success();
-    assert_eq!(count(&site, "SELECT count(*) FROM subscribers"), readers + 2);
+    assert_eq!(
+        count(&site, "SELECT count(*) FROM subscribers"),
+        readers + 2
+    );
 }
 
 /// Takes a database back to the layout release 9 wrote (migration 10 undone: text
@@ -349,7 +365,10 @@ fn upgrading_a_database_with_sent_issues_keeps_every_number() {
             &site,
             "SELECT count(*) FROM deliveries WHERE last_reply LIKE '250 %'"
         ),
-        count(&site, "SELECT count(*) FROM deliveries WHERE state = 'sent'")
+        count(
+            &site,
+            "SELECT count(*) FROM deliveries WHERE state = 'sent'"
+        )
     );
 
     // The first command of the new binary upgrades the file.
