@@ -34,8 +34,13 @@ pub struct Policy {
 
 impl Policy {
     pub fn at(now: DateTime<Utc>, config: &crate::config::retention::RetentionConfig) -> Policy {
-        let back =
-            |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        // A window longer than the calendar reaches keeps everything.
+        let back = |d: Duration| {
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| now.checked_sub_signed(d))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        };
         Policy {
             deliveries_before: back(config.deliveries),
             events_before: back(config.events),
