@@ -62,7 +62,25 @@ pub enum Command {
         force: bool,
     },
     /// Validate the config and every content file; exit 1 listing every problem
-    Check,
+    Check {
+        /// Also read the whole state database with `PRAGMA quick_check` (the daemon does
+        /// this daily at retention.daily_at)
+        #[arg(long)]
+        db: bool,
+    },
+    /// Fold the per-recipient rows of issues older than retention.deliveries into their
+    /// totals and delete them, delete events older than retention.events, erase readers
+    /// who left before retention.unsubscribed, and hand the freed space back (the daemon
+    /// does this daily at retention.daily_at)
+    Compact {
+        /// Say what would be folded and deleted, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// For a database made before incremental vacuum: rewrite it once so that freed
+        /// space goes back to the disk (holds the write lock throughout: a quiet hour)
+        #[arg(long, conflicts_with = "dry_run")]
+        vacuum: bool,
+    },
     /// Create (or resume) the issue for a slot and deliver it
     Send {
         /// Send the issue of the slot at or before this moment (RFC 3339, or `now`)

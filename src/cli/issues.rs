@@ -57,12 +57,17 @@ fn print_readers(e: &IssueEvents) {
         100.0 * complaint_rate
     );
     println!(
-        "Unsubscribes: {} ({:.2}%): {} one-click, {} page, {} mailto",
+        "Unsubscribes: {} ({:.2}%): {} one-click, {} page, {} mailto{}",
         e.unsubscribes(),
         100.0 * percent(e.unsubscribes(), e.delivered),
         e.one_click,
         e.page,
-        e.mailto
+        e.mailto,
+        if e.other_unsubscribes > 0 {
+            format!(", {} other", e.other_unsubscribes)
+        } else {
+            String::new()
+        }
     );
     if complaint_rate > COMPLAINT_WARNING {
         println!(
@@ -169,6 +174,21 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
                     if unattributed == 1 { "" } else { "s" }
                 );
             }
+            if let Some(at) = ledger::compacted_at(&conn, number)? {
+                if c.failed > 0 {
+                    println!(
+                        "Failed recipients: {} (their detail was compacted on {}, after the retention window; the counts above are exact)",
+                        c.failed,
+                        at.format("%Y-%m-%d")
+                    );
+                } else {
+                    println!(
+                        "Per-recipient detail was compacted on {}, after the retention window; the counts above are exact.",
+                        at.format("%Y-%m-%d")
+                    );
+                }
+                return Ok(());
+            }
             let failed = ledger::failed_deliveries(&conn, number)?;
             if !failed.is_empty() {
                 println!("Failed recipients:");
@@ -198,6 +218,12 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
             if issue.state == IssueState::Skipped {
                 return user_error(format!(
                     "issue {number} is an empty week; it has no deliveries"
+                ));
+            }
+            if let Some(at) = ledger::compacted_at(&conn, number)? {
+                return user_error(format!(
+                    "issue {number}'s per-recipient detail was compacted on {} (it is older than `retention.deliveries`), so there is no failed delivery left to retry; its totals are kept (`verdicts issues show {number}`)",
+                    at.format("%Y-%m-%d")
                 ));
             }
             let requeued =

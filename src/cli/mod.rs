@@ -38,7 +38,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let slot = choose_slot(&config, at)?;
             preview(&config, slot, &out, force)
         }
-        Command::Check => check(&config_path),
+        Command::Check { db } => {
+            check(&config_path)?;
+            if db {
+                ops::check_db(&Config::load(&config_path)?)?;
+            }
+            Ok(())
+        }
+        Command::Compact { dry_run, vacuum } => {
+            ops::compact(&Config::load(&config_path)?, dry_run, vacuum)
+        }
         Command::Send {
             at,
             yes,

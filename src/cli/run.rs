@@ -38,7 +38,16 @@ pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
     crate::content::load_dir(&config.content_dir)?;
     let dispatcher = Dispatcher::for_sending(config)?.allow_empty(allow_empty);
     let path = config.database_path();
-    crate::store::quick_check(&crate::store::open(&path)?, &path)?;
+    // What the daemon is about to touch: the list and the unfinished issues. The whole
+    // file is checked by the daily maintenance pass (`retention.daily_at`).
+    let conn = crate::store::open(&path)?;
+    let unfinished: Vec<_> = crate::store::ledger::unfinished_issues(&conn)
+        .map_err(|e| crate::store::health::classify(&path, e))?
+        .iter()
+        .map(|i| i.number)
+        .collect();
+    crate::store::health::check_for_send(&conn, &path, &unfinished)?;
+    drop(conn);
     check_site_folder(config)?;
     raise_file_limit();
     let _daemon = DaemonLock::acquire(&config.state_dir)?;

@@ -35,6 +35,9 @@ pub enum SubscribersCommand {
         /// Display name
         #[arg(long)]
         name: Option<String>,
+        /// Add the address even though it was erased at the reader's request
+        #[arg(long)]
+        allow_erased: bool,
     },
     /// Erase a subscriber and everything recorded about them (for "forget me" requests)
     Remove {
@@ -92,6 +95,23 @@ pub enum SubscribersCommand {
         /// Let rows saying `active` reactivate unsubscribed or bounced subscribers
         #[arg(long)]
         resubscribe: bool,
+        /// Admit addresses that were erased at the readers' request (otherwise each is a
+        /// rejected row naming the address)
+        #[arg(long)]
+        allow_erased: bool,
+    },
+    /// Print everything held about one reader as JSON: the subscriber row, the consent
+    /// record, confirmations, events and the deliveries still kept (an access request)
+    Show {
+        /// Email address (any spelling of the mailbox)
+        email: String,
+    },
+    /// Erase a reader for good (an erasure request): their row and every per-recipient row
+    /// naming them go, issue totals stay, and a salted hash of the address is kept so a
+    /// later import, signup or add of it is refused
+    Erase {
+        /// Email address (any spelling of the mailbox); recorded even if it is not listed
+        email: String,
     },
     /// Write every subscriber as CSV (email,name,status and the consent record), which
     /// `import` reads back
@@ -110,7 +130,7 @@ pub enum SubscribersCommand {
 
 /// Runs one `subscribers` command against the configured state database.
 pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
-    if let SubscribersCommand::Add { email, name } = &cmd {
+    if let SubscribersCommand::Add { email, name, .. } = &cmd {
         // Bad input is refused before a database is created for it.
         let email = parse_email(email)?;
         if let Some(n) = name {
@@ -123,6 +143,7 @@ pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
         dry_run: false,
         skip_invalid,
         resubscribe,
+        allow_erased,
     } = &cmd
     {
         if !config.database_path().exists() {
@@ -130,6 +151,7 @@ pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
                 dry_run: false,
                 skip_invalid: *skip_invalid,
                 resubscribe: *resubscribe,
+                allow_erased: *allow_erased,
             };
             return first_import(config, file, options);
         }
@@ -138,9 +160,19 @@ pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let result = match cmd {
-        SubscribersCommand::Add { email, name } => {
-            run_add(&conn, &mut out, &email, name.as_deref())
+        SubscribersCommand::Add {
+            email,
+            name,
+            allow_erased,
+        } => {
+            if let Err(e) = refuse_erased(&conn, &email, allow_erased) {
+                Err(e)
+            } else {
+                run_add(&conn, &mut out, &email, name.as_deref())
+            }
         }
+        SubscribersCommand::Show { email } => run_show(&conn, &mut out, &email),
+        SubscribersCommand::Erase { email } => run_erase(&conn, &mut out, &email),
         SubscribersCommand::Remove { email } => run_remove(&conn, &mut out, &email),
         SubscribersCommand::Unsubscribe { email } => {
             run_set_status(&conn, &mut out, &email, SubscriberStatus::Unsubscribed)
@@ -163,11 +195,13 @@ pub fn run(cmd: SubscribersCommand, config: &Config) -> anyhow::Result<()> {
             dry_run,
             skip_invalid,
             resubscribe,
+            allow_erased,
         } => {
             let options = ImportOptions {
                 dry_run,
                 skip_invalid,
                 resubscribe,
+                allow_erased,
             };
             run_import(&mut conn, &mut out, &file, options)
         }
@@ -205,6 +239,8 @@ fn open_for(cmd: &SubscribersCommand, config: &Config) -> anyhow::Result<Connect
             conn
         }
         SubscribersCommand::Remove { .. }
+        | SubscribersCommand::Erase { .. }
+        | SubscribersCommand::Show { .. }
         | SubscribersCommand::Unsubscribe { .. }
         | SubscribersCommand::Resubscribe { .. } => store::open(&path)?,
         SubscribersCommand::List { .. }
@@ -297,6 +333,65 @@ fn run_add(
                 s.email, s.status
             )?;
         }
+    }
+    Ok(())
+}
+
+/// `subscribers add` of an erased address: refused, naming it and the reason, unless the
+/// operator passed `--allow-erased` (then the erasure record goes: the reader is back).
+fn refuse_erased(conn: &Connection, email: &str, allow: bool) -> anyhow::Result<()> {
+    let parsed = parse_email(email)?;
+    match store::privacy::is_erased(conn, &parsed)? {
+        Some(erased) if !allow => {
+            Err(UserError::new(store::privacy::refusal(parsed.as_str(), &erased)).into())
+        }
+        Some(_) => Ok(store::privacy::forget_erasure(conn, &parsed)?),
+        None => Ok(()),
+    }
+}
+
+fn run_show(conn: &Connection, out: &mut impl Write, email: &str) -> anyhow::Result<()> {
+    let parsed = parse_email(email)?;
+    let Some(record) = store::privacy::show(conn, &parsed)? else {
+        if let Some(erased) = store::privacy::is_erased(conn, &parsed)? {
+            return Err(UserError::new(format!(
+                "no subscriber has the address {parsed}; it was erased on {} and only a salted hash of it is kept",
+                erased.at.format("%Y-%m-%d")
+            ))
+            .into());
+        }
+        return Err(not_listed(&parsed));
+    };
+    serde_json::to_writer_pretty(&mut *out, &record)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn run_erase(conn: &Connection, out: &mut impl Write, email: &str) -> anyhow::Result<()> {
+    let erased = store::privacy::erase(conn, email, store::privacy::Reason::Request).map_err(
+        |e| match e {
+            store::privacy::EraseError::BadAddress { .. } => {
+                anyhow::Error::from(UserError::new(e.to_string()))
+            }
+            other => other.into(),
+        },
+    )?;
+    match erased.subscriber {
+        Some(_) => writeln!(
+            out,
+            "erased {email}: the subscriber, {} deliver{} and {} event{}; issue totals are unchanged, and the address will be refused by import, signup and add",
+            erased.deliveries,
+            if erased.deliveries == 1 { "y" } else { "ies" },
+            erased.events,
+            if erased.events == 1 { "" } else { "s" },
+        )?,
+        None if erased.already_erased => {
+            writeln!(out, "{email} was already erased; nothing changed")?
+        }
+        None => writeln!(
+            out,
+            "{email} is not on the list; recorded as erased so import, signup and add refuse it"
+        )?,
     }
     Ok(())
 }

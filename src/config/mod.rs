@@ -1,6 +1,7 @@
 //! The operator's configuration file (`config/newsletter.yaml`): parsed strictly, with
 //! relative paths resolved against the file's own folder so the binary can run from anywhere.
 
+pub mod retention;
 pub mod schedule;
 pub mod signup;
 
@@ -68,6 +69,8 @@ struct RawConfig {
     signup: RawSignup,
     #[serde(default)]
     site: Option<RawSite>,
+    #[serde(default)]
+    retention: retention::RawRetention,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +257,8 @@ pub struct Config {
     /// changing content rebuild it, and the web endpoint serves it.
     pub site_out_dir: Option<PathBuf>,
     pub signup: SignupConfig,
+    /// How long history is kept (`retention:`, docs/operations.md).
+    pub retention: retention::RetentionConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -364,6 +369,8 @@ impl Config {
             .map_err(|(field, reason)| check.invalid(field, reason))?;
         let signup = SignupConfig::from_raw(raw.signup, |f, r| check.invalid(f, r))?;
         let smtp_password_file = raw.smtp.password_file.as_deref().map(|p| check.resolve(p));
+        let retention =
+            retention::RetentionConfig::from_raw(raw.retention, |f, r| check.invalid(f, r))?;
         Ok(Config {
             path: path.to_owned(),
             newsletter: check.newsletter(raw.newsletter)?,
@@ -386,6 +393,7 @@ impl Config {
             inbound,
             site_out_dir: raw.site.map(|s| check.resolve(&s.out_dir)),
             signup,
+            retention,
         })
     }
 

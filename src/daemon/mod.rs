@@ -3,6 +3,8 @@
 //! refuses stale ones. The ledger keys issues by slot, so restarts, a second process or a
 //! hand-run `send` can never produce a second issue for a slot.
 
+pub mod maintenance;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -259,6 +261,9 @@ pub async fn run(
         seen
     });
     let mut awaited: Option<DateTime<Utc>> = None;
+    // The daily retention pass and whole-file check; a failed look-up tries again in an hour.
+    let mut maintenance_due =
+        maintenance::due_at(config).unwrap_or_else(|_| Utc::now() + chrono::Duration::hours(1));
     let mut warned: HashSet<DateTime<Utc>> = HashSet::new();
     if let Some(next) = schedule.next_after(Utc::now()) {
         info!(next_slot = %describe(schedule, next), "daemon started");
@@ -300,6 +305,21 @@ pub async fn run(
             SlotDecision::Nothing => {}
         }
 
+        if Utc::now() >= maintenance_due && !daemon.stopped() {
+            let pass_config = config.clone();
+            let pass =
+                tokio::task::spawn_blocking(move || maintenance::run_pass(&pass_config)).await;
+            let in_an_hour = Utc::now() + chrono::Duration::hours(1);
+            maintenance_due = match pass {
+                Ok(Ok(())) => maintenance::due_at(config).unwrap_or(in_an_hour),
+                Ok(Err(e)) => {
+                    error!(error = %format!("{e:#}"), "the maintenance pass failed; trying again in an hour");
+                    in_an_hour
+                }
+                Err(_) => in_an_hour,
+            };
+        }
+
         if let Some(seen) = &mut content_seen {
             let now_seen = crate::site::content_fingerprint(config);
             if now_seen != *seen {
@@ -324,6 +344,7 @@ pub async fn run(
         if let Some(retry) = daemon.retry_after {
             wake = wake.min(retry);
         }
+        wake = wake.min(maintenance_due);
         let longest = if content_seen.is_some() {
             CONTENT_POLL
         } else {

@@ -31,6 +31,9 @@ pub struct ImportOptions {
     pub skip_invalid: bool,
     /// Let a row that says `active` reactivate an unsubscribed or bounced subscriber.
     pub resubscribe: bool,
+    /// Admit addresses erased at the reader's request (`store::privacy`); otherwise each
+    /// is a rejected row naming the address.
+    pub allow_erased: bool,
 }
 
 /// What an import did (or, for a dry run or a refused import, would have done).
@@ -303,6 +306,10 @@ fn import_rows<R: Read>(
     let mut summary = ImportSummary::default();
     {
         let mut rows = RowWriter::prepare(&tx, options.resubscribe)?;
+        let erased = !options.allow_erased
+            && tx.query_row("SELECT EXISTS (SELECT 1 FROM erased_addresses)", [], |r| {
+                r.get::<_, bool>(0)
+            })?;
         let mut record = csv::ByteRecord::new();
         while reader.read_byte_record(&mut record)? {
             let line = record.position().map_or(0, |p| p.line());
@@ -317,6 +324,13 @@ fn import_rows<R: Read>(
                     continue;
                 }
             };
+            if erased {
+                if let Some(e) = store::privacy::is_erased(&tx, &row.email)? {
+                    summary.rejected += 1;
+                    on_reject(line, &store::privacy::refusal(row.email.as_str(), &e));
+                    continue;
+                }
+            }
             match rows.apply(&row, line)? {
                 Applied::Added => summary.added += 1,
                 Applied::Existing {

@@ -241,16 +241,22 @@ pub fn latest_sent_issue(
     .query_row([subscriber_id], |r| r.get(0))
 }
 
-/// True when the issue was delivered (or attempted) to the subscriber.
+/// True when the issue was delivered (or attempted) to the subscriber. For an issue whose
+/// rows were compacted (`store::retention`) that can no longer be looked up, so a listed
+/// subscriber counts: the caller holds signed evidence (a VERP tag or a signed Message-ID)
+/// naming this issue and subscriber, which only a real delivery carries.
 pub fn has_delivery(
     conn: &Connection,
     issue: IssueNumber,
     subscriber_id: SubscriberId,
 ) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM deliveries WHERE issue = ? AND subscriber_id = ?")?
-        .query_row(params![issue, subscriber_id], |_| Ok(()))
-        .optional()
-        .map(|r| r.is_some())
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE issue = ?1 AND subscriber_id = ?2)
+             OR (EXISTS (SELECT 1 FROM issue_totals
+                         WHERE issue = ?1 AND compacted_at IS NOT NULL)
+                 AND EXISTS (SELECT 1 FROM subscribers WHERE id = ?2))",
+    )?
+    .query_row(params![issue, subscriber_id], |r| r.get(0))
 }
 
 /// Marks an inbound message as handled; false when it already was (nothing to do).
@@ -284,11 +290,13 @@ pub struct IssueEvents {
     pub one_click: u64,
     pub page: u64,
     pub mailto: u64,
+    /// Unsubscribes by any other channel (a relay's webhook, the API).
+    pub other_unsubscribes: u64,
 }
 
 impl IssueEvents {
     pub fn unsubscribes(&self) -> u64 {
-        self.one_click + self.page + self.mailto
+        self.one_click + self.page + self.mailto + self.other_unsubscribes
     }
 
     pub fn bounces(&self) -> u64 {
@@ -297,43 +305,29 @@ impl IssueEvents {
 }
 
 /// Counts subscribers, not events: a reader who bounced twice on one issue counts once.
+/// Read from the issue's totals (migration 10), which outlive its per-recipient rows.
 pub fn issue_events(conn: &Connection, issue: IssueNumber) -> rusqlite::Result<IssueEvents> {
-    let (delivered, attempted) = conn
-        .prepare_cached(
-            "SELECT count(*) FILTER (WHERE state = 'sent'),
-                    count(*) FILTER (WHERE state IN ('sent', 'failed'))
-             FROM deliveries WHERE issue = ?",
-        )?
-        .query_row([issue], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
-    let mut counts = IssueEvents {
-        delivered: delivered as u64,
-        attempted: attempted as u64,
-        ..IssueEvents::default()
-    };
-    let mut stmt = conn.prepare_cached(
-        "SELECT kind, coalesce(channel, ''), count(DISTINCT subscriber_id) FROM events
-         WHERE issue = ? GROUP BY kind, channel",
-    )?;
-    let rows = stmt.query_map([issue], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)? as u64,
-        ))
-    })?;
-    for row in rows {
-        let (kind, channel, n) = row?;
-        match (kind.as_str(), channel.as_str()) {
-            ("hard_bounce", _) => counts.hard_bounces += n,
-            ("soft_bounce", _) => counts.soft_bounces += n,
-            ("complaint", _) => counts.complaints += n,
-            ("unsubscribe", "one-click") => counts.one_click += n,
-            ("unsubscribe", "page") => counts.page += n,
-            ("unsubscribe", "mailto") => counts.mailto += n,
-            _ => {}
-        }
-    }
-    Ok(counts)
+    conn.prepare_cached(
+        "SELECT sent, sent + failed_permanent + failed_temporary, hard_bounces, soft_bounces,
+                complaints, unsub_one_click, unsub_page, unsub_mailto, unsub_other
+         FROM issue_totals WHERE issue = ?",
+    )?
+    .query_row([issue], |r| {
+        let n = |i: usize| r.get::<_, i64>(i).map(|n| n.max(0) as u64);
+        Ok(IssueEvents {
+            delivered: n(0)?,
+            attempted: n(1)?,
+            hard_bounces: n(2)?,
+            soft_bounces: n(3)?,
+            complaints: n(4)?,
+            one_click: n(5)?,
+            page: n(6)?,
+            mailto: n(7)?,
+            other_unsubscribes: n(8)?,
+        })
+    })
+    .optional()
+    .map(Option::unwrap_or_default)
 }
 
 /// Why and when a subscriber last bounced, for `subscribers list --status bounced`.

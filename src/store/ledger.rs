@@ -331,42 +331,41 @@ pub fn set_issue_state(
 }
 
 pub fn delivery_counts(conn: &Connection, number: IssueNumber) -> rusqlite::Result<DeliveryCounts> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT state, failure IS 'temporary', attempts = 0, count(*) FROM deliveries WHERE issue = ?
-         GROUP BY state, failure IS 'temporary', attempts = 0",
-    )?;
-    let mut counts = DeliveryCounts::default();
-    let rows = stmt.query_map([number], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, bool>(1)?,
-            r.get::<_, bool>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (state, temporary, untried, n) = row?;
-        let n = n as u64;
-        match state.as_str() {
-            "pending" => {
-                counts.pending += n;
-                if untried {
-                    counts.untried += n;
-                }
-            }
-            "sending" => counts.sending += n,
-            "sent" => counts.sent += n,
-            "failed" => {
-                counts.failed += n;
-                if temporary {
-                    counts.failed_temporarily += n;
-                }
-            }
-            "skipped" => counts.skipped += n,
-            _ => {}
-        }
-    }
-    Ok(counts)
+    // Kept by triggers on `deliveries` (migration 10) in the transaction of each change,
+    // so this is one row, however many readers the issue had or whether its rows remain.
+    conn.prepare_cached(
+        "SELECT pending, untried, sending, sent, failed_permanent, failed_temporary, skipped
+         FROM issue_totals WHERE issue = ?",
+    )?
+    .query_row([number], |r| {
+        let n = |i: usize| r.get::<_, i64>(i).map(|n| n.max(0) as u64);
+        Ok(DeliveryCounts {
+            pending: n(0)?,
+            untried: n(1)?,
+            sending: n(2)?,
+            sent: n(3)?,
+            failed: n(4)? + n(5)?,
+            failed_temporarily: n(5)?,
+            skipped: n(6)?,
+        })
+    })
+    .optional()
+    .map(Option::unwrap_or_default)
+}
+
+/// When the issue's per-recipient rows were folded into its totals and deleted (see
+/// `store::retention`), if they were.
+pub fn compacted_at(
+    conn: &Connection,
+    number: IssueNumber,
+) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    conn.prepare_cached("SELECT compacted_at FROM issue_totals WHERE issue = ?")?
+        .query_row([number], |r| r.get::<_, Option<i64>>(0))
+        .optional()
+        .map(|t| {
+            t.flatten()
+                .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
+        })
 }
 
 /// Deliveries left `sending` by a process that died mid-transaction go back to pending:
@@ -509,6 +508,13 @@ pub enum Outcome {
     Skipped,
 }
 
+/// The reply a `sent` row keeps: none for a plain 250 (`250 2.0.0 Ok: queued as …` says
+/// nothing the state does not), the text for anything else a server accepted with.
+fn kept_reply(reply: &str) -> Option<&str> {
+    let plain = reply == "250" || reply.starts_with("250 ") || reply.starts_with("250-");
+    (!plain).then_some(reply)
+}
+
 /// Opens a group of delivery updates (the ledger writer's group commit): takes the write
 /// lock at once, so the group never fails half-way on "database is locked".
 pub fn begin_group(conn: &Connection) -> rusqlite::Result<()> {
@@ -553,7 +559,12 @@ pub fn record_outcome(
                 "UPDATE deliveries SET state = 'sent', failure = NULL, last_reply = ?, sent_at = ?
                  WHERE issue = ? AND subscriber_id = ?",
             )?
-            .execute(params![reply, ts(Utc::now()), number, subscriber_id])?,
+            .execute(params![
+                kept_reply(reply),
+                Utc::now().timestamp(),
+                number,
+                subscriber_id
+            ])?,
         Outcome::Retry { reply, retry_at_ms } => conn
             .prepare_cached(
                 "UPDATE deliveries SET

@@ -15,7 +15,9 @@ pub mod health;
 pub mod ids;
 pub mod ledger;
 pub mod lock;
+pub mod privacy;
 pub mod rekey;
+pub mod retention;
 pub mod secret;
 pub mod signup;
 pub mod subscribers;
@@ -68,6 +70,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/007_settings.sql"),
     MAILBOX_KEYS,
     include_str!("migrations/009_event_sources.sql"),
+    include_str!("migrations/010_history.sql"),
 ];
 
 /// The schema version this binary creates and understands.
@@ -310,9 +313,17 @@ pub fn empty_in_memory() -> Result<Connection, DbError> {
 }
 
 fn open_file(path: &Path, flags: OpenFlags) -> Result<Connection, DbError> {
+    let creating = flags.contains(OpenFlags::SQLITE_OPEN_CREATE);
     let flags = flags | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| health::classify(path, e))?;
     configure(&conn).map_err(|e| health::classify(path, e))?;
+    if creating {
+        // Only possible before the file has a header (so before WAL is switched on):
+        // pages freed by compaction can then go back to the file system
+        // (`PRAGMA incremental_vacuum`) instead of only being reused.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(|e| health::classify(path, e))?;
+    }
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(|e| health::classify(path, e))?;

@@ -52,6 +52,14 @@ pub fn request_signup(
         let stamp = store::timestamp(now);
         let name = req.name.map(SubscriberName::as_str);
         let subscriber_id = match find(conn, req.email)? {
+            None if store::privacy::is_erased(conn, req.email)?.is_some() => {
+                // The reader asked to be forgotten; the form answers as always, mails
+                // nothing, and the log names no address.
+                tracing::info!(
+                    "signup refused: the address was erased at the reader's request                      (`verdicts subscribers add --allow-erased` re-admits it)"
+                );
+                return Ok(SignupOutcome::Refused);
+            }
             None => {
                 conn.prepare_cached(
                     "INSERT INTO subscribers (email, email_norm, name, status, source, created_at,

@@ -24,6 +24,7 @@ mod endpoint;
 mod faults;
 mod first_day;
 mod hardening;
+mod history;
 mod hostile_content;
 mod hostile_inbound;
 mod hostile_web;

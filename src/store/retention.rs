@@ -1,0 +1,317 @@
+//! Retention: an issue's per-recipient rows are kept for `retention.deliveries` and then
+//! deleted, its counts living on in `issue_totals` (kept by triggers since migration 10, so
+//! deleting a finished row changes no number); events older than `retention.events` go the
+//! same way; readers who left are erased after `retention.unsubscribed` when it is set.
+//! Everything is deleted in small batches, each its own short write transaction, with a
+//! pause between them so a send's ledger writer or a one-click unsubscribe waiting for the
+//! lock gets it at once. Freed pages are handed back with `PRAGMA incremental_vacuum`.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection};
+
+use crate::store::{self, privacy, IssueNumber};
+
+/// Rows deleted per write transaction: a few milliseconds of work on a slow disk.
+pub const BATCH: i64 = 2_000;
+/// Pages returned to the file system per write transaction.
+const VACUUM_PAGES: i64 = 2_048;
+/// The pause between two batches, longer than SQLite's first busy-handler naps, so a
+/// waiting writer takes its turn.
+const YIELD: Duration = Duration::from_millis(15);
+
+/// What to keep, resolved against a clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Issues whose slot is before this have their delivery rows folded.
+    pub deliveries_before: DateTime<Utc>,
+    /// Events recorded before this are deleted.
+    pub events_before: DateTime<Utc>,
+    /// Unsubscribed and bounced readers who left before this are erased.
+    pub erase_left_before: Option<DateTime<Utc>>,
+}
+
+impl Policy {
+    pub fn at(now: DateTime<Utc>, config: &crate::config::retention::RetentionConfig) -> Policy {
+        // A window longer than the calendar reaches keeps everything.
+        let back = |d: Duration| {
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| now.checked_sub_signed(d))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        };
+        Policy {
+            deliveries_before: back(config.deliveries),
+            events_before: back(config.events),
+            erase_left_before: config.unsubscribed.map(back),
+        }
+    }
+}
+
+/// One issue whose rows were (or would be) folded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoldedIssue {
+    pub number: IssueNumber,
+    pub rows: u64,
+}
+
+/// What a compaction did, or would do for a dry run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub issues: Vec<FoldedIssue>,
+    pub events: u64,
+    pub erased: u64,
+    /// Bytes handed back to the file system by the incremental vacuum.
+    pub bytes_returned: u64,
+    /// Bytes of free pages left inside the file (reused by new rows), when the file
+    /// predates incremental vacuum.
+    pub bytes_free: u64,
+    /// The file's size (without its WAL) after the run.
+    pub file_bytes: u64,
+    /// Whether the file returns freed pages (`auto_vacuum = INCREMENTAL`).
+    pub incremental: bool,
+    /// The longest single write transaction.
+    pub longest_lock: Duration,
+}
+
+/// Finished issues past the window whose rows are (still) there: a run killed half-way is
+/// picked up where it stopped.
+fn due_issues(conn: &Connection, before: DateTime<Utc>) -> rusqlite::Result<Vec<IssueNumber>> {
+    conn.prepare(
+        "SELECT number FROM issues
+         WHERE slot < ?1 AND state IN ('complete', 'skipped')
+           AND EXISTS (SELECT 1 FROM deliveries WHERE issue = issues.number)
+         ORDER BY number",
+    )?
+    .query_map([store::timestamp(before)], |r| r.get(0))?
+    .collect()
+}
+
+/// Finished issues past the window, rows or not, never marked compacted.
+fn unmarked_issues(conn: &Connection, before: DateTime<Utc>) -> rusqlite::Result<Vec<IssueNumber>> {
+    conn.prepare(
+        "SELECT i.number FROM issues i JOIN issue_totals t ON t.issue = i.number
+         WHERE i.slot < ?1 AND i.state IN ('complete', 'skipped') AND t.compacted_at IS NULL
+         ORDER BY i.number",
+    )?
+    .query_map([store::timestamp(before)], |r| r.get(0))?
+    .collect()
+}
+
+fn page_bytes(conn: &Connection, pragma: &str) -> rusqlite::Result<u64> {
+    let pages: i64 = conn.pragma_query_value(None, pragma, |r| r.get(0))?;
+    let size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    Ok((pages * size) as u64)
+}
+
+/// Runs one short write transaction, timing how long it held the lock.
+fn batch<T>(
+    conn: &Connection,
+    longest: &mut Duration,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let started = Instant::now();
+    let value = store::in_write_transaction(conn, f)?;
+    *longest = (*longest).max(started.elapsed());
+    std::thread::sleep(YIELD);
+    Ok(value)
+}
+
+/// Folds and deletes what `policy` says is past its window. With `dry_run`, only counts.
+pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::Result<Report> {
+    let mut report = Report {
+        incremental: conn.pragma_query_value(None, "auto_vacuum", |r| r.get::<_, i64>(0))? == 2,
+        ..Report::default()
+    };
+    let mut longest = Duration::ZERO;
+
+    for number in unmarked_issues(conn, policy.deliveries_before)? {
+        let rows: i64 = conn.query_row(
+            "SELECT count(*) FROM deliveries WHERE issue = ?",
+            [number],
+            |r| r.get(0),
+        )?;
+        report.issues.push(FoldedIssue {
+            number,
+            rows: rows as u64,
+        });
+        if dry_run {
+            continue;
+        }
+        // Marked first: from here on `issues show` says the detail is gone and `issues
+        // retry` refuses, even while the rows are still being deleted.
+        batch(conn, &mut longest, |tx| {
+            tx.execute(
+                "UPDATE issue_totals SET compacted_at = ?1 WHERE issue = ?2 AND compacted_at IS NULL",
+                params![Utc::now().timestamp(), number],
+            )
+        })?;
+    }
+    if !dry_run {
+        for number in due_issues(conn, policy.deliveries_before)? {
+            if !report.issues.iter().any(|f| f.number == number) {
+                // Left behind by a run that was killed: its count was reported then.
+                report.issues.push(FoldedIssue { number, rows: 0 });
+            }
+            loop {
+                let deleted = batch(conn, &mut longest, |tx| {
+                    tx.prepare_cached(
+                        "DELETE FROM deliveries WHERE issue = ?1 AND subscriber_id IN (
+                             SELECT subscriber_id FROM deliveries
+                             WHERE issue = ?1 AND state IN ('sent', 'failed', 'skipped')
+                               AND EXISTS (SELECT 1 FROM issues WHERE number = ?1
+                                           AND state IN ('complete', 'skipped'))
+                             LIMIT ?2)",
+                    )?
+                    .execute(params![number, BATCH])
+                })?;
+                if deleted == 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    let events_before = store::timestamp(policy.events_before);
+    if dry_run {
+        report.events = conn.query_row(
+            "SELECT count(*) FROM events WHERE at < ?",
+            [&events_before],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+    } else {
+        loop {
+            let deleted = batch(conn, &mut longest, |tx| {
+                tx.prepare_cached(
+                    "DELETE FROM events WHERE id IN (
+                         SELECT id FROM events WHERE at < ? ORDER BY id LIMIT ?)",
+                )?
+                .execute(params![events_before, BATCH])
+            })?;
+            report.events += deleted as u64;
+            if deleted == 0 {
+                break;
+            }
+        }
+    }
+
+    if let Some(before) = policy.erase_left_before {
+        let left = privacy::left_before(conn, before)?;
+        report.erased = left.len() as u64;
+        if !dry_run {
+            for email in left {
+                batch(conn, &mut longest, |tx| {
+                    privacy::erase(tx, &email, privacy::Reason::Retention).map_err(|e| match e {
+                        privacy::EraseError::Store(e) => e,
+                        other => rusqlite::Error::ToSqlConversionFailure(Box::new(other)),
+                    })
+                })?;
+            }
+        }
+    }
+
+    if !dry_run && report.incremental {
+        loop {
+            let free = page_bytes(conn, "freelist_count")?;
+            if free == 0 {
+                break;
+            }
+            let before = page_bytes(conn, "page_count")?;
+            batch(conn, &mut longest, |tx| {
+                tx.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))
+            })?;
+            let after = page_bytes(conn, "page_count")?;
+            report.bytes_returned += before.saturating_sub(after);
+            if after >= before {
+                break;
+            }
+        }
+    }
+    report.bytes_free = page_bytes(conn, "freelist_count")?;
+    report.file_bytes = page_bytes(conn, "page_count")?;
+    report.longest_lock = longest;
+    Ok(report)
+}
+
+/// Switches a file made before incremental vacuum to it, with one full `VACUUM` (which
+/// rewrites the file and holds the write lock throughout: for a quiet hour).
+pub fn enable_incremental_vacuum(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    conn.execute_batch("VACUUM")
+}
+
+const LAST_PASS: &str = "maintenance_last_pass";
+
+/// When the daemon's last maintenance pass ended.
+pub fn last_pass(conn: &Connection) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    use rusqlite::OptionalExtension;
+    let value: Option<String> = conn
+        .query_row(
+            "SELECT value FROM settings WHERE name = ?",
+            [LAST_PASS],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(value.as_deref().and_then(store::parse_timestamp))
+}
+
+pub fn record_pass(conn: &Connection, at: DateTime<Utc>) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO settings (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        params![LAST_PASS, store::timestamp(at)],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::subscribers::{add, set_status, SubscriberSource, SubscriberStatus};
+    use crate::store::testing::{email, store};
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn readers_who_left_before_the_window_are_erased_and_the_rest_stay() {
+        let (_dir, conn) = store();
+        for who in ["left@example.com", "stays@example.com"] {
+            add(&conn, &email(who), None, SubscriberSource::Cli).unwrap();
+        }
+        set_status(
+            &conn,
+            &email("left@example.com"),
+            SubscriberStatus::Unsubscribed,
+        )
+        .unwrap();
+        let now = Utc::now();
+        let policy = Policy {
+            deliveries_before: utc("2000-01-01T00:00:00Z"),
+            events_before: utc("2000-01-01T00:00:00Z"),
+            erase_left_before: Some(now + chrono::Duration::seconds(5)),
+        };
+        let dry = compact(&conn, &policy, true).unwrap();
+        assert_eq!(dry.erased, 1);
+        assert!(privacy::is_erased(&conn, &email("left@example.com"))
+            .unwrap()
+            .is_none());
+        let done = compact(&conn, &policy, false).unwrap();
+        assert_eq!(done.erased, 1);
+        assert!(done.incremental, "new files return freed pages");
+        let erased = privacy::is_erased(&conn, &email("left@example.com"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(erased.reason, "retention");
+        let left: Vec<String> = conn
+            .prepare("SELECT email FROM subscribers")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(left, ["stays@example.com"]);
+    }
+}
