@@ -57,12 +57,18 @@ fn print_readers(e: &IssueEvents) {
         100.0 * complaint_rate
     );
     println!(
-        "Unsubscribes: {} ({:.2}%): {} one-click, {} page, {} mailto",
+        "Unsubscribes: {} ({:.2}%): {} one-click, {} page, {} mailto{}",
         e.unsubscribes(),
         100.0 * percent(e.unsubscribes(), e.delivered),
         e.one_click,
         e.page,
-        e.mailto
+        e.mailto,
+        // Only relays with webhooks report their own unsubscribes.
+        if e.relay > 0 {
+            format!(", {} at the relay", e.relay)
+        } else {
+            String::new()
+        }
     );
     if complaint_rate > COMPLAINT_WARNING {
         println!(

@@ -1,6 +1,7 @@
 //! The operator's configuration file (`config/newsletter.yaml`): parsed strictly, with
 //! relative paths resolved against the file's own folder so the binary can run from anywhere.
 
+pub mod provider_webhooks;
 pub mod schedule;
 pub mod signup;
 
@@ -68,6 +69,8 @@ struct RawConfig {
     signup: RawSignup,
     #[serde(default)]
     site: Option<RawSite>,
+    #[serde(default)]
+    provider_webhooks: provider_webhooks::RawProviderWebhooks,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +257,8 @@ pub struct Config {
     /// changing content rebuild it, and the web endpoint serves it.
     pub site_out_dir: Option<PathBuf>,
     pub signup: SignupConfig,
+    /// The relays' event webhooks the web process accepts (`provider_webhooks:`).
+    pub provider_webhooks: provider_webhooks::ProviderWebhooksConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -364,6 +369,11 @@ impl Config {
             .map_err(|(field, reason)| check.invalid(field, reason))?;
         let signup = SignupConfig::from_raw(raw.signup, |f, r| check.invalid(f, r))?;
         let smtp_password_file = raw.smtp.password_file.as_deref().map(|p| check.resolve(p));
+        let provider_webhooks = provider_webhooks::ProviderWebhooksConfig::from_raw(
+            raw.provider_webhooks,
+            |p| check.resolve(p),
+            |f, r| check.invalid(f, r),
+        )?;
         Ok(Config {
             path: path.to_owned(),
             newsletter: check.newsletter(raw.newsletter)?,
@@ -386,6 +396,7 @@ impl Config {
             inbound,
             site_out_dir: raw.site.map(|s| check.resolve(&s.out_dir)),
             signup,
+            provider_webhooks,
         })
     }
 

@@ -25,6 +25,8 @@ pub enum Channel {
     Page,
     /// A message to the List-Unsubscribe mailto address.
     Mailto,
+    /// The relay's own unsubscribe link or suppression, reported by its webhook.
+    Relay,
 }
 
 impl Channel {
@@ -33,6 +35,7 @@ impl Channel {
             Channel::OneClick => "one-click",
             Channel::Page => "page",
             Channel::Mailto => "mailto",
+            Channel::Relay => "relay",
         }
     }
 }
@@ -54,6 +57,8 @@ pub enum Source {
     Smtp,
     Inbound,
     Web,
+    /// A relay's signed event webhook.
+    Webhook,
 }
 
 impl Source {
@@ -62,6 +67,7 @@ impl Source {
             Source::Smtp => "smtp",
             Source::Inbound => "inbound",
             Source::Web => "web",
+            Source::Webhook => "webhook",
         }
     }
 }
@@ -284,11 +290,13 @@ pub struct IssueEvents {
     pub one_click: u64,
     pub page: u64,
     pub mailto: u64,
+    /// Unsubscribes the relay reported (its own link or suppression list).
+    pub relay: u64,
 }
 
 impl IssueEvents {
     pub fn unsubscribes(&self) -> u64 {
-        self.one_click + self.page + self.mailto
+        self.one_click + self.page + self.mailto + self.relay
     }
 
     pub fn bounces(&self) -> u64 {
@@ -330,6 +338,7 @@ pub fn issue_events(conn: &Connection, issue: IssueNumber) -> rusqlite::Result<I
             ("unsubscribe", "one-click") => counts.one_click += n,
             ("unsubscribe", "page") => counts.page += n,
             ("unsubscribe", "mailto") => counts.mailto += n,
+            ("unsubscribe", "relay") => counts.relay += n,
             _ => {}
         }
     }

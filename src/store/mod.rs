@@ -15,6 +15,7 @@ pub mod health;
 pub mod ids;
 pub mod ledger;
 pub mod lock;
+pub mod provider_webhooks;
 pub mod rekey;
 pub mod secret;
 pub mod signup;
@@ -68,6 +69,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/007_settings.sql"),
     MAILBOX_KEYS,
     include_str!("migrations/009_event_sources.sql"),
+    include_str!("migrations/011_provider_webhooks.sql"),
 ];
 
 /// The schema version this binary creates and understands.
