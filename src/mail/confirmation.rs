@@ -162,6 +162,10 @@ impl ConfirmationMail<'_> {
             .subject(format!("Confirm your subscription to {}", newsletter.name))
             .date_now()
             .message_id(Some(self.message_id(newsletter)))
+            .raw_header(lettre::message::header::HeaderValue::new(
+                lettre::message::header::HeaderName::new_from_ascii_str("Feedback-ID"),
+                crate::mail::message::feedback_id("signup", newsletter),
+            ))
             .multipart(MultiPart::alternative_plain_html(text, html))
             .map_err(|source| MessageError::Build {
                 recipient: self.email.to_string(),
