@@ -374,6 +374,15 @@ impl Config {
             |p| check.resolve(p),
             |f, r| check.invalid(f, r),
         )?;
+        if provider_webhooks.max_body_bytes > raw.web.max_body_bytes {
+            return Err(check.invalid(
+                "provider_webhooks.max_body_bytes",
+                format!(
+                    "{} is over web.max_body_bytes ({}), which the endpoint refuses first",
+                    provider_webhooks.max_body_bytes, raw.web.max_body_bytes
+                ),
+            ));
+        }
         Ok(Config {
             path: path.to_owned(),
             newsletter: check.newsletter(raw.newsletter)?,
