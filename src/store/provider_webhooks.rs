@@ -40,6 +40,41 @@ pub fn token_taken(conn: &Connection, provider: &str, token: &str) -> rusqlite::
         .map(|r| r.is_some())
 }
 
+/// The id a hosted relay gives the message in its 250 reply to DATA, when the reply has one
+/// of the known shapes: Amazon SES's `250 Ok <message id>`, and `… queued as <id>` with an id
+/// long enough to be a relay's (SendGrid's X-Message-Id; a local Postfix queue id is
+/// shorter and names nothing a webhook reports).
+pub fn relay_id_in_reply(reply: &str) -> Option<&str> {
+    static SES: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?i)^250 (?:2\.\d{1,3}\.\d{1,3} )?ok:? ([0-9a-f]{16}-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-[0-9a-f]{6})\s*$",
+        )
+        .expect("valid regex")
+    });
+    static QUEUED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(?i)^250 .*queued as <?([A-Za-z0-9_-]{20,64})>?\s*$")
+            .expect("valid regex")
+    });
+    SES.captures(reply)
+        .or_else(|| QUEUED.captures(reply))
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str())
+}
+
+/// Records the relay's id for a delivery the relay accepted with `reply`, when the reply
+/// carries one. Runs in the ledger writer's transaction.
+pub fn record_reply_id(
+    conn: &Connection,
+    reply: &str,
+    issue: IssueNumber,
+    subscriber_id: SubscriberId,
+) -> rusqlite::Result<()> {
+    match relay_id_in_reply(reply) {
+        Some(id) => record_relay_message_id(conn, id, issue, subscriber_id),
+        None => Ok(()),
+    }
+}
+
 /// Records the id a relay gave one delivery (the first record of an id wins).
 pub fn record_relay_message_id(
     conn: &Connection,
@@ -74,6 +109,26 @@ pub fn delivery_for_relay_id(
 mod tests {
     use super::*;
     use crate::store::testing::store;
+
+    #[test]
+    fn relay_ids_are_read_from_known_replies_only() {
+        assert_eq!(
+            relay_id_in_reply(
+                "250 Ok 0100018c6f3e0f11-5d2a9b7c-1e2f-4a3b-9c8d-7e6f5a4b3c2d-000000"
+            ),
+            Some("0100018c6f3e0f11-5d2a9b7c-1e2f-4a3b-9c8d-7e6f5a4b3c2d-000000")
+        );
+        assert_eq!(
+            relay_id_in_reply("250 Ok: queued as jQ8cRAuoQ0e_3XbNsBpVOA"),
+            Some("jQ8cRAuoQ0e_3XbNsBpVOA")
+        );
+        assert_eq!(
+            relay_id_in_reply("250 2.0.0 Ok: queued as 4Y3X0m1Gk5z9v"),
+            None
+        );
+        assert_eq!(relay_id_in_reply("250 Great success"), None);
+        assert_eq!(relay_id_in_reply("250 2.0.0 Ok"), None);
+    }
 
     #[test]
     fn a_token_is_taken_once() {

@@ -36,7 +36,16 @@ fn reader(i: usize) -> String {
 
 impl Hooked {
     fn start(section: &str, env: &[(&str, &str)]) -> Hooked {
-        let smtp = TestSmtp::start();
+        Self::start_with(section, env, crate::smtp::Behaviour::default())
+    }
+
+    /// The same, with the test SMTP server behaving as `behaviour` says.
+    fn start_with(
+        section: &str,
+        env: &[(&str, &str)],
+        behaviour: crate::smtp::Behaviour,
+    ) -> Hooked {
+        let smtp = TestSmtp::start_with(behaviour);
         let site = TempSite::with_bundled_content();
         site.configure(
             &TestConfig::default()
@@ -876,6 +885,10 @@ fn ses_through_sns_confirms_the_subscription_and_applies_signed_notifications_on
         &[
             ("RECIPIENT", &reader(0)),
             ("MESSAGE_ID", hooked.message_id(0)),
+            (
+                "SES_ID",
+                "0100018c6f3e0f11-5d2a9b7c-1e2f-4a3b-9c8d-7e6f5a4b3c2d-000000",
+            ),
         ],
     );
     let fields = notification(
@@ -992,6 +1005,53 @@ fn ses_signature_version_1_is_verified_with_sha1() {
     let (status, _) = hooked.post("ses", &plain, signed.as_bytes());
     assert_eq!(status, 200);
     assert_eq!(hooked.state(), before, "the retry changed something");
+}
+
+/// SES answers each message with its own id (`250 Ok <id>`), and its notifications may
+/// quote only that id and a final recipient that is not the address on the list (an alias
+/// that forwarded): the id recorded at send time still finds the delivery.
+#[test]
+fn ses_events_find_their_delivery_by_the_id_from_the_relays_250_reply() {
+    let sns = FakeSns::start();
+    let relay = crate::smtp::Behaviour::default()
+        .accepted_reply("250 Ok 0100018c6f{n}-5d2a9b7c-1e2f-4a3b-9c8d-7e6f5a4b3c2d-000000");
+    let hooked = Hooked::start_with(&sns.section(), &[], relay);
+    let ses_id: String = hooked
+        .site
+        .db()
+        .query_row(
+            "SELECT r.relay_id FROM relay_message_ids r JOIN subscribers s ON s.id = r.subscriber_id
+             WHERE s.email = ?",
+            [reader(2)],
+            |r| r.get(0),
+        )
+        .expect("the relay's id of reader2's copy was recorded at send time");
+    assert!(ses_id.starts_with("0100018c6f"), "{ses_id}");
+    let bounce = filled(
+        "ses-bounce.json",
+        &[
+            ("RECIPIENT", "forwarded-elsewhere@example.net"),
+            ("MESSAGE_ID", &format!("<{ses_id}@email.amazonses.com>")),
+            ("SES_ID", &ses_id),
+        ],
+    );
+    let signed = sns_message(
+        &notification("e0000000-0005", &bounce, chrono::Utc::now()),
+        2,
+        &sns.signing_key,
+        &sns.cert_url(),
+    )
+    .unwrap();
+    let plain = [("content-type", "text/plain; charset=UTF-8".to_string())];
+    let (status, text) = hooked.post("ses", &plain, signed.as_bytes());
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"applied\":1"), "{text}");
+    assert_eq!(hooked.status(2), "bounced");
+    assert_eq!(hooked.status(0), "active");
+    assert_eq!(
+        hooked.state().events,
+        ["reader2@example.com hard_bounce  webhook issue 1"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
