@@ -255,11 +255,9 @@ pub fn notification_events(sns_id: &str, n: &Value) -> Vec<ProviderEvent> {
         .unwrap_or_default();
     let mail = n.get("mail").cloned().unwrap_or(Value::Null);
     let ses_id = text(&mail, "messageId");
-    // Our Message-ID, from the headers SES includes when asked to.
-    let evidence = mail
-        .get("commonHeaders")
-        .and_then(|h| text(h, "messageId"))
-        .unwrap_or_else(|| mail.to_string());
+    // Our Message-ID, wherever SES quotes it: the original headers (when the identity
+    // includes them) or the common ones.
+    let evidence = mail.to_string();
     let each = |list: Option<&Value>, field: &str| -> Vec<Value> {
         list.and_then(|l| l.get(field))
             .and_then(Value::as_array)
