@@ -371,18 +371,10 @@ impl Config {
         let smtp_password_file = raw.smtp.password_file.as_deref().map(|p| check.resolve(p));
         let provider_webhooks = provider_webhooks::ProviderWebhooksConfig::from_raw(
             raw.provider_webhooks,
+            raw.web.max_body_bytes,
             |p| check.resolve(p),
             |f, r| check.invalid(f, r),
         )?;
-        if provider_webhooks.max_body_bytes > raw.web.max_body_bytes {
-            return Err(check.invalid(
-                "provider_webhooks.max_body_bytes",
-                format!(
-                    "{} is over web.max_body_bytes ({}), which the endpoint refuses first",
-                    provider_webhooks.max_body_bytes, raw.web.max_body_bytes
-                ),
-            ));
-        }
         Ok(Config {
             path: path.to_owned(),
             newsletter: check.newsletter(raw.newsletter)?,

@@ -151,8 +151,11 @@ impl ProviderWebhooksConfig {
             || self.generic_secret_env.is_some()
     }
 
+    /// `web_max_body` is `web.max_body_bytes`: the endpoint refuses a larger body before any
+    /// webhook sees it, so it caps the default and an explicit value over it is an error.
     pub(super) fn from_raw(
         raw: RawProviderWebhooks,
+        web_max_body: usize,
         resolve: impl Fn(&Path) -> PathBuf,
         invalid: impl Fn(&'static str, String) -> super::ConfigError,
     ) -> Result<Self, super::ConfigError> {
@@ -169,8 +172,20 @@ impl ProviderWebhooksConfig {
                 "must be at least one second".into(),
             ));
         }
-        let max_body_bytes = raw.max_body_bytes.unwrap_or(defaults.max_body_bytes);
-        if max_body_bytes < 1024 {
+        let max_body_bytes = match raw.max_body_bytes {
+            None => defaults.max_body_bytes.min(web_max_body),
+            Some(n) if n > web_max_body => {
+                return Err(invalid(
+                    "provider_webhooks.max_body_bytes",
+                    format!(
+                        "{n} is over web.max_body_bytes ({web_max_body}), which the endpoint \
+                         refuses first: raise that too"
+                    ),
+                ))
+            }
+            Some(n) => n,
+        };
+        if raw.max_body_bytes.is_some() && max_body_bytes < 1024 {
             return Err(invalid(
                 "provider_webhooks.max_body_bytes",
                 format!("{max_body_bytes} is too small: a single event takes about a kilobyte"),
@@ -316,6 +331,7 @@ mod tests {
         let raw: RawProviderWebhooks = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
         ProviderWebhooksConfig::from_raw(
             raw,
+            65536,
             |p| p.to_owned(),
             |field, reason| super::super::ConfigError::Invalid {
                 path: "newsletter.yaml".into(),
@@ -371,6 +387,8 @@ mod tests {
         assert!(err.contains("provider_webhooks.max_age"), "{err}");
         let err = parse("per_ip_per_minute: 0").unwrap_err();
         assert!(err.contains("per_ip_per_minute"), "{err}");
+        let err = parse("max_body_bytes: 100000").unwrap_err();
+        assert!(err.contains("web.max_body_bytes (65536)"), "{err}");
         let err = parse("sendgrid: {public_key_env: ''}").unwrap_err();
         assert!(err.contains("sendgrid.public_key_env"), "{err}");
         assert!(parse("zoho: {}").is_err());
