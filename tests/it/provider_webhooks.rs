@@ -1086,6 +1086,45 @@ fn serve_refuses_to_start_without_a_configured_providers_secret() {
 }
 
 #[test]
+fn a_client_over_the_rate_limit_is_told_to_wait_and_changes_nothing() {
+    let hooked = Hooked::start(
+        "provider_webhooks:\n  generic: {}\n  per_ip_per_minute: 2",
+        &[("VERDICTS_WEBHOOK_SECRET", GENERIC_SECRET)],
+    );
+    let empty = br#"{"events":[]}"#;
+    for n in 0..2 {
+        let (status, text) = hooked.post(
+            "generic",
+            &generic_headers(GENERIC_SECRET, now() + n, empty),
+            empty,
+        );
+        assert_eq!(status, 200, "{text}");
+    }
+    let body = filled(
+        "generic-events.json",
+        &[
+            ("RECIPIENT_0", &reader(0)),
+            ("MESSAGE_ID_0", hooked.message_id(0)),
+            ("RECIPIENT_1", &reader(1)),
+        ],
+    );
+    let before = hooked.state();
+    let mut request = http().post(&hooked.url("generic"));
+    for (name, value) in generic_headers(GENERIC_SECRET, now() + 5, body.as_bytes()) {
+        request = request.header(name, value);
+    }
+    let response = request.send(body.as_bytes()).unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After: {wait}");
+    assert_eq!(hooked.state(), before);
+}
+
+#[test]
 fn an_unconfigured_provider_has_no_endpoint() {
     let hooked = Hooked::start(
         "provider_webhooks:\n  generic: {}",

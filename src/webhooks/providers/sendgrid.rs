@@ -137,4 +137,44 @@ mod tests {
         assert!(verify(&key, window, 1_700_009_999, &h, body).is_err());
         assert!(parse_public_key("bm90IGEga2V5").is_err());
     }
+
+    #[test]
+    fn dropped_and_unsubscribe_events_map_by_their_reason() {
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
+        let key = pair.public_key().as_der().unwrap().as_ref().to_vec();
+        let body = br#"[
+            {"email":"a@example.com","event":"dropped","reason":"Bounced Address","sg_event_id":"d1"},
+            {"email":"b@example.com","event":"dropped","reason":"Unsubscribed Address","sg_event_id":"d2"},
+            {"email":"c@example.com","event":"dropped","reason":"Spam Reporting Address","sg_event_id":"d3"},
+            {"email":"d@example.com","event":"unsubscribe","sg_event_id":"u1"},
+            {"email":"e@example.com","event":"group_unsubscribe","sg_event_id":"u2"},
+            {"email":"f@example.com","event":"bounce","type":"blocked","sg_event_id":"b1"},
+            {"email":"g@example.com","event":"click","sg_event_id":"c1"}
+        ]"#;
+        let mut signed = b"1700000000".to_vec();
+        signed.extend_from_slice(body);
+        let sig = pair.sign(&SystemRandom::new(), &signed).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            SIGNATURE_HEADER,
+            base64::engine::general_purpose::STANDARD
+                .encode(sig.as_ref())
+                .parse()
+                .unwrap(),
+        );
+        h.insert(TIMESTAMP_HEADER, "1700000000".parse().unwrap());
+        let v = verify(&key, Duration::from_secs(300), 1_700_000_000, &h, body).unwrap();
+        let kinds: Vec<Reported> = v.events.iter().map(|e| e.reported).collect();
+        assert_eq!(
+            kinds,
+            [
+                Reported::HardBounce,
+                Reported::Unsubscribe,
+                Reported::Complaint,
+                Reported::Unsubscribe,
+                Reported::Unsubscribe,
+                Reported::SoftBounce,
+            ]
+        );
+    }
 }

@@ -369,5 +369,19 @@ mod tests {
         assert_eq!(events[0].reported, Reported::HardBounce);
         assert_eq!(events[0].id, "sns-1:a@example.com");
         assert_eq!(events[1].provider_message_id.as_deref(), Some("0100-abc"));
+        let mut transient = n.clone();
+        transient["bounce"]["bounceType"] = "Transient".into();
+        assert!(notification_events("sns-2", &transient)
+            .iter()
+            .all(|e| e.reported == Reported::SoftBounce));
+        let published = serde_json::json!({
+            "eventType": "Complaint",
+            "complaint": {"complaintFeedbackType": "abuse",
+                          "complainedRecipients": [{"emailAddress": "c@example.com"}]},
+            "mail": {"messageId": "0100-def"}
+        });
+        let events = notification_events("sns-3", &published);
+        assert_eq!(events[0].reported, Reported::Complaint);
+        assert_eq!(events[0].diagnostic.as_deref(), Some("abuse report"));
     }
 }
