@@ -63,9 +63,8 @@ fn print_readers(e: &IssueEvents) {
         e.one_click,
         e.page,
         e.mailto,
-        // Only relays with webhooks report their own unsubscribes.
-        if e.relay > 0 {
-            format!(", {} at the relay", e.relay)
+        if e.other_unsubscribes > 0 {
+            format!(", {} other", e.other_unsubscribes)
         } else {
             String::new()
         }

@@ -290,13 +290,13 @@ pub struct IssueEvents {
     pub one_click: u64,
     pub page: u64,
     pub mailto: u64,
-    /// Unsubscribes the relay reported (its own link or suppression list).
-    pub relay: u64,
+    /// Unsubscribes by any other channel (a relay's webhook, the API).
+    pub other_unsubscribes: u64,
 }
 
 impl IssueEvents {
     pub fn unsubscribes(&self) -> u64 {
-        self.one_click + self.page + self.mailto + self.relay
+        self.one_click + self.page + self.mailto + self.other_unsubscribes
     }
 
     pub fn bounces(&self) -> u64 {
@@ -338,7 +338,7 @@ pub fn issue_events(conn: &Connection, issue: IssueNumber) -> rusqlite::Result<I
             ("unsubscribe", "one-click") => counts.one_click += n,
             ("unsubscribe", "page") => counts.page += n,
             ("unsubscribe", "mailto") => counts.mailto += n,
-            ("unsubscribe", "relay") => counts.relay += n,
+            ("unsubscribe", _) => counts.other_unsubscribes += n,
             _ => {}
         }
     }

@@ -330,7 +330,7 @@ fn generic_webhook_applies_signed_events_once_and_refuses_the_rest() {
         .success();
     let out = String::from_utf8_lossy(&shown.get_output().stdout).into_owned();
     assert!(out.contains("1 hard"), "{out}");
-    assert!(out.contains("1 at the relay"), "{out}");
+    assert!(out.contains("0 mailto, 1 other"), "{out}");
 }
 
 // ---------------------------------------------------------------------------------------
