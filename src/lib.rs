@@ -25,3 +25,4 @@ pub mod signup;
 pub mod site;
 pub mod store;
 pub mod web;
+pub mod webhooks;

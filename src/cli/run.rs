@@ -22,6 +22,7 @@ fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox)> {
     let wake = Arc::new(Notify::new());
     let limits = Arc::new(Limits::new(&config.signup));
     let outbox = Outbox::new(config, key.clone(), wake.clone(), limits.clone())?;
+    let provider_webhooks = crate::webhooks::providers::Receiver::from_config(config, &key)?;
     let state = WebState::new(
         conn,
         key,
@@ -29,7 +30,8 @@ fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox)> {
         config.schedule.slots.clone(),
     )
     .with_signup(SignupService::new(config.signup.clone(), limits, wake))
-    .with_site(config.site_out_dir.clone());
+    .with_site(config.site_out_dir.clone())
+    .with_provider_webhooks(provider_webhooks);
     Ok((Arc::new(state), outbox))
 }
 

@@ -1,6 +1,7 @@
 //! The operator's configuration file (`config/newsletter.yaml`): parsed strictly, with
 //! relative paths resolved against the file's own folder so the binary can run from anywhere.
 
+pub mod provider_webhooks;
 pub mod retention;
 pub mod schedule;
 pub mod signup;
@@ -71,6 +72,8 @@ struct RawConfig {
     site: Option<RawSite>,
     #[serde(default)]
     retention: retention::RawRetention,
+    #[serde(default)]
+    provider_webhooks: provider_webhooks::RawProviderWebhooks,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +262,8 @@ pub struct Config {
     pub signup: SignupConfig,
     /// How long history is kept (`retention:`, docs/operations.md).
     pub retention: retention::RetentionConfig,
+    /// The relays' event webhooks the web process accepts (`provider_webhooks:`).
+    pub provider_webhooks: provider_webhooks::ProviderWebhooksConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -371,6 +376,12 @@ impl Config {
         let smtp_password_file = raw.smtp.password_file.as_deref().map(|p| check.resolve(p));
         let retention =
             retention::RetentionConfig::from_raw(raw.retention, |f, r| check.invalid(f, r))?;
+        let provider_webhooks = provider_webhooks::ProviderWebhooksConfig::from_raw(
+            raw.provider_webhooks,
+            raw.web.max_body_bytes,
+            |p| check.resolve(p),
+            |f, r| check.invalid(f, r),
+        )?;
         Ok(Config {
             path: path.to_owned(),
             newsletter: check.newsletter(raw.newsletter)?,
@@ -394,6 +405,7 @@ impl Config {
             site_out_dir: raw.site.map(|s| check.resolve(&s.out_dir)),
             signup,
             retention,
+            provider_webhooks,
         })
     }
 

@@ -162,6 +162,10 @@ impl ConfirmationMail<'_> {
             .subject(format!("Confirm your subscription to {}", newsletter.name))
             .date_now()
             .message_id(Some(self.message_id(newsletter)))
+            .raw_header(lettre::message::header::HeaderValue::new(
+                lettre::message::header::HeaderName::new_from_ascii_str("Feedback-ID"),
+                crate::mail::message::feedback_id("signup", newsletter),
+            ))
             .multipart(MultiPart::alternative_plain_html(text, html))
             .map_err(|source| MessageError::Build {
                 recipient: self.email.to_string(),
@@ -257,6 +261,14 @@ mod tests {
         assert!(raw.contains("DKIM-Signature: "), "{raw}");
         assert!(raw.contains("Message-ID: <verdicts.confirm.20261123T090000Z.42@"));
         assert!(!raw.contains("List-Unsubscribe"));
+        assert!(raw.contains("Feedback-ID: signup:weekly.example.com:verdicts:example.com\r\n"));
+        let signed_names = raw
+            .split("h=")
+            .nth(1)
+            .and_then(|h| h.split(';').next())
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(signed_names.contains("feedback-id"), "{signed_names}");
         let url = mail.confirm_url(&text.newsletter, &key);
         assert!(url.starts_with(&format!("{}/confirm?token=42.", text.newsletter.base_url)));
         let token = url.split("token=").nth(1).unwrap();

@@ -9,7 +9,7 @@ use base64::Engine as _;
 /// Every header a signature covers, in `h=` order. Gmail and Yahoo honour RFC 8058 one-click
 /// unsubscribe only when both List-Unsubscribe headers are signed; MIME-Version and
 /// Content-Type are signed so the body cannot be re-labelled.
-pub const SIGNED_HEADERS: [&str; 10] = [
+pub const SIGNED_HEADERS: [&str; 11] = [
     "From",
     "To",
     "Subject",
@@ -20,6 +20,7 @@ pub const SIGNED_HEADERS: [&str; 10] = [
     "List-Id",
     "List-Unsubscribe",
     "List-Unsubscribe-Post",
+    "Feedback-ID",
 ];
 
 /// Headers named once more than they occur (RFC 6376 §8.15): the extra name stands for an

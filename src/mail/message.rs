@@ -105,6 +105,8 @@ pub struct IssueMessages {
     subject_line: String,
     list_id: String,
     list_unsubscribe_post: String,
+    /// `Feedback-ID` (RFC 9477, Gmail's feedback loop): complaints counted per issue.
+    feedback_id: String,
     mime_version: String,
     content_type: String,
     /// `inbound.address` and the key that tags it, when bounces are read back.
@@ -161,6 +163,10 @@ impl IssueMessages {
                 list_id,
             )),
             list_unsubscribe_post: "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n".into(),
+            feedback_id: format!(
+                "Feedback-ID: {}\r\n",
+                feedback_id(&issue_number.to_string(), newsletter)
+            ),
             mime_version: "MIME-Version: 1.0\r\n".into(),
             content_type: format!(
                 "Content-Type: multipart/alternative;\r\n boundary=\"{boundary}\"\r\n"
@@ -308,7 +314,7 @@ impl IssueMessages {
             HeaderName::new_from_ascii_str("List-Unsubscribe"),
             format!("<{url}>, <{mailto}>"),
         ));
-        let fields: [&str; 10] = [
+        let fields: [&str; 11] = [
             from,
             &to,
             &self.subject_line,
@@ -317,6 +323,7 @@ impl IssueMessages {
             &self.list_id,
             &list_unsubscribe,
             &self.list_unsubscribe_post,
+            &self.feedback_id,
             &self.mime_version,
             &self.content_type,
         ];
@@ -341,6 +348,20 @@ impl IssueMessages {
             self.body.clone(),
         ))
     }
+}
+
+/// The value of the `Feedback-ID` header (RFC 9477): `<campaign>:<list>:verdicts:<sender>`,
+/// the campaign being the issue number (or `signup` for confirmation mails), the list its
+/// List-Id and the sender the From domain. A colon inside a part would shift the fields, so
+/// none is kept.
+pub fn feedback_id(campaign: &str, newsletter: &Newsletter) -> String {
+    let part = |s: &str| s.replace(':', "-");
+    format!(
+        "{}:{}:verdicts:{}",
+        part(campaign),
+        part(&newsletter.list_id),
+        part(newsletter.sender_domain())
+    )
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub enum Channel {
     Page,
     /// A message to the List-Unsubscribe mailto address.
     Mailto,
+    /// The relay's own unsubscribe link or suppression, reported by its webhook.
+    Relay,
 }
 
 impl Channel {
@@ -33,6 +35,7 @@ impl Channel {
             Channel::OneClick => "one-click",
             Channel::Page => "page",
             Channel::Mailto => "mailto",
+            Channel::Relay => "relay",
         }
     }
 }
@@ -54,6 +57,8 @@ pub enum Source {
     Smtp,
     Inbound,
     Web,
+    /// A relay's signed event webhook.
+    Webhook,
 }
 
 impl Source {
@@ -62,6 +67,7 @@ impl Source {
             Source::Smtp => "smtp",
             Source::Inbound => "inbound",
             Source::Web => "web",
+            Source::Webhook => "webhook",
         }
     }
 }

@@ -553,6 +553,10 @@ pub fn record_outcome(
     outcome: &Outcome,
     max_attempts: u32,
 ) -> rusqlite::Result<()> {
+    if let Outcome::Sent { reply } = outcome {
+        // The id a hosted relay gave the message, for the events its webhook reports.
+        super::provider_webhooks::record_reply_id(conn, reply, number, subscriber_id)?;
+    }
     match outcome {
         Outcome::Sent { reply } => conn
             .prepare_cached(

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod ledger;
 pub mod lock;
 pub mod privacy;
+pub mod provider_webhooks;
 pub mod rekey;
 pub mod retention;
 pub mod secret;
@@ -71,6 +72,7 @@ pub const MIGRATIONS: &[&str] = &[
     MAILBOX_KEYS,
     include_str!("migrations/009_event_sources.sql"),
     include_str!("migrations/010_history.sql"),
+    include_str!("migrations/011_provider_webhooks.sql"),
 ];
 
 /// The schema version this binary creates and understands.

@@ -170,6 +170,20 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
                     break;
                 }
             }
+            // The relays' message ids find a delivery row; with the rows gone they find
+            // nothing, so they go too.
+            loop {
+                let deleted = batch(conn, &mut longest, |tx| {
+                    tx.prepare_cached(
+                        "DELETE FROM relay_message_ids WHERE relay_id IN (
+                             SELECT relay_id FROM relay_message_ids WHERE issue = ?1 LIMIT ?2)",
+                    )?
+                    .execute(params![number, BATCH])
+                })?;
+                if deleted == 0 {
+                    break;
+                }
+            }
         }
     }
 

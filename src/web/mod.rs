@@ -36,6 +36,8 @@ pub struct WebState {
     signup: Option<signup::SignupService>,
     /// The built site to serve beside the endpoints (`site.out_dir`).
     site_dir: Option<std::path::PathBuf>,
+    /// The relays' event webhooks (`provider_webhooks:`), when any is configured.
+    provider_webhooks: Option<Arc<crate::webhooks::providers::Receiver>>,
 }
 
 impl WebState {
@@ -52,12 +54,22 @@ impl WebState {
             schedule,
             signup: None,
             site_dir: None,
+            provider_webhooks: None,
         }
     }
 
     /// Opens the signup routes (`/subscribe`, `/confirm`).
     pub fn with_signup(mut self, service: signup::SignupService) -> Self {
         self.signup = Some(service);
+        self
+    }
+
+    /// Opens the relays' webhook routes (`/webhooks/<provider>`).
+    pub fn with_provider_webhooks(
+        mut self,
+        receiver: Option<Arc<crate::webhooks::providers::Receiver>>,
+    ) -> Self {
+        self.provider_webhooks = receiver;
         self
     }
 
@@ -88,11 +100,15 @@ struct TokenQuery {
 
 pub fn router(state: Arc<WebState>) -> Router {
     let site = state.site_dir.clone();
-    let endpoints = Router::new()
+    let hooks = state.provider_webhooks.clone();
+    let mut endpoints = Router::new()
         .route("/unsubscribe", get(confirm_page).post(unsubscribe))
         .route("/healthz", get(healthz))
         .merge(signup::routes())
         .with_state(state);
+    if let Some(receiver) = hooks {
+        endpoints = endpoints.merge(crate::webhooks::providers::routes(receiver));
+    }
     match site {
         // Every other path is a page of the built site (or its 404).
         Some(dir) => endpoints.fallback_service(crate::site::serve::router(&dir)),

@@ -29,13 +29,17 @@ pub enum Checker {
     Browser,
     /// Dovecot: a real IMAP server for the inbound poller.
     Dovecot,
+    /// The openssl command: signs SHA1withRSA (SNS SignatureVersion 1), which aws-lc-rs
+    /// does not sign.
+    Openssl,
 }
 
-pub const ALL: [Checker; 4] = [
+pub const ALL: [Checker; 5] = [
     Checker::Dkim,
     Checker::Feedparser,
     Checker::Browser,
     Checker::Dovecot,
+    Checker::Openssl,
 ];
 
 impl Checker {
@@ -46,6 +50,7 @@ impl Checker {
             Checker::Feedparser => "feedparser",
             Checker::Browser => "browser",
             Checker::Dovecot => "dovecot",
+            Checker::Openssl => "openssl",
         }
     }
 
@@ -57,6 +62,7 @@ impl Checker {
                 "Chromium, node and tests/a11y's npm packages (rendering and accessibility)"
             }
             Checker::Dovecot => "Dovecot's IMAP server (the inbound mailbox poller)",
+            Checker::Openssl => "the openssl command (SNS signatures of SignatureVersion 1)",
         }
     }
 
@@ -70,6 +76,7 @@ impl Checker {
                 "sudo apt-get install chromium nodejs npm && (cd tests/a11y && npm ci)"
             }
             Checker::Dovecot => "sudo apt-get install dovecot-imapd openssl",
+            Checker::Openssl => "sudo apt-get install openssl",
         }
     }
 
@@ -104,6 +111,11 @@ impl Checker {
                 }
                 (!missing.is_empty()).then(|| missing.join(", "))
             }
+            Checker::Openssl => Command::new("openssl")
+                .arg("version")
+                .output()
+                .is_err()
+                .then(|| "openssl is not installed".to_owned()),
         }
     }
 }

@@ -285,9 +285,15 @@ pub struct Process {
 
 impl Process {
     pub fn start(site: &TempSite, args: &[&str]) -> Process {
+        Self::start_with_env(site, args, &[])
+    }
+
+    /// The same, with extra environment variables (secrets named in the config).
+    pub fn start_with_env(site: &TempSite, args: &[&str], env: &[(&str, &str)]) -> Process {
         use std::io::BufRead;
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("verdicts"))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(site.path())
             .env("VERDICTS_CONFIG", site.config_path())
             .env("VERDICTS_SECRET", TEST_SECRET)

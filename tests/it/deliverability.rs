@@ -142,6 +142,7 @@ fn rsa_signed_copy_verifies_independently_and_covers_both_list_unsubscribe_heade
         "list-id",
         "list-unsubscribe",
         "list-unsubscribe-post",
+        "feedback-id",
     ] {
         assert!(h.contains(&name.to_string()), "h= lacks {name}: {h:?}");
     }
@@ -354,7 +355,7 @@ impl mail_auth::ResolverCache<String, mail_auth::Txt> for RecordFile {
 
 /// What the `mail-auth` crate (a second verifier, independent of verdicts and of dkimpy)
 /// says about `message`'s signature, with the key from `record`.
-fn mail_auth_verify(message: &[u8], record: &Path) -> Result<(), String> {
+pub(crate) fn mail_auth_verify(message: &[u8], record: &Path) -> Result<(), String> {
     use mail_auth::common::parse::TxtRecordParser as _;
     use mail_auth::common::verify::DomainKey;
     use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters};
@@ -385,7 +386,7 @@ fn mail_auth_verify(message: &[u8], record: &Path) -> Result<(), String> {
 }
 
 /// The `h=` every copy carries: the signed headers, then the over-signed ones again.
-const EXPECTED_H: &str = "from:to:subject:date:message-id:mime-version:content-type:list-id:list-unsubscribe:list-unsubscribe-post:from:subject:to:list-unsubscribe:list-unsubscribe-post";
+const EXPECTED_H: &str = "from:to:subject:date:message-id:mime-version:content-type:list-id:list-unsubscribe:list-unsubscribe-post:feedback-id:from:subject:to:list-unsubscribe:list-unsubscribe-post";
 
 /// The algorithms, each with its key file, the config line choosing it, its TXT record file
 /// and its `a=` tag.

@@ -305,17 +305,56 @@ fn an_access_request_shows_everything_and_an_erasure_keeps_erased_readers_out() 
 /// Takes a database back to the layout release 9 wrote (migration 10 undone: text
 /// timestamps, every 250 reply kept, no totals), as an older verdicts left it.
 fn back_to_release_9(conn: &rusqlite::Connection) {
+    // Whatever migrations after 9 created goes, whatever they added to release 9's tables
+    // is dropped, found by comparing with a file built from migrations 1 to 9 alone.
+    let release_9 = rusqlite::Connection::open_in_memory().unwrap();
+    for sql in &verdicts::store::MIGRATIONS[..9] {
+        release_9.execute_batch(sql).unwrap();
+    }
+    let objects = |db: &rusqlite::Connection| -> Vec<(String, String)> {
+        let mut stmt = db
+            .prepare(
+                "SELECT type, name FROM sqlite_master
+                 WHERE name NOT LIKE 'sqlite_%' AND sql IS NOT NULL
+                 ORDER BY CASE type WHEN 'trigger' THEN 0 WHEN 'view' THEN 1
+                                    WHEN 'index' THEN 2 ELSE 3 END",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let columns = |db: &rusqlite::Connection, table: &str| -> Vec<String> {
+        let mut stmt = db
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let old = objects(&release_9);
+    conn.execute_batch("PRAGMA foreign_keys = OFF; BEGIN;")
+        .unwrap();
+    for (kind, name) in objects(conn) {
+        if !old.contains(&(kind.clone(), name.clone())) {
+            conn.execute_batch(&format!("DROP {kind} IF EXISTS \"{name}\";"))
+                .unwrap();
+        } else if kind == "table" && name != "deliveries" {
+            let keep = columns(&release_9, &name);
+            for column in columns(conn, &name) {
+                if !keep.contains(&column) {
+                    conn.execute_batch(&format!(
+                        "ALTER TABLE \"{name}\" DROP COLUMN \"{column}\";"
+                    ))
+                    .unwrap();
+                }
+            }
+        }
+    }
     conn.execute_batch(
-        "PRAGMA foreign_keys = OFF;
-         BEGIN;
-         DROP TRIGGER issue_totals_for_new_issue;
-         DROP TRIGGER issue_totals_delivery_added;
-         DROP TRIGGER issue_totals_delivery_changed;
-         DROP TRIGGER issue_totals_delivery_dropped;
-         DROP TRIGGER issue_totals_event_added;
-         DROP TABLE issue_totals;
-         DROP TABLE erased_addresses;
-         CREATE TABLE deliveries_9 (
+        "CREATE TABLE deliveries_9 (
              issue INTEGER NOT NULL REFERENCES issues (number),
              subscriber_id INTEGER NOT NULL REFERENCES subscribers (id) ON DELETE CASCADE,
              state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'failed', 'skipped')),
@@ -338,7 +377,8 @@ fn back_to_release_9(conn: &rusqlite::Connection) {
          ALTER TABLE deliveries_9 RENAME TO deliveries;
          CREATE INDEX deliveries_by_subscriber ON deliveries (subscriber_id);
          PRAGMA user_version = 9;
-         COMMIT;",
+         COMMIT;
+         PRAGMA foreign_keys = ON;",
     )
     .unwrap();
 }

@@ -29,6 +29,7 @@ mod hostile_content;
 mod hostile_inbound;
 mod hostile_web;
 mod inbound;
+mod provider_webhooks;
 mod relay_refusals;
 mod render;
 mod signup;

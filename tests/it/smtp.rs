@@ -78,6 +78,10 @@ pub struct Behaviour {
     /// Recipients answered at RCPT with the given reply (e.g. `452 4.2.2 Mailbox full`) for
     /// their first `n` attempts (counted across connections), then accepted.
     pub rcpt_reply_first: HashMap<String, (usize, String)>,
+    /// The answer to an accepted message instead of `250 2.0.0 Ok: queued as T…`, with
+    /// `{n}` standing for the message's number in six digits (a hosted relay's reply that
+    /// carries its own message id, such as SES's `250 Ok <id>`).
+    pub accepted_reply: Option<String>,
 }
 
 impl Behaviour {
@@ -124,6 +128,12 @@ impl Behaviour {
         self
     }
 
+    /// Answer each accepted message with `reply` (`{n}`: its number, six digits).
+    pub fn accepted_reply(mut self, reply: &str) -> Self {
+        self.accepted_reply = Some(reply.to_owned());
+        self
+    }
+
     /// Wait `delay` before answering the end of DATA.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.data_delay = delay;
@@ -148,6 +158,7 @@ impl Behaviour {
                 .into_iter()
                 .map(|(k, v)| (k.to_lowercase(), v))
                 .collect(),
+            accepted_reply: self.accepted_reply,
         }
     }
 }
@@ -644,7 +655,10 @@ impl<'a> Session<'a> {
             inner.received.len()
         };
         // Recorded before answering, so a client that saw 250 finds it in `received()`.
-        reply(out, &format!("250 2.0.0 Ok: queued as T{queue_id:06}"))
+        match &self.shared.behaviour.accepted_reply {
+            Some(answer) => reply(out, &answer.replace("{n}", &format!("{queue_id:06}"))),
+            None => reply(out, &format!("250 2.0.0 Ok: queued as T{queue_id:06}")),
+        }
     }
 }
 
