@@ -16,7 +16,7 @@ use crate::store::{self, privacy, IssueNumber};
 /// Rows deleted per write transaction: a few milliseconds of work on a slow disk.
 pub const BATCH: i64 = 2_000;
 /// Pages returned to the file system per write transaction.
-const VACUUM_PAGES: i64 = 2_048;
+const VACUUM_PAGES: i64 = 256;
 /// The pause between two batches, longer than SQLite's first busy-handler naps, so a
 /// waiting writer takes its turn.
 const YIELD: Duration = Duration::from_millis(15);
