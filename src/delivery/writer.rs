@@ -12,12 +12,15 @@ use tokio::sync::oneshot;
 use super::halt::{Fault, Sentinel};
 use crate::store::checkpoint::Checkpointer;
 use crate::store::ledger::{self, Outcome};
+use crate::store::relays::{self, RelayId};
 use crate::store::{self, IssueNumber, SubscriberId};
 
 pub(super) enum WriteOp {
     MarkSending {
         id: SubscriberId,
         ack: oneshot::Sender<bool>,
+        /// The relay the message goes to, noted on the delivery and counted for its limits.
+        relay: Option<RelayId>,
     },
     Record {
         id: SubscriberId,
@@ -129,8 +132,11 @@ pub(super) fn writer_loop(
             let mut applied = 0;
             while let Some(current) = op.take() {
                 match current {
-                    WriteOp::MarkSending { id, ack } => {
+                    WriteOp::MarkSending { id, ack, relay } => {
                         let go = ledger::mark_sending(&conn, issue, id)?;
+                        if let (true, Some(relay)) = (go, relay) {
+                            relays::note_handed(&conn, issue, id, relay, super::now_ms())?;
+                        }
                         acks.push(Ack::Mark(ack, go));
                     }
                     WriteOp::Record { id, outcome } => {
@@ -177,7 +183,12 @@ mod tests {
         let conn = store::open(&f.db_path).unwrap();
         let writer = std::thread::spawn(move || writer_loop(conn, f.issue, 3, rx));
         let (ack, acked) = oneshot::channel();
-        tx.send(WriteOp::MarkSending { id: f.ids[0], ack }).unwrap();
+        tx.send(WriteOp::MarkSending {
+            id: f.ids[0],
+            ack,
+            relay: None,
+        })
+        .unwrap();
         assert!(acked.blocking_recv().unwrap(), "a pending delivery may go");
         let (ack, acked) = oneshot::channel();
         tx.send(WriteOp::Record {
@@ -188,7 +199,12 @@ mod tests {
         })
         .unwrap();
         // Sent is no longer pending: its second mark says no.
-        tx.send(WriteOp::MarkSending { id: f.ids[0], ack }).unwrap();
+        tx.send(WriteOp::MarkSending {
+            id: f.ids[0],
+            ack,
+            relay: None,
+        })
+        .unwrap();
         assert!(!acked.blocking_recv().unwrap());
         drop(tx);
         writer.join().unwrap().unwrap();
@@ -209,7 +225,12 @@ mod tests {
         let fault = Fault::new();
         let (tx, handle) = spawn(f.db_path.clone(), f.issue, 3, fault.clone()).unwrap();
         let (ack, acked) = oneshot::channel();
-        tx.send(WriteOp::MarkSending { id: f.ids[0], ack }).unwrap();
+        tx.send(WriteOp::MarkSending {
+            id: f.ids[0],
+            ack,
+            relay: None,
+        })
+        .unwrap();
         assert!(acked.blocking_recv().is_err(), "never acknowledged");
         let err = handle.join().unwrap().unwrap_err();
         assert!(

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod ledger;
 pub mod lock;
 pub mod rekey;
+pub mod relays;
 pub mod secret;
 pub mod signup;
 pub mod subscribers;
@@ -68,6 +69,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/007_settings.sql"),
     MAILBOX_KEYS,
     include_str!("migrations/009_event_sources.sql"),
+    include_str!("migrations/012_relays.sql"),
 ];
 
 /// The schema version this binary creates and understands.

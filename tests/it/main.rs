@@ -29,6 +29,7 @@ mod hostile_inbound;
 mod hostile_web;
 mod inbound;
 mod relay_refusals;
+mod relays;
 mod render;
 mod signup;
 mod site;
