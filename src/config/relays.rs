@@ -276,4 +276,77 @@ mod tests {
         assert_eq!(field, "domains");
         assert!(reason.contains("gmail.com: concurrency"), "{reason}");
     }
+
+    /// The shipped config with its `smtp:` block replaced by `smtp`.
+    fn parse_with(smtp: &str) -> Result<super::super::Config, super::super::ConfigError> {
+        let shipped = include_str!("../../config/newsletter.yaml");
+        let start = shipped.find("\nsmtp:\n").unwrap() + 1;
+        let end = shipped.find("\nweb:\n").unwrap() + 1;
+        let text = format!("{}{smtp}{}", &shipped[..start], &shipped[end..]);
+        super::super::Config::parse(std::path::Path::new("config/newsletter.yaml"), &text)
+    }
+
+    #[test]
+    fn a_single_block_is_the_primary_and_a_list_puts_the_primary_first() {
+        let one = parse_with("smtp: {host: mx.example.com, port: 25, tls: none}\n").unwrap();
+        assert_eq!(one.smtp.name, "mx.example.com:25");
+        assert_eq!(one.smtp.role, RelayRole::Primary);
+        assert!(one.fallbacks.is_empty());
+        let list = parse_with(
+            "smtp:
+  - {name: backup, role: fallback, host: b.example.com, port: 587, tls: starttls, concurrency: 2}
+  - {name: ses, role: primary, host: a.example.com, port: 587, tls: starttls, per_hour: 100,
+     per_day: 50000, warmup: {first_day: 200, factor: 1.5}}
+",
+        )
+        .unwrap();
+        assert_eq!(list.smtp.name, "ses");
+        assert_eq!(list.smtp.limits.per_hour, Some(100));
+        assert_eq!(list.smtp.limits.warmup.unwrap().first_day, 200);
+        assert_eq!(list.fallbacks.len(), 1);
+        assert_eq!(list.fallbacks[0].name, "backup");
+        assert_eq!(list.fallbacks[0].concurrency, 2);
+        // Without roles, the first is the primary.
+        let plain = parse_with(
+            "smtp:\n  - {host: a.example.com, port: 25, tls: none}\n  - {host: b.example.com, port: 25, tls: none}\n",
+        )
+        .unwrap();
+        assert_eq!(plain.smtp.host, "a.example.com");
+        assert_eq!(plain.fallbacks[0].role, RelayRole::Fallback);
+    }
+
+    #[test]
+    fn a_bad_list_of_relays_is_refused_with_the_field_and_reason() {
+        let reason = |smtp: &str| parse_with(smtp).unwrap_err().to_string();
+        let two = reason(
+            "smtp:\n  - {host: a, port: 25, tls: none, role: primary}\n  - {host: b, port: 25, tls: none, role: primary}\n",
+        );
+        assert!(
+            two.contains("field `smtp.role`: the list of relays has 2"),
+            "{two}"
+        );
+        let same = reason(
+            "smtp:\n  - {host: a, port: 25, tls: none}\n  - {host: a, port: 25, tls: none}\n",
+        );
+        assert!(same.contains("two relays are named `a:25`"), "{same}");
+        let typo = reason(
+            "smtp:\n  - {host: a, port: 25, tls: none}\n  - {hots: b, port: 25, tls: none}\n",
+        );
+        assert!(
+            typo.contains("smtp relay #2: unknown field `hots`"),
+            "{typo}"
+        );
+        let zero = reason("smtp: {host: a, port: 25, tls: none, per_hour: 0}\n");
+        assert!(
+            zero.contains("field `smtp.per_hour`: relay a:25: must be at least 1"),
+            "{zero}"
+        );
+        let ca = reason("smtp: {host: a, port: 465, tls: tls, ca_file: missing-ca.pem}\n");
+        assert!(
+            ca.contains("field `smtp.ca_file`") && ca.contains("missing-ca.pem"),
+            "{ca}"
+        );
+        let empty = reason("smtp: []\n");
+        assert!(empty.contains("the list of relays is empty"), "{empty}");
+    }
 }

@@ -435,6 +435,40 @@ mod tests {
     }
 
     #[test]
+    fn policy_refusals_blame_the_sender_and_trip_without_bouncing() {
+        for reply in [
+            "permanent error (550): 5.7.515 Access denied, sending domain example.com doesn't meet the required authentication level.",
+            "permanent error (550): 5.7.26 This mail is unauthenticated, which poses a security risk to the sender and Gmail users",
+            "permanent error (550): 5.7.1 Message rejected due to local policy",
+            "permanent error (550): Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+            "permanent error (554): 5.7.1 Service unavailable; client blocked",
+        ] {
+            assert!(blames_sender(reply), "{reply}");
+            let mut b = Breaker::new(8, 0).for_relay("ses");
+            b.record(
+                SubscriberId(1),
+                &Attempt::Permanent {
+                    reply: reply.into(),
+                    user_unknown: false,
+                },
+            );
+            let why = b.tripped().expect("one such reply is enough");
+            assert!(why.starts_with("relay ses refuses our mail"), "{why}");
+            assert!(why.contains("verdicts dkim-record"), "{why}");
+            assert!(b.blamed_sender());
+            assert_eq!(b.take_refunds(), vec![SubscriberId(1)]);
+        }
+        // A rate limit at 421 is throttling: the relay's, not a policy verdict on us.
+        let throttled = "transient error (421): 4.7.0 Too many messages, rate limited";
+        assert!(!blames_sender(throttled));
+        assert_eq!(scope(throttled), Scope::Relay);
+        // The reader's own refusal stays the reader's.
+        assert!(!blames_sender(
+            "permanent error (550): 5.1.1 <a@b.c>: Recipient address rejected: User unknown"
+        ));
+    }
+
+    #[test]
     fn a_throttling_streak_trips_and_refunds_every_attempt_it_cost() {
         let mut b = Breaker::new(3, 0);
         b.record(SubscriberId(1), &sent());

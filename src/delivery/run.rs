@@ -125,7 +125,7 @@ struct Held {
 }
 
 /// The relays of a job that the transport can reach, primary first.
-fn relay_configs<'a>(job: &'a Delivery, reachable: usize) -> Vec<&'a SmtpConfig> {
+fn relay_configs(job: &Delivery, reachable: usize) -> Vec<&SmtpConfig> {
     std::iter::once(&job.smtp)
         .chain(job.fallbacks.iter().map(|(smtp, _)| smtp))
         .take(reachable.max(1))
