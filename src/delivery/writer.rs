@@ -117,6 +117,8 @@ pub(super) fn writer_loop(
     }
     let mut open_since: Option<Instant> = None;
     let mut acks: Vec<Ack> = Vec::new();
+    // Relays whose first use is on record (checked once per relay and run).
+    let mut first_use_noted: Vec<RelayId> = Vec::new();
     loop {
         let next = match open_since {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -135,7 +137,12 @@ pub(super) fn writer_loop(
                     WriteOp::MarkSending { id, ack, relay } => {
                         let go = ledger::mark_sending(&conn, issue, id)?;
                         if let (true, Some(relay)) = (go, relay) {
-                            relays::note_handed(&conn, issue, id, relay, super::now_ms())?;
+                            let now = super::now_ms();
+                            relays::note_handed(&conn, issue, id, relay, now)?;
+                            if !first_use_noted.contains(&relay) {
+                                relays::note_first_use(&conn, relay, now)?;
+                                first_use_noted.push(relay);
+                            }
                         }
                         acks.push(Ack::Mark(ack, go));
                     }

@@ -50,6 +50,11 @@ pub fn note_handed(
          ON CONFLICT (relay, second) DO UPDATE SET handed = handed + 1",
     )?
     .execute(params![relay.0, now_ms.div_euclid(1000)])?;
+    Ok(())
+}
+
+/// Records `now_ms` as the relay's first use, unless it has one (the warm-up ramp's day 1).
+pub fn note_first_use(conn: &Connection, relay: RelayId, now_ms: i64) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE relays SET first_used_ms = ? WHERE id = ? AND first_used_ms IS NULL",
     )?

@@ -13,4 +13,5 @@ CREATE TABLE relay_usage (
     handed INTEGER NOT NULL,
     PRIMARY KEY (relay, second)
 ) WITHOUT ROWID;
-ALTER TABLE deliveries ADD COLUMN relay INTEGER REFERENCES relays (id);
+-- The relay a delivery was last handed to (relays.id); NULL before this migration.
+ALTER TABLE deliveries ADD COLUMN relay INTEGER;
