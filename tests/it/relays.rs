@@ -313,3 +313,95 @@ fn a_list_of_relays_with_two_primaries_is_refused_naming_the_file_and_field() {
         .stderr(predicate::str::contains("config.yaml: field `smtp.role`"))
         .stderr(predicate::str::contains("2 with `role: primary`"));
 }
+
+/// A private CA and a certificate for 127.0.0.1 that it signed: (CA PEM, cert DER, key DER).
+fn private_ca() -> (String, Vec<u8>, Vec<u8>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), cert.der().to_vec(), key.serialize_der())
+}
+
+/// Implicit TLS in front of `backend` (a plain test server) with the given certificate, on a
+/// port of its own: what a relay on port 465 with a private CA's certificate looks like.
+fn tls_front(backend: u16, cert: Vec<u8>, key: Vec<u8>) -> u16 {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A client that does not trust the certificate ends the handshake.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut plain) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+    });
+    port
+}
+
+#[test]
+fn a_relay_whose_certificate_a_private_ca_issued_is_trusted_through_its_ca_file() {
+    let server = TestSmtp::start();
+    let (ca_pem, cert, key) = private_ca();
+    let port = tls_front(server.port(), cert, key);
+    let site = site_with_subscribers(5, TestConfig::default());
+    std::fs::write(site.path().join("relay-ca.pem"), ca_pem).unwrap();
+    let relay = |ca: &str| {
+        format!(
+            "smtp:\n  name: office\n  host: 127.0.0.1\n  port: {port}\n  tls: tls\n  timeout: 5s\n  max_attempts: 2\n  retry_base: 50ms\n{ca}"
+        )
+    };
+    // Without the CA, the certificate is not trusted: nothing goes, the issue pauses.
+    with_smtp(&site, &relay(""));
+    send(&site)
+        .code(75)
+        .stderr(predicate::str::contains("issue 1 paused"))
+        .stderr(predicate::str::contains("certificate"));
+    assert!(server.received().is_empty());
+    // With `ca_file`, the same relay is trusted and the issue goes out over TLS.
+    site.edit_config(|yaml| {
+        yaml.replace(
+            "  max_attempts: 2\n",
+            "  max_attempts: 2\n  ca_file: relay-ca.pem\n",
+        )
+    });
+    send(&site).success();
+    assert_eq!(server.received().len(), 5);
+}
