@@ -7,7 +7,9 @@
 //! Where to read: `run.rs` (the run's steps), `worker.rs`, `writer.rs`, `breaker.rs` (an
 //! outage or throttling relay pauses the issue; a mailbox's 4xx is retried alone),
 //! `halt.rs` (a failed part stops the run; a quiet run says what it waits for),
-//! `transport.rs` (the seam) and `smtp.rs` (the conversation).
+//! `transport.rs` (the seam) and `smtp.rs` (the conversation); `relays.rs` (several relays,
+//! the move to a fallback), `limits.rs` (a relay's limits, counted in the database) and
+//! `domains.rs` (caps per recipient domain).
 
 use std::path::PathBuf;
 use std::sync::Arc;
