@@ -119,6 +119,8 @@ pub(super) fn writer_loop(
     let mut acks: Vec<Ack> = Vec::new();
     // Relays whose first use is on record (checked once per relay and run).
     let mut first_use_noted: Vec<RelayId> = Vec::new();
+    // Messages handed to each relay per second in the open group, written with its commit.
+    let mut handed: Vec<(RelayId, i64, u64)> = Vec::new();
     loop {
         let next = match open_since {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -138,7 +140,15 @@ pub(super) fn writer_loop(
                         let go = ledger::mark_sending(&conn, issue, id)?;
                         if let (true, Some(relay)) = (go, relay) {
                             let now = super::now_ms();
-                            relays::note_handed(&conn, issue, id, relay, now)?;
+                            relays::note_relay(&conn, issue, id, relay)?;
+                            let second = now.div_euclid(1000);
+                            match handed
+                                .iter_mut()
+                                .find(|(r, s, _)| *r == relay && *s == second)
+                            {
+                                Some((_, _, n)) => *n += 1,
+                                None => handed.push((relay, second, 1)),
+                            }
                             if !first_use_noted.contains(&relay) {
                                 relays::note_first_use(&conn, relay, now)?;
                                 first_use_noted.push(relay);
@@ -159,6 +169,9 @@ pub(super) fn writer_loop(
         }
         let due = open_since.is_some_and(|since| since.elapsed() >= GROUP_COMMIT);
         if open_since.is_some() && (!acks.is_empty() || due || disconnected) {
+            for (relay, second, n) in handed.drain(..) {
+                relays::count_handed(&conn, relay, second, n)?;
+            }
             ledger::commit_group(&conn)?;
             open_since = None;
             for ack in acks.drain(..) {

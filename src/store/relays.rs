@@ -33,23 +33,32 @@ pub fn first_used_ms(conn: &Connection, relay: RelayId) -> rusqlite::Result<Opti
     .map(Option::flatten)
 }
 
-/// Records that a delivery is being handed to `relay` at `now_ms`: the delivery names the
-/// relay, and the relay's count for that second grows by one. Called in the ledger writer's
+/// Records that a delivery is being handed to `relay`. Called in the ledger writer's
 /// transaction with the delivery's `sending` mark.
-pub fn note_handed(
+pub fn note_relay(
     conn: &Connection,
     number: IssueNumber,
     subscriber_id: SubscriberId,
     relay: RelayId,
-    now_ms: i64,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE deliveries SET relay = ? WHERE issue = ? AND subscriber_id = ?")?
         .execute(params![relay.0, number, subscriber_id])?;
+    Ok(())
+}
+
+/// Adds `n` messages handed to `relay` in `second` (seconds since the epoch) to its count:
+/// what its limits are measured against. Written in the same transaction as their marks.
+pub fn count_handed(
+    conn: &Connection,
+    relay: RelayId,
+    second: i64,
+    n: u64,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO relay_usage (relay, second, handed) VALUES (?, ?, 1)
-         ON CONFLICT (relay, second) DO UPDATE SET handed = handed + 1",
+        "INSERT INTO relay_usage (relay, second, handed) VALUES (?1, ?2, ?3)
+         ON CONFLICT (relay, second) DO UPDATE SET handed = handed + ?3",
     )?
-    .execute(params![relay.0, now_ms.div_euclid(1000)])?;
+    .execute(params![relay.0, second, n as i64])?;
     Ok(())
 }
 
