@@ -278,4 +278,52 @@ mod tests {
         l.take(5_000);
         assert_eq!(l.check(5_100).unwrap_err().limit, Limit::Day);
     }
+
+    #[test]
+    fn the_windows_start_from_what_the_database_counted() {
+        use crate::config::relays::Warmup;
+        let f = super::super::test_support::Fixture::new(1);
+        let conn = f.read();
+        let ses = relays::ensure(&conn, "ses").unwrap();
+        let now = 1_800_000_000_000;
+        let hour_ago = now - 3_600_000;
+        // Five messages 10 minutes ago (an earlier run), and thirty two hours ago.
+        relays::count_handed(&conn, ses, (now - 600_000) / 1000, 5).unwrap();
+        relays::count_handed(&conn, ses, (hour_ago - 3_600_000) / 1000, 30).unwrap();
+        let hourly = RelayLimits {
+            per_hour: Some(5),
+            ..Default::default()
+        };
+        let at = Limits::load(&conn, ses, &hourly, now)
+            .unwrap()
+            .check(now)
+            .unwrap_err();
+        assert_eq!((at.limit, at.max), (Limit::Hour, 5));
+        assert_eq!(at.until_ms, now - 600_000 + 3_600_000);
+        let roomy = RelayLimits {
+            per_hour: Some(6),
+            ..Default::default()
+        };
+        assert!(Limits::load(&conn, ses, &roomy, now)
+            .unwrap()
+            .check(now)
+            .is_ok());
+        // The ramp's day counts from the relay's first use: its second day allows 2 × 10.
+        relays::note_first_use(&conn, ses, now - 86_400_000 - 60_000).unwrap();
+        let ramp = RelayLimits {
+            warmup: Some(Warmup {
+                first_day: 10,
+                factor: 2.0,
+            }),
+            ..Default::default()
+        };
+        let mut limits = Limits::load(&conn, ses, &ramp, now).unwrap();
+        // 35 in the last 24 hours already: over the second day's 20.
+        assert_eq!(limits.check(now).unwrap_err().limit, Limit::Warmup);
+        assert!(limits
+            .check(now)
+            .unwrap_err()
+            .describe("ses")
+            .contains("warm-up limit (warmup 20 messages)"));
+    }
 }
