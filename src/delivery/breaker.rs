@@ -345,7 +345,12 @@ impl Breaker {
     fn describe_relay(&self) -> String {
         let last = self.last_relay.clone().unwrap_or_default();
         if last.contains("(4") || last.starts_with('4') {
-            format!("{} is throttling or refusing us: {last}", self.relay)
+            format!(
+                "{} is throttling or refusing us: {last} (if it keeps doing so, lower its \
+                 rate_per_second or set its per_hour/per_day limits to the provider's quota, \
+                 or list a fallback relay)",
+                self.relay
+            )
         } else {
             last
         }
