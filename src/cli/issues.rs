@@ -85,6 +85,38 @@ fn print_readers(e: &IssueEvents) {
 
 /// The state shown for an issue: the ledger's, except that an issue still marked `sending`
 /// while no sender runs was stopped (Ctrl-C, a crash) and is shown as `interrupted`.
+/// Which relay took how many of the issue's messages: shown when several relays are
+/// configured or took part.
+fn print_relays(
+    config: &Config,
+    conn: &rusqlite::Connection,
+    number: crate::store::IssueNumber,
+) -> anyhow::Result<()> {
+    let tallies = crate::store::relays::per_issue(conn, number)?;
+    if tallies.len() < 2 && config.fallbacks.is_empty() {
+        return Ok(());
+    }
+    let parts: Vec<String> = tallies
+        .iter()
+        .map(|t| {
+            let mut part = format!("{}: {} sent", t.relay, t.sent);
+            if t.not_sent > 0 {
+                part.push_str(&format!(", {} not sent", t.not_sent));
+            }
+            part
+        })
+        .collect();
+    println!(
+        "Relays:      {}",
+        if parts.is_empty() {
+            "none used yet".to_owned()
+        } else {
+            parts.join("; ")
+        }
+    );
+    Ok(())
+}
+
 fn state_label(config: &Config, state: IssueState) -> &'static str {
     if state == IssueState::Sending && !crate::store::lock::sender_running(&config.state_dir) {
         "interrupted"
@@ -163,6 +195,7 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
                 c.sending,
                 c.skipped
             );
+            print_relays(config, &conn, number)?;
             let e = events::issue_events(&conn, number)?;
             if e.attempted > 0 {
                 print_readers(&e);

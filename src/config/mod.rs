@@ -2,6 +2,7 @@
 //! relative paths resolved against the file's own folder so the binary can run from anywhere.
 
 pub mod provider_webhooks;
+pub mod relays;
 pub mod retention;
 pub mod schedule;
 pub mod signup;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
+use crate::config::relays::{DomainCap, RawDomainCap, RawRelays, RelayLimits, RelayRole, Warmup};
 use crate::config::schedule::SlotSchedule;
 use crate::config::signup::{RawSignup, SignupConfig};
 use crate::mail::address::SubscriberEmail;
@@ -55,7 +57,7 @@ struct RawConfig {
     content_dir: PathBuf,
     state_dir: PathBuf,
     schedule: RawSchedule,
-    smtp: RawSmtp,
+    smtp: RawRelays,
     web: RawWeb,
     secret_env: String,
     #[serde(default)]
@@ -74,6 +76,8 @@ struct RawConfig {
     retention: retention::RawRetention,
     #[serde(default)]
     provider_webhooks: provider_webhooks::RawProviderWebhooks,
+    #[serde(default)]
+    domains: Option<std::collections::BTreeMap<String, RawDomainCap>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +138,20 @@ struct RawSmtp {
     give_up_after: String,
     #[serde(default = "default_pause_max")]
     pause_max: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    role: Option<RelayRole>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    per_second: Option<u64>,
+    #[serde(default)]
+    per_hour: Option<u64>,
+    #[serde(default)]
+    per_day: Option<u64>,
+    #[serde(default)]
+    warmup: Option<Warmup>,
 }
 
 fn default_password_env() -> String {
@@ -264,6 +282,11 @@ pub struct Config {
     pub retention: retention::RetentionConfig,
     /// The relays' event webhooks the web process accepts (`provider_webhooks:`).
     pub provider_webhooks: provider_webhooks::ProviderWebhooksConfig,
+    /// The relays that take over, in order, while the primary (`smtp`) cannot (`smtp:` as
+    /// a list with `role: fallback` entries).
+    pub fallbacks: Vec<SmtpConfig>,
+    /// Caps per recipient domain (`domains:`, over the built-in defaults).
+    pub domains: Vec<DomainCap>,
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +329,16 @@ pub struct SmtpConfig {
     pub give_up_after: Duration,
     /// The longest wait before the daemon resumes a paused issue.
     pub pause_max: Duration,
+    /// The relay's name in the ledger, `issues show` and messages (`name`, else host:port).
+    pub name: String,
+    pub role: RelayRole,
+    /// Trust anchors beyond the public ones (`ca_file`), for a relay whose certificate a
+    /// private CA issued.
+    pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// `password_file` of this relay (for the primary, also `Config::smtp_password_file`).
+    pub password_file: Option<PathBuf>,
+    /// Per-second, hourly and daily limits and the warm-up ramp, counted in the database.
+    pub limits: RelayLimits,
 }
 
 /// The endpoint's limits (`web:`); see [`crate::web::server`].
@@ -373,7 +406,16 @@ impl Config {
             .validate(|p| check.resolve(p))
             .map_err(|(field, reason)| check.invalid(field, reason))?;
         let signup = SignupConfig::from_raw(raw.signup, |f, r| check.invalid(f, r))?;
-        let smtp_password_file = raw.smtp.password_file.as_deref().map(|p| check.resolve(p));
+        let mut relays = relays::order(
+            raw.smtp,
+            |r, role| check.smtp(r, role).map_err(ConfigError::into_field),
+            |r: &SmtpConfig| r.name.as_str(),
+        )
+        .map_err(|(field, reason)| check.invalid(field, reason))?;
+        let smtp = relays.remove(0);
+        let smtp_password_file = smtp.password_file.clone();
+        let domains = relays::domain_caps(raw.domains)
+            .map_err(|(field, reason)| check.invalid(field, reason))?;
         let retention =
             retention::RetentionConfig::from_raw(raw.retention, |f, r| check.invalid(f, r))?;
         let provider_webhooks = provider_webhooks::ProviderWebhooksConfig::from_raw(
@@ -388,7 +430,7 @@ impl Config {
             content_dir: check.resolve(&raw.content_dir),
             state_dir: check.resolve(&raw.state_dir),
             schedule: check.schedule(raw.schedule)?,
-            smtp: check.smtp(raw.smtp)?,
+            smtp,
             web_listen: check.web_listen(&raw.web.listen)?,
             web: check.web(&raw.web)?,
             secret_env: raw.secret_env,
@@ -406,6 +448,8 @@ impl Config {
             signup,
             retention,
             provider_webhooks,
+            fallbacks: relays,
+            domains,
         })
     }
 
@@ -499,7 +543,7 @@ impl Check<'_> {
         })
     }
 
-    fn smtp(&self, raw: RawSmtp) -> Result<SmtpConfig, ConfigError> {
+    fn smtp(&self, raw: RawSmtp, role: RelayRole) -> Result<SmtpConfig, ConfigError> {
         if raw.concurrency == 0 || raw.concurrency > 1000 {
             return Err(self.invalid(
                 "smtp.concurrency",
@@ -517,7 +561,49 @@ impl Check<'_> {
         if pause_max.is_zero() {
             return Err(self.invalid("smtp.pause_max", "must be longer than 0s".into()));
         }
+        let name = raw
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", raw.host, raw.port));
+        let extra_roots = match &raw.ca_file {
+            None => vec![],
+            Some(file) => {
+                relays::read_ca(&self.resolve(file)).map_err(|e| self.invalid("smtp.ca_file", e))?
+            }
+        };
+        if let Some(w) = raw.warmup {
+            if w.first_day == 0 || !(1.0..=10.0).contains(&w.factor) {
+                return Err(self.invalid(
+                    "smtp.warmup",
+                    format!(
+                        "relay {name}: first_day must be at least 1 and factor between 1 and 10"
+                    ),
+                ));
+            }
+        }
+        for (field, limit) in [
+            ("smtp.per_second", raw.per_second),
+            ("smtp.per_hour", raw.per_hour),
+            ("smtp.per_day", raw.per_day),
+        ] {
+            if limit == Some(0) {
+                return Err(self.invalid(
+                    field,
+                    format!("relay {name}: must be at least 1 (leave it out for no limit)"),
+                ));
+            }
+        }
         Ok(SmtpConfig {
+            limits: RelayLimits {
+                per_second: raw.per_second,
+                per_hour: raw.per_hour,
+                per_day: raw.per_day,
+                warmup: raw.warmup,
+            },
+            password_file: raw.password_file.as_deref().map(|p| self.resolve(p)),
+            extra_roots,
+            role,
+            name,
             timeout: parse_duration(&raw.timeout).map_err(|e| self.invalid("smtp.timeout", e))?,
             retry_base: parse_duration(&raw.retry_base)
                 .map_err(|e| self.invalid("smtp.retry_base", e))?,
@@ -633,6 +719,16 @@ pub fn read_secret_file(path: &Path, field: &str) -> Result<String, crate::error
         return Err(err(format!("{} ({field}) is empty", path.display())));
     }
     Ok(value)
+}
+
+impl ConfigError {
+    /// The field and reason of an `Invalid` error (others keep their text).
+    fn into_field(self) -> (&'static str, String) {
+        match self {
+            ConfigError::Invalid { field, reason, .. } => (field, reason),
+            other => ("smtp", other.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -174,12 +174,16 @@ pub(super) struct Breaker {
     last_refusal: Option<String>,
     /// Messages of this issue the relay has accepted, in earlier runs and this one.
     accepted: u64,
+    /// How the reasons name the relay ("the relay", or "relay NAME").
+    relay: String,
+    /// The trip was a reply blaming the sender: another relay would not help.
+    blamed_sender: bool,
 }
 
 /// The reason given when the relay refuses nearly everyone.
-fn refusing_everyone(share: &str, last: &str) -> String {
+fn refusing_everyone(relay: &str, share: &str, last: &str) -> String {
     format!(
-        "the relay refused nearly every recipient permanently ({share}; last reply: {last}). \
+        "{relay} refused nearly every recipient permanently ({share}; last reply: {last}). \
          That is the relay or its configuration, not the readers: nobody was marked bounced. \
          Check smtp.host, the relay's relay permissions and login, then run the send again"
     )
@@ -200,7 +204,21 @@ impl Breaker {
             pass_refused: 0,
             last_refusal: None,
             accepted,
+            relay: "the relay".into(),
+            blamed_sender: false,
         }
+    }
+
+    /// Names the relay in the reasons it gives.
+    pub(super) fn for_relay(mut self, name: &str) -> Self {
+        self.relay = format!("relay {name}");
+        self
+    }
+
+    /// Whether it tripped on a reply that blames the sender (authentication, policy, a
+    /// blocklist), which no other relay would cure.
+    pub(super) fn blamed_sender(&self) -> bool {
+        self.blamed_sender
     }
 
     /// Why the breaker tripped, once it has.
@@ -219,10 +237,12 @@ impl Breaker {
         if let Some(reply) = blamed {
             self.refund.push(id);
             if self.tripped.is_none() {
+                self.blamed_sender = true;
                 self.trip(format!(
-                    "the relay refuses our mail as the sender's fault, not the reader's: {reply}. \
+                    "{} refuses our mail as the sender's fault, not the reader's: {reply}. \
                      Check the sending domain's SPF, DKIM (`verdicts dkim-record`) and DMARC \
-                     records and whether the relay's IP is on a blocklist; no reader was marked bounced"
+                     records and whether the relay's IP is on a blocklist; no reader was marked bounced",
+                    self.relay
                 ));
             }
             return;
@@ -277,6 +297,7 @@ impl Breaker {
             if let Some((refused, of)) = self.refusals() {
                 let last = reply.cloned().unwrap_or_default();
                 self.trip(refusing_everyone(
+                    &self.relay,
                     &format!("{refused} of the last {of}"),
                     &last,
                 ));
@@ -287,7 +308,8 @@ impl Breaker {
             if let Some((failing, of)) = self.spread() {
                 let last = reply.cloned().unwrap_or_default();
                 self.trip(format!(
-                    "the relay is failing most recipients temporarily ({failing} of the last {of}; last reply: {last})"
+                    "{} is failing most recipients temporarily ({failing} of the last {of}; last reply: {last})",
+                    self.relay
                 ));
             }
         }
@@ -323,7 +345,12 @@ impl Breaker {
     fn describe_relay(&self) -> String {
         let last = self.last_relay.clone().unwrap_or_default();
         if last.contains("(4") || last.starts_with('4') {
-            format!("the relay is throttling or refusing us: {last}")
+            format!(
+                "{} is throttling or refusing us: {last} (if it keeps doing so, lower its \
+                 rate_per_second or set its per_hour/per_day limits to the provider's quota, \
+                 or list a fallback relay)",
+                self.relay
+            )
         } else {
             last
         }
@@ -348,7 +375,7 @@ impl Breaker {
             // Not one message accepted for this issue, and every reader asked refused.
             let last = self.last_refusal.clone().unwrap_or_default();
             let all = format!("all {} recipients tried", self.pass_refused);
-            self.trip(refusing_everyone(&all, &last));
+            self.trip(refusing_everyone(&self.relay, &all, &last));
         }
         if self.tripped.is_none() && self.pass_relay > 0 && self.pass_answers == 0 {
             let why = if self.last_relay.is_some() {
@@ -410,6 +437,40 @@ mod tests {
         assert_eq!(reply_code("transient error (452): x"), Some(452));
         assert_eq!(reply_code("421 closing"), Some(421));
         assert_eq!(reply_code("no code here"), None);
+    }
+
+    #[test]
+    fn policy_refusals_blame_the_sender_and_trip_without_bouncing() {
+        for reply in [
+            "permanent error (550): 5.7.515 Access denied, sending domain example.com doesn't meet the required authentication level.",
+            "permanent error (550): 5.7.26 This mail is unauthenticated, which poses a security risk to the sender and Gmail users",
+            "permanent error (550): 5.7.1 Message rejected due to local policy",
+            "permanent error (550): Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+            "permanent error (554): 5.7.1 Service unavailable; client blocked",
+        ] {
+            assert!(blames_sender(reply), "{reply}");
+            let mut b = Breaker::new(8, 0).for_relay("ses");
+            b.record(
+                SubscriberId(1),
+                &Attempt::Permanent {
+                    reply: reply.into(),
+                    user_unknown: false,
+                },
+            );
+            let why = b.tripped().expect("one such reply is enough");
+            assert!(why.starts_with("relay ses refuses our mail"), "{why}");
+            assert!(why.contains("verdicts dkim-record"), "{why}");
+            assert!(b.blamed_sender());
+            assert_eq!(b.take_refunds(), vec![SubscriberId(1)]);
+        }
+        // A rate limit at 421 is throttling: the relay's, not a policy verdict on us.
+        let throttled = "transient error (421): 4.7.0 Too many messages, rate limited";
+        assert!(!blames_sender(throttled));
+        assert_eq!(scope(throttled), Scope::Relay);
+        // The reader's own refusal stays the reader's.
+        assert!(!blames_sender(
+            "permanent error (550): 5.1.1 <a@b.c>: Recipient address rejected: User unknown"
+        ));
     }
 
     #[test]

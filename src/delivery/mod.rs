@@ -7,7 +7,9 @@
 //! Where to read: `run.rs` (the run's steps), `worker.rs`, `writer.rs`, `breaker.rs` (an
 //! outage or throttling relay pauses the issue; a mailbox's 4xx is retried alone),
 //! `halt.rs` (a failed part stops the run; a quiet run says what it waits for),
-//! `transport.rs` (the seam) and `smtp.rs` (the conversation).
+//! `transport.rs` (the seam) and `smtp.rs` (the conversation); `relays.rs` (several relays,
+//! the move to a fallback), `limits.rs` (a relay's limits, counted in the database) and
+//! `domains.rs` (caps per recipient domain).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +19,10 @@ use tokio::sync::watch;
 
 mod breaker;
 pub mod data;
+mod domains;
 mod halt;
+pub mod limits;
+pub mod relays;
 mod run;
 pub(crate) mod smtp;
 #[cfg(test)]
@@ -29,9 +34,11 @@ mod worker;
 mod writer;
 
 use halt::Halt;
+pub use relays::RelaySet;
 pub use smtp::{is_user_unknown, Attempt};
 pub use transport::{SmtpTransport, Transport};
 
+use crate::config::relays::DomainCap;
 use crate::config::SmtpConfig;
 use crate::mail::message::{IssueMessages, Recipient};
 use crate::store::ledger::DeliveryCounts;
@@ -96,6 +103,11 @@ pub struct Delivery {
     pub hygiene: crate::store::events::Hygiene,
     /// Show a progress bar (on a terminal); otherwise log progress periodically.
     pub progress_bar: bool,
+    /// The relays that take over, in order, while the primary (`smtp`) cannot, each with
+    /// its password.
+    pub fallbacks: Vec<(SmtpConfig, Option<String>)>,
+    /// Caps per recipient domain.
+    pub domains: Vec<DomainCap>,
 }
 
 /// How a run ended.
@@ -139,8 +151,9 @@ pub struct Report {
 /// they come due, until none is left, the server is unreachable or throttling, or `stop`
 /// turns true.
 pub async fn deliver(job: Delivery, stop: watch::Receiver<bool>) -> anyhow::Result<Report> {
-    let transport = SmtpTransport::new(job.smtp.clone(), job.password.clone());
-    deliver_with(job, transport, stop).await
+    let mut relays = vec![(job.smtp.clone(), job.password.clone())];
+    relays.extend(job.fallbacks.iter().cloned());
+    deliver_with(job, RelaySet::new(relays), stop).await
 }
 
 /// [`deliver`] through any transport.

@@ -3,6 +3,7 @@
 //! over the due deliveries, each ending with [`Run::end_of_pass`]), [`Run::shutdown`] and
 //! [`finish`] (complete, pause, give up, and count).
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,17 +16,24 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::breaker::Breaker;
+use super::domains::{self, DomainGate};
 use super::halt::{guarded, unless_failed, watchdog, Fault, Halt, Progress};
+use super::limits::{self, Limits};
 use super::transport::Transport;
 use super::worker::{worker, Engine, Job};
 use super::writer::{self, WriteOp};
 use super::{now_ms, Delivery, Finish, Report};
+use crate::config::SmtpConfig;
 use crate::mail::message::Recipient;
 use crate::store::ledger::{self, DeliveryCounts, IssueState, Outcome};
+use crate::store::relays as relay_rows;
 use crate::store::{self, IssueNumber, SubscriberId};
 
 /// Deliveries read from the ledger per query.
 const BATCH: usize = 512;
+/// Most deliveries kept waiting for their capped domain's turn before the dispatcher stops
+/// reading more from the ledger.
+const HELD_MAX: usize = 4096;
 /// How long a run may go without progress before it says what it is waiting for.
 pub(super) const QUIET: Duration = Duration::from_secs(60);
 
@@ -90,6 +98,38 @@ pub(super) struct Run<T: Transport> {
     reporters: Vec<tokio::task::JoinHandle<()>>,
     stop: watch::Receiver<bool>,
     cursor: SubscriberId,
+    /// The configured relays (primary first) as the run uses them, and the active one.
+    relays: Vec<RelayRun>,
+    active: usize,
+    /// Why earlier relays of this run were left, for the reason if the last one fails too.
+    left: Vec<String>,
+    /// Messages of the issue accepted before this run.
+    sent_before: u64,
+    /// Caps per recipient domain, and the deliveries waiting for their domain's turn (by
+    /// domain group).
+    gate: DomainGate,
+    held: Vec<VecDeque<Held>>,
+}
+
+/// One relay during a run.
+struct RelayRun {
+    name: String,
+    concurrency: usize,
+    limits: Limits,
+}
+
+/// A delivery waiting for its domain's turn.
+struct Held {
+    recipient: Recipient,
+    attempts: u32,
+}
+
+/// The relays of a job that the transport can reach, primary first.
+fn relay_configs(job: &Delivery, reachable: usize) -> Vec<&SmtpConfig> {
+    std::iter::once(&job.smtp)
+        .chain(job.fallbacks.iter().map(|(smtp, _)| smtp))
+        .take(reachable.max(1))
+        .collect()
 }
 
 /// Starts the writer thread, the workers and the progress reporters.
@@ -100,7 +140,27 @@ pub(super) fn spawn<T: Transport>(
     stop: watch::Receiver<bool>,
     quiet: Duration,
 ) -> anyhow::Result<Run<T>> {
+    let configs = relay_configs(job, transport.relays());
     let concurrency = job.smtp.concurrency;
+    let workers_needed = configs.iter().map(|c| c.concurrency).max().unwrap_or(1);
+    let now = super::now_ms();
+    let mut relay_ids = Vec::new();
+    let mut relays = Vec::new();
+    for smtp in &configs {
+        let id = relay_rows::ensure(&start.read, &smtp.name)?;
+        let limits = if smtp.limits.is_empty() {
+            Limits::none()
+        } else {
+            Limits::load(&start.read, id, &smtp.limits, now)?
+        };
+        relay_ids.push(id);
+        relays.push(RelayRun {
+            name: smtp.name.clone(),
+            concurrency: smtp.concurrency,
+            limits,
+        });
+    }
+    limits::prune(&start.read, now)?;
     let fault = Fault::new();
     let (writer_tx, writer) = writer::spawn(
         job.db_path.clone(),
@@ -126,11 +186,20 @@ pub(super) fn spawn<T: Transport>(
         smtp: job.smtp.clone(),
         give_up_at_ms: start.deadline.timestamp_millis(),
         writer: writer_tx,
-        limiter: NonZeroU32::new(job.smtp.rate_per_second)
-            .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
+        limiters: configs
+            .iter()
+            .map(|c| {
+                NonZeroU32::new(c.rate_per_second)
+                    .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r)))
+            })
+            .collect(),
+        active: AtomicUsize::new(0),
+        relay_ids: relay_ids.clone(),
         // As many relay-wide failures in a row as there are connections (at least 3); a
         // pass with nothing but such failures also trips it, so a small list pauses too.
-        breaker: Mutex::new(Breaker::new(concurrency.max(3), start.before.sent)),
+        breaker: Mutex::new(
+            Breaker::new(concurrency.max(3), start.before.sent).for_relay(&job.smtp.name),
+        ),
         fault,
         progress: Arc::new(Progress::new(
             "the first deliveries to be read from the ledger",
@@ -144,11 +213,11 @@ pub(super) fn spawn<T: Transport>(
         bar,
         transport,
     });
-    let (jobs, job_rx) = mpsc::channel::<Job>(concurrency);
+    let (jobs, job_rx) = mpsc::channel::<Job>(workers_needed);
     // Only the workers hold the receiver: if they all end, sending a job fails instead of
     // waiting forever.
     let job_rx = Arc::new(tokio::sync::Mutex::new(job_rx));
-    let workers = (0..concurrency)
+    let workers = (0..workers_needed)
         .map(|_| tokio::spawn(worker(engine.clone(), job_rx.clone())))
         .collect();
     let mut reporters = vec![tokio::spawn({
@@ -172,6 +241,12 @@ pub(super) fn spawn<T: Transport>(
         reporters,
         stop,
         cursor: SubscriberId(0),
+        relays,
+        active: 0,
+        left: Vec::new(),
+        sent_before: start.before.sent,
+        gate: DomainGate::new(&job.domains),
+        held: Vec::new(),
     })
 }
 
@@ -199,6 +274,18 @@ enum Pass {
     Done,
     /// The breaker tripped mid-pass.
     Tripped,
+    /// The active relay reached an hourly, daily or warm-up limit (why).
+    AtLimit(String),
+}
+
+/// How a pass's end went.
+enum PassEnd {
+    /// Another pass follows (retries came due).
+    Again,
+    /// The run is over.
+    Finished(Finish),
+    /// The breaker tripped on what the pass saw (why).
+    Tripped(String),
 }
 
 impl<T: Transport> Run<T> {
@@ -223,32 +310,117 @@ impl<T: Transport> Run<T> {
         )
     }
 
-    /// Passes over the due deliveries until none is left, the breaker trips, or a stop or
-    /// a fault ends the run.
+    /// Passes over the due deliveries until none is left, the breaker trips or a limit is
+    /// reached on the last relay that could take over, or a stop or a fault ends the run.
     pub(super) async fn dispatch(&mut self) -> Result<Finish, Halt> {
         loop {
-            if let Pass::Tripped = self.pass().await? {
-                // In-flight attempts finish at the shutdown, before the refunds.
-                let reason = self.engine.tripped().unwrap_or_default();
+            let why = match self.pass().await? {
+                Pass::Done => match self.end_of_pass().await? {
+                    PassEnd::Again => continue,
+                    PassEnd::Finished(finish) => return Ok(finish),
+                    PassEnd::Tripped(why) => why,
+                },
+                // In-flight attempts finish at the shutdown (or the move to a fallback),
+                // before the refunds.
+                Pass::Tripped => self.engine.tripped().unwrap_or_default(),
+                Pass::AtLimit(why) => why,
+            };
+            if !self.fail_over(&why).await? {
+                warn!(reason = %why, "pausing the issue");
+                let reason = if self.left.is_empty() {
+                    why
+                } else {
+                    format!("{}; then {why}", self.left.join("; then "))
+                };
                 return Ok(Finish::Paused { reason });
-            }
-            if let Some(finish) = self.end_of_pass().await? {
-                return Ok(finish);
             }
         }
     }
 
-    /// Hands every due delivery to the workers, in subscriber order from the cursor.
+    /// Moves the run to the next fallback relay that can take messages, if there is one and
+    /// the reason to leave is not the sender's own fault (which no other relay would cure).
+    /// What the left relay's trouble cost is given back first.
+    async fn fail_over(&mut self, why: &str) -> Result<bool, Halt> {
+        let blamed = self
+            .engine
+            .breaker
+            .lock()
+            .expect("breaker lock")
+            .blamed_sender();
+        if blamed {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let next = (self.active + 1..self.relays.len()).find(|&i| {
+            match self.relays[i].limits.check(now) {
+                Ok(()) => true,
+                Err(at) => at.limit.is_short(),
+            }
+        });
+        let Some(next) = next else {
+            return Ok(false);
+        };
+        self.drain().await?;
+        let fault = |e: rusqlite::Error| Halt::Fault(format!("giving back attempts failed: {e}"));
+        let refunds = self
+            .engine
+            .breaker
+            .lock()
+            .expect("breaker lock")
+            .take_refunds();
+        ledger::refund_attempts(&self.read, self.issue, &refunds).map_err(fault)?;
+        ledger::release_held_bounces(&self.read, self.issue).map_err(fault)?;
+        let (from, to) = (
+            self.relays[self.active].name.clone(),
+            self.relays[next].name.clone(),
+        );
+        warn!(reason = %why, from = %from, to = %to, "continuing the issue on a fallback relay");
+        self.left.push(why.to_owned());
+        // Every worker is idle (drained): the permits match the new relay's concurrency.
+        let (old, new) = (self.concurrency, self.relays[next].concurrency);
+        if new > old {
+            self.permits.add_permits(new - old);
+        } else if new < old {
+            self.permits.forget_permits(old - new);
+        }
+        self.concurrency = new;
+        self.active = next;
+        self.engine.active.store(next, Ordering::SeqCst);
+        self.engine.transport.use_relay(next);
+        let accepted = self.sent_before + self.engine.sent.load(Ordering::Relaxed);
+        *self.engine.breaker.lock().expect("breaker lock") =
+            Breaker::new(new.max(3), accepted).for_relay(&to);
+        self.cursor = SubscriberId(0);
+        Ok(true)
+    }
+
+    /// Hands every due delivery to the workers, in subscriber order from the cursor; a
+    /// delivery whose domain is at its cap waits for its turn while the others go on.
     async fn pass(&mut self) -> Result<Pass, Halt> {
+        self.held.clear();
         loop {
             if self.engine.tripped().is_some() {
                 return Ok(Pass::Tripped);
             }
-            let batch =
+            if let Some(pass) = self.release_held().await? {
+                return Ok(pass);
+            }
+            let waiting: usize = self.held.iter().map(VecDeque::len).sum();
+            let batch = if waiting >= HELD_MAX {
+                Vec::new()
+            } else {
                 ledger::due_deliveries(&self.read, self.issue, self.cursor, now_ms(), BATCH)
-                    .map_err(|e| Halt::Fault(format!("reading the due deliveries failed: {e}")))?;
+                    .map_err(|e| Halt::Fault(format!("reading the due deliveries failed: {e}")))?
+            };
             if batch.is_empty() {
-                return Ok(Pass::Done);
+                if waiting == 0 {
+                    return Ok(Pass::Done);
+                }
+                self.engine.progress.waiting_for(format!(
+                    "{waiting} deliveries to capped recipient domains (domains:) to have their turn"
+                ));
+                self.wait(tokio::time::sleep(DomainGate::NAP)).await?;
+                continue;
             }
             self.engine.progress.waiting_for(format!(
                 "a free connection: all {} exchanges with {} are in flight",
@@ -272,30 +444,100 @@ impl<T: Transport> Run<T> {
                         continue;
                     }
                 };
-                let permits = self.permits.clone();
-                let permit = self
-                    .wait(permits.acquire_owned())
-                    .await?
-                    .expect("the semaphore is never closed");
-                if self.engine.tripped().is_some() {
-                    return Ok(Pass::Tripped);
-                }
-                let job = Job {
-                    recipient: Recipient {
-                        subscriber_id: d.subscriber_id,
-                        email,
-                        name: d.name,
-                    },
-                    attempts_before: d.attempts,
-                    _permit: permit,
+                let group = self.gate.group(email.address().domain());
+                let recipient = Recipient {
+                    subscriber_id: d.subscriber_id,
+                    email,
+                    name: d.name,
                 };
-                let jobs = self.jobs.clone();
-                if self.wait(jobs.send(job)).await?.is_err() {
-                    return Err(Halt::Fault("every delivery worker stopped".into()));
+                match self.gate.try_pass(group) {
+                    domains::Pass::Go(slot) => {
+                        if let Some(pass) = self.hand_out(recipient, d.attempts, slot).await? {
+                            return Ok(pass);
+                        }
+                    }
+                    domains::Pass::Wait => {
+                        let g = group.expect("only a capped domain waits");
+                        if self.held.len() <= g {
+                            self.held.resize_with(g + 1, VecDeque::new);
+                        }
+                        self.held[g].push_back(Held {
+                            recipient,
+                            attempts: d.attempts,
+                        });
+                    }
                 }
-                self.engine.progress.beat();
+                if let Some(pass) = self.release_held().await? {
+                    return Ok(pass);
+                }
             }
         }
+    }
+
+    /// Hands out the waiting deliveries whose domain has room now.
+    async fn release_held(&mut self) -> Result<Option<Pass>, Halt> {
+        for g in 0..self.held.len() {
+            while !self.held[g].is_empty() {
+                let domains::Pass::Go(slot) = self.gate.try_pass(Some(g)) else {
+                    break;
+                };
+                let held = self.held[g].pop_front().expect("not empty");
+                if let Some(pass) = self.hand_out(held.recipient, held.attempts, slot).await? {
+                    return Ok(Some(pass));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Hands one delivery to a worker once a connection is free and the active relay's
+    /// limits allow it; a per-second limit is waited out, a longer one ends the pass.
+    async fn hand_out(
+        &mut self,
+        recipient: Recipient,
+        attempts: u32,
+        domain: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Option<Pass>, Halt> {
+        let permits = self.permits.clone();
+        let permit = self
+            .wait(permits.acquire_owned())
+            .await?
+            .expect("the semaphore is never closed");
+        if self.engine.tripped().is_some() {
+            return Ok(Some(Pass::Tripped));
+        }
+        loop {
+            let now = now_ms();
+            let relay = &mut self.relays[self.active];
+            match relay.limits.check(now) {
+                Ok(()) => {
+                    relay.limits.take(now);
+                    break;
+                }
+                Err(at) if at.limit.is_short() => {
+                    self.engine.progress.waiting_for(format!(
+                        "the {} of relay {}",
+                        at.limit.label(),
+                        relay.name
+                    ));
+                    self.wait(tokio::time::sleep(limits::wait_for(&at, now)))
+                        .await?;
+                }
+                Err(at) => return Ok(Some(Pass::AtLimit(at.describe(&relay.name)))),
+            }
+        }
+        let job = Job {
+            recipient,
+            attempts_before: attempts,
+            _permit: permit,
+            _domain: domain,
+        };
+        let jobs = self.jobs.clone();
+        if self.wait(jobs.send(job)).await?.is_err() {
+            return Err(Halt::Fault("every delivery worker stopped".into()));
+        }
+        self.engine.progress.beat();
+        Ok(None)
     }
 
     /// Lets in-flight messages finish and their outcomes land in the ledger.
@@ -326,7 +568,7 @@ impl<T: Transport> Run<T> {
     }
 
     /// The end of a pass: the breaker's check, then done, or a wait for the next retry.
-    async fn end_of_pass(&mut self) -> Result<Option<Finish>, Halt> {
+    async fn end_of_pass(&mut self) -> Result<PassEnd, Halt> {
         self.drain().await?;
         let relay = self.engine.transport.describe();
         let tripped = {
@@ -336,13 +578,12 @@ impl<T: Transport> Run<T> {
                 .map(str::to_owned)
         };
         if let Some(reason) = tripped {
-            warn!(%reason, "pausing the issue");
-            return Ok(Some(Finish::Paused { reason }));
+            return Ok(PassEnd::Tripped(reason));
         }
         let next = ledger::next_due_ms(&self.read, self.issue)
             .map_err(|e| Halt::Fault(format!("reading the next retry time failed: {e}")))?;
         let Some(due) = next else {
-            return Ok(Some(Finish::Complete));
+            return Ok(PassEnd::Finished(Finish::Complete));
         };
         self.cursor = SubscriberId(0);
         let wait = Duration::from_millis((due - now_ms()).max(0) as u64);
@@ -355,7 +596,7 @@ impl<T: Transport> Run<T> {
             self.wait(tokio::time::sleep(wait.min(Duration::from_secs(60))))
                 .await?;
         }
-        Ok(None)
+        Ok(PassEnd::Again)
     }
 
     /// Stops handing out work, lets what is in flight finish (each exchange is

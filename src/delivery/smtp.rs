@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use tokio::sync::oneshot;
@@ -198,7 +198,16 @@ pub(crate) async fn connect(
     password: Option<&str>,
 ) -> Result<AsyncSmtpConnection, String> {
     let where_ = format!("{}:{}", smtp.host, smtp.port);
-    let tls = || TlsParameters::new(smtp.host.clone()).map_err(|e| format!("TLS setup: {e}"));
+    let tls = || {
+        let mut params = TlsParameters::builder(smtp.host.clone());
+        // `ca_file`: a relay whose certificate a private CA issued.
+        for root in &smtp.extra_roots {
+            params = params.add_root_certificate(
+                Certificate::from_der(root.to_vec()).map_err(|e| format!("TLS setup: {e}"))?,
+            );
+        }
+        params.build().map_err(|e| format!("TLS setup: {e}"))
+    };
     let implicit = match smtp.tls {
         TlsMode::Tls => Some(tls()?),
         _ => None,

@@ -46,6 +46,14 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Where messages go, for log lines ("127.0.0.1:25").
     fn describe(&self) -> String;
+
+    /// How many relays the transport can send through.
+    fn relays(&self) -> usize {
+        1
+    }
+
+    /// Sends every session's next message through relay `index` (0 is the primary).
+    fn use_relay(&self, _index: usize) {}
 }
 
 /// SMTP as configured: one connection per worker, reused while it stays healthy.

@@ -17,12 +17,15 @@ use crate::config::SmtpConfig;
 use crate::mail::message::{IssueMessages, Recipient};
 use crate::mail::outgoing::OutgoingMessage;
 use crate::store::ledger::Outcome;
+use crate::store::relays::RelayId;
 use crate::store::SubscriberId;
 
 pub(super) struct Job {
     pub(super) recipient: Recipient,
     pub(super) attempts_before: u32,
     pub(super) _permit: OwnedSemaphorePermit,
+    /// The slot of a capped recipient domain, held until the attempt ends.
+    pub(super) _domain: Option<OwnedSemaphorePermit>,
 }
 
 /// What the workers and the dispatcher of one run share.
@@ -34,7 +37,11 @@ pub(super) struct Engine<T> {
     /// (`smtp.give_up_after` from the issue's creation).
     pub(super) give_up_at_ms: i64,
     pub(super) writer: std::sync::mpsc::Sender<WriteOp>,
-    pub(super) limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// Each relay's `rate_per_second`, by relay (0 is the primary).
+    pub(super) limiters: Vec<Option<governor::DefaultDirectRateLimiter>>,
+    /// The relay the run sends through now, and each relay's row in the ledger.
+    pub(super) active: AtomicUsize,
+    pub(super) relay_ids: Vec<RelayId>,
     pub(super) breaker: Mutex<Breaker>,
     pub(super) fault: Fault,
     pub(super) progress: Arc<Progress>,
@@ -153,14 +160,19 @@ pub(super) async fn worker<T: Transport>(
         }
         // Wait for the rate limit first, so the subscriber is checked (and marked) as close
         // to their message as possible.
-        if let Some(limiter) = &engine.limiter {
+        let relay = engine.active.load(Ordering::SeqCst);
+        if let Some(limiter) = engine.limiters.get(relay).and_then(Option::as_ref) {
             limiter.until_ready().await;
         }
         let id = job.recipient.subscriber_id;
         let (ack, acked) = oneshot::channel();
         if engine
             .writer
-            .send(WriteOp::MarkSending { id, ack })
+            .send(WriteOp::MarkSending {
+                id,
+                ack,
+                relay: engine.relay_ids.get(relay).copied(),
+            })
             .is_err()
         {
             break; // the ledger is gone: never send unrecorded

@@ -12,12 +12,15 @@ use tokio::sync::oneshot;
 use super::halt::{Fault, Sentinel};
 use crate::store::checkpoint::Checkpointer;
 use crate::store::ledger::{self, Outcome};
+use crate::store::relays::{self, RelayId};
 use crate::store::{self, IssueNumber, SubscriberId};
 
 pub(super) enum WriteOp {
     MarkSending {
         id: SubscriberId,
         ack: oneshot::Sender<bool>,
+        /// The relay the message goes to, noted on the delivery and counted for its limits.
+        relay: Option<RelayId>,
     },
     Record {
         id: SubscriberId,
@@ -114,6 +117,10 @@ pub(super) fn writer_loop(
     }
     let mut open_since: Option<Instant> = None;
     let mut acks: Vec<Ack> = Vec::new();
+    // Relays whose first use is on record (checked once per relay and run).
+    let mut first_use_noted: Vec<RelayId> = Vec::new();
+    // Messages handed to each relay per second in the open group, written with its commit.
+    let mut handed: Vec<(RelayId, i64, u64)> = Vec::new();
     loop {
         let next = match open_since {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -129,8 +136,24 @@ pub(super) fn writer_loop(
             let mut applied = 0;
             while let Some(current) = op.take() {
                 match current {
-                    WriteOp::MarkSending { id, ack } => {
+                    WriteOp::MarkSending { id, ack, relay } => {
                         let go = ledger::mark_sending(&conn, issue, id)?;
+                        if let (true, Some(relay)) = (go, relay) {
+                            let now = super::now_ms();
+                            relays::note_relay(&conn, issue, id, relay)?;
+                            let second = now.div_euclid(1000);
+                            match handed
+                                .iter_mut()
+                                .find(|(r, s, _)| *r == relay && *s == second)
+                            {
+                                Some((_, _, n)) => *n += 1,
+                                None => handed.push((relay, second, 1)),
+                            }
+                            if !first_use_noted.contains(&relay) {
+                                relays::note_first_use(&conn, relay, now)?;
+                                first_use_noted.push(relay);
+                            }
+                        }
                         acks.push(Ack::Mark(ack, go));
                     }
                     WriteOp::Record { id, outcome } => {
@@ -146,6 +169,9 @@ pub(super) fn writer_loop(
         }
         let due = open_since.is_some_and(|since| since.elapsed() >= GROUP_COMMIT);
         if open_since.is_some() && (!acks.is_empty() || due || disconnected) {
+            for (relay, second, n) in handed.drain(..) {
+                relays::count_handed(&conn, relay, second, n)?;
+            }
             ledger::commit_group(&conn)?;
             open_since = None;
             for ack in acks.drain(..) {
@@ -177,7 +203,12 @@ mod tests {
         let conn = store::open(&f.db_path).unwrap();
         let writer = std::thread::spawn(move || writer_loop(conn, f.issue, 3, rx));
         let (ack, acked) = oneshot::channel();
-        tx.send(WriteOp::MarkSending { id: f.ids[0], ack }).unwrap();
+        tx.send(WriteOp::MarkSending {
+            id: f.ids[0],
+            ack,
+            relay: None,
+        })
+        .unwrap();
         assert!(acked.blocking_recv().unwrap(), "a pending delivery may go");
         let (ack, acked) = oneshot::channel();
         tx.send(WriteOp::Record {
@@ -188,7 +219,12 @@ mod tests {
         })
         .unwrap();
         // Sent is no longer pending: its second mark says no.
-        tx.send(WriteOp::MarkSending { id: f.ids[0], ack }).unwrap();
+        tx.send(WriteOp::MarkSending {
+            id: f.ids[0],
+            ack,
+            relay: None,
+        })
+        .unwrap();
         assert!(!acked.blocking_recv().unwrap());
         drop(tx);
         writer.join().unwrap().unwrap();
@@ -209,7 +245,12 @@ mod tests {
         let fault = Fault::new();
         let (tx, handle) = spawn(f.db_path.clone(), f.issue, 3, fault.clone()).unwrap();
         let (ack, acked) = oneshot::channel();
-        tx.send(WriteOp::MarkSending { id: f.ids[0], ack }).unwrap();
+        tx.send(WriteOp::MarkSending {
+            id: f.ids[0],
+            ack,
+            relay: None,
+        })
+        .unwrap();
         assert!(acked.blocking_recv().is_err(), "never acknowledged");
         let err = handle.join().unwrap().unwrap_err();
         assert!(

@@ -186,7 +186,7 @@ impl RawInbound {
 }
 
 /// The certificates of a PEM file: at least one, or why not (naming the file).
-fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let shown = path.display();
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())

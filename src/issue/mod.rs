@@ -158,6 +158,8 @@ pub struct Dispatcher<'a> {
     password: Option<String>,
     dkim: Option<DkimSigner>,
     allow_empty: bool,
+    /// The fallback relays with their passwords (`smtp:` as a list).
+    fallbacks: Vec<(crate::config::SmtpConfig, Option<String>)>,
 }
 
 impl<'a> Dispatcher<'a> {
@@ -168,6 +170,7 @@ impl<'a> Dispatcher<'a> {
             password: smtp_password(config)?,
             dkim: crate::mail::dkim::load(config)?,
             allow_empty: false,
+            fallbacks: delivery::relays::fallbacks_with_passwords(config)?,
             config,
         })
     }
@@ -179,6 +182,7 @@ impl<'a> Dispatcher<'a> {
             password: None,
             dkim: crate::mail::dkim::load(config)?,
             allow_empty: false,
+            fallbacks: Vec::new(),
             config,
         })
     }
@@ -456,6 +460,8 @@ impl<'a> Dispatcher<'a> {
                 password: self.password.clone(),
                 progress_bar,
                 hygiene: self.config.inbound.hygiene,
+                fallbacks: self.fallbacks.clone(),
+                domains: self.config.domains.clone(),
             },
             stop,
         )
@@ -550,7 +556,7 @@ fn create(
     )?)
 }
 
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .trim_start_matches('[')

@@ -18,6 +18,7 @@ pub mod lock;
 pub mod privacy;
 pub mod provider_webhooks;
 pub mod rekey;
+pub mod relays;
 pub mod retention;
 pub mod secret;
 pub mod signup;
@@ -73,6 +74,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/009_event_sources.sql"),
     include_str!("migrations/010_history.sql"),
     include_str!("migrations/011_provider_webhooks.sql"),
+    include_str!("migrations/012_relays.sql"),
 ];
 
 /// The schema version this binary creates and understands.

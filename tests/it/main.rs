@@ -31,6 +31,7 @@ mod hostile_web;
 mod inbound;
 mod provider_webhooks;
 mod relay_refusals;
+mod relays;
 mod render;
 mod signup;
 mod site;

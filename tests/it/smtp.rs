@@ -42,6 +42,11 @@ pub struct Received {
     pub raw: Vec<u8>,
     /// The client asked for SMTPUTF8 on its MAIL command (RFC 6531).
     pub smtputf8: bool,
+    /// The session (connection) it came over, numbered from 0 in the order accepted.
+    pub session: u64,
+    /// When its MAIL command was accepted, and when its DATA was.
+    pub started: Instant,
+    pub accepted: Instant,
 }
 
 impl Received {
@@ -184,6 +189,8 @@ struct Shared {
     inner: Mutex<Inner>,
     /// Notified whenever a message is recorded.
     changed: Condvar,
+    /// Set by [`TestSmtp::impose`]: every RCPT from now on gets this reply.
+    imposed: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -236,6 +243,7 @@ impl TestSmtp {
             lifted: AtomicBool::new(false),
             inner: Mutex::new(Inner::default()),
             changed: Condvar::new(),
+            imposed: Mutex::new(None),
         });
         let acceptor = {
             let shared = Arc::clone(&shared);
@@ -282,6 +290,16 @@ impl TestSmtp {
         self.shared.lifted.store(true, Ordering::SeqCst);
     }
 
+    /// From now on, answer every RCPT with `reply` (a relay that starts throttling or
+    /// refusing mid-issue); a 421 also closes the connection.
+    pub fn impose(&self, reply: &str) {
+        *self
+            .shared
+            .imposed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(reply.to_owned());
+    }
+
     /// Number of TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.lock().connections
@@ -314,6 +332,11 @@ impl TestSmtp {
     /// Stop listening: when this returns, the port refuses connections (and can be bound
     /// again), open sessions have been cut, and nothing more will be recorded.
     pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    /// [`TestSmtp::stop`], keeping what was received for the test to read.
+    pub fn go_down(&mut self) {
         self.shutdown();
     }
 
@@ -382,7 +405,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> Vec<JoinHandle<()>
         let spawned = thread::Builder::new()
             .name(format!("test-smtp-session-{id}"))
             .spawn(move || {
-                let _ = Session::new(&session_shared).run(stream);
+                let _ = Session::new(&session_shared, id).run(stream);
                 let mut inner = session_shared.lock();
                 inner.live.remove(&id);
                 inner.concurrent -= 1;
@@ -404,6 +427,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> Vec<JoinHandle<()>
 /// One SMTP session: the state of the current transaction.
 struct Session<'a> {
     shared: &'a Shared,
+    id: u64,
+    started: Option<Instant>,
     greeted: bool,
     mail_from: Option<String>,
     smtputf8: bool,
@@ -416,9 +441,11 @@ enum Flow {
 }
 
 impl<'a> Session<'a> {
-    fn new(shared: &'a Shared) -> Self {
+    fn new(shared: &'a Shared, id: u64) -> Self {
         Session {
             shared,
+            id,
+            started: None,
             greeted: false,
             mail_from: None,
             smtputf8: false,
@@ -528,6 +555,7 @@ impl<'a> Session<'a> {
                 &format!("553 5.6.7 <{from}>: non-ASCII sender address requires SMTPUTF8"),
             ),
             Some(from) => {
+                self.started = Some(Instant::now());
                 self.mail_from = Some(from);
                 self.smtputf8 = smtputf8;
                 reply(out, "250 2.1.0 Ok")
@@ -564,8 +592,14 @@ impl<'a> Session<'a> {
                 &format!("550 5.1.1 <{to}>: Recipient address rejected: User unknown"),
             );
         }
-        if let Some(policy) = &behaviour.every_rcpt {
-            if !self.shared.lifted.load(Ordering::SeqCst) {
+        let imposed = self
+            .shared
+            .imposed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(policy) = imposed.as_ref().or(behaviour.every_rcpt.as_ref()) {
+            if imposed.is_some() || !self.shared.lifted.load(Ordering::SeqCst) {
                 reply(out, policy)?;
                 if policy.starts_with("421") {
                     // 421 closes the channel (RFC 5321 3.8), as Gmail does.
@@ -650,6 +684,9 @@ impl<'a> Session<'a> {
                 rcpt,
                 raw,
                 smtputf8,
+                session: self.id,
+                started: self.started.unwrap_or_else(Instant::now),
+                accepted: Instant::now(),
             });
             self.shared.changed.notify_all();
             inner.received.len()
