@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, clippy::dbg_macro)]
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod content;
@@ -25,3 +26,4 @@ pub mod signup;
 pub mod site;
 pub mod store;
 pub mod web;
+pub mod webhooks;

@@ -68,6 +68,8 @@ struct RawConfig {
     signup: RawSignup,
     #[serde(default)]
     site: Option<RawSite>,
+    #[serde(default)]
+    webhooks: Vec<crate::webhooks::outgoing::config::RawWebhook>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +256,8 @@ pub struct Config {
     /// changing content rebuild it, and the web endpoint serves it.
     pub site_out_dir: Option<PathBuf>,
     pub signup: SignupConfig,
+    /// Outgoing webhooks (`webhooks:`): who is told of changes to the list and to issues.
+    pub webhooks: Vec<crate::webhooks::outgoing::config::WebhookConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -363,6 +367,8 @@ impl Config {
             .validate(|p| check.resolve(p))
             .map_err(|(field, reason)| check.invalid(field, reason))?;
         let signup = SignupConfig::from_raw(raw.signup, |f, r| check.invalid(f, r))?;
+        let webhooks = crate::webhooks::outgoing::config::validate(raw.webhooks)
+            .map_err(|(field, reason)| check.invalid(field, reason))?;
         let smtp_password_file = raw.smtp.password_file.as_deref().map(|p| check.resolve(p));
         Ok(Config {
             path: path.to_owned(),
@@ -386,6 +392,7 @@ impl Config {
             inbound,
             site_out_dir: raw.site.map(|s| check.resolve(&s.out_dir)),
             signup,
+            webhooks,
         })
     }
 

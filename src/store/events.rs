@@ -25,6 +25,8 @@ pub enum Channel {
     Page,
     /// A message to the List-Unsubscribe mailto address.
     Mailto,
+    /// The operator's own system, through the JSON API.
+    Api,
 }
 
 impl Channel {
@@ -33,6 +35,7 @@ impl Channel {
             Channel::OneClick => "one-click",
             Channel::Page => "page",
             Channel::Mailto => "mailto",
+            Channel::Api => "api",
         }
     }
 }
@@ -54,6 +57,8 @@ pub enum Source {
     Smtp,
     Inbound,
     Web,
+    /// The JSON API.
+    Api,
 }
 
 impl Source {
@@ -62,6 +67,7 @@ impl Source {
             Source::Smtp => "smtp",
             Source::Inbound => "inbound",
             Source::Web => "web",
+            Source::Api => "api",
         }
     }
 }

@@ -330,6 +330,16 @@ pub fn set_issue_state(
     Ok(())
 }
 
+/// Pauses the issue and keeps why (`issues.note`): the `issue.paused` announcement, written
+/// by the schema's trigger in this same statement, carries the reason.
+pub fn pause_issue(conn: &Connection, number: IssueNumber, reason: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE issues SET state = 'paused', note = ? WHERE number = ?",
+        params![reason, number],
+    )?;
+    Ok(())
+}
+
 pub fn delivery_counts(conn: &Connection, number: IssueNumber) -> rusqlite::Result<DeliveryCounts> {
     let mut stmt = conn.prepare_cached(
         "SELECT state, failure IS 'temporary', attempts = 0, count(*) FROM deliveries WHERE issue = ?

@@ -7,6 +7,7 @@
 //! [`open`] needs an existing, intact one; [`create`] is the explicit act, and [`health`]
 //! checks a file before trusting it and copies it for backups.
 
+pub mod api;
 pub mod checkpoint;
 pub mod csv;
 pub mod events;
@@ -20,6 +21,7 @@ pub mod secret;
 pub mod signup;
 pub mod subscribers;
 pub mod unattributed;
+pub mod webhooks;
 
 pub use health::{backup, quick_check};
 pub use ids::{IssueNumber, SubscriberId};
@@ -68,6 +70,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/007_settings.sql"),
     MAILBOX_KEYS,
     include_str!("migrations/009_event_sources.sql"),
+    include_str!("migrations/013_api.sql"),
 ];
 
 /// The schema version this binary creates and understands.

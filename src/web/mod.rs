@@ -36,6 +36,8 @@ pub struct WebState {
     signup: Option<signup::SignupService>,
     /// The built site to serve beside the endpoints (`site.out_dir`).
     site_dir: Option<std::path::PathBuf>,
+    /// The JSON API under `/api/v1/`.
+    api: Option<Arc<crate::api::ApiState>>,
 }
 
 impl WebState {
@@ -52,12 +54,19 @@ impl WebState {
             schedule,
             signup: None,
             site_dir: None,
+            api: None,
         }
     }
 
     /// Opens the signup routes (`/subscribe`, `/confirm`).
     pub fn with_signup(mut self, service: signup::SignupService) -> Self {
         self.signup = Some(service);
+        self
+    }
+
+    /// Also serves the JSON API (`/api/v1/`).
+    pub fn with_api(mut self, api: crate::api::ApiState) -> Self {
+        self.api = Some(Arc::new(api));
         self
     }
 
@@ -88,11 +97,15 @@ struct TokenQuery {
 
 pub fn router(state: Arc<WebState>) -> Router {
     let site = state.site_dir.clone();
-    let endpoints = Router::new()
+    let api = state.api.clone();
+    let mut endpoints = Router::new()
         .route("/unsubscribe", get(confirm_page).post(unsubscribe))
         .route("/healthz", get(healthz))
         .merge(signup::routes())
         .with_state(state);
+    if let Some(api) = api {
+        endpoints = endpoints.merge(crate::api::router(api));
+    }
     match site {
         // Every other path is a page of the built site (or its 404).
         Some(dir) => endpoints.fallback_service(crate::site::serve::router(&dir)),
