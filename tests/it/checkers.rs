@@ -29,13 +29,16 @@ pub enum Checker {
     Browser,
     /// Dovecot: a real IMAP server for the inbound poller.
     Dovecot,
+    /// Schemathesis: a property-based tester driving the API from its OpenAPI document.
+    Schemathesis,
 }
 
-pub const ALL: [Checker; 4] = [
+pub const ALL: [Checker; 5] = [
     Checker::Dkim,
     Checker::Feedparser,
     Checker::Browser,
     Checker::Dovecot,
+    Checker::Schemathesis,
 ];
 
 impl Checker {
@@ -46,6 +49,7 @@ impl Checker {
             Checker::Feedparser => "feedparser",
             Checker::Browser => "browser",
             Checker::Dovecot => "dovecot",
+            Checker::Schemathesis => "schemathesis",
         }
     }
 
@@ -57,13 +61,14 @@ impl Checker {
                 "Chromium, node and tests/a11y's npm packages (rendering and accessibility)"
             }
             Checker::Dovecot => "Dovecot's IMAP server (the inbound mailbox poller)",
+            Checker::Schemathesis => "Python's schemathesis (the API against its OpenAPI document)",
         }
     }
 
     /// The one command that installs it (README.md, "Running the tests", says more).
     pub fn install(self) -> &'static str {
         match self {
-            Checker::Dkim | Checker::Feedparser => {
+            Checker::Dkim | Checker::Feedparser | Checker::Schemathesis => {
                 "python3 -m venv tests/.venv && tests/.venv/bin/pip install -r tests/requirements.txt"
             }
             Checker::Browser => {
@@ -78,6 +83,7 @@ impl Checker {
         match self {
             Checker::Dkim => python_imports(&["dkim", "nacl"]),
             Checker::Feedparser => python_imports(&["feedparser"]),
+            Checker::Schemathesis => python_imports(&["schemathesis"]),
             Checker::Browser => {
                 let mut missing = Vec::new();
                 if !chromium().exists() {
