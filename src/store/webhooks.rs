@@ -17,6 +17,10 @@ pub struct DueDelivery {
     pub created_at: String,
     pub attempts: u32,
     pub first_attempt_at: Option<DateTime<Utc>>,
+    /// The subscriber it is about (none for an issue's announcements).
+    pub subscriber_id: Option<i64>,
+    /// Not to be tried before this time (ms since the epoch).
+    pub next_attempt_ms: i64,
 }
 
 /// Gives the receiver at `endpoint` a pending delivery of every announcement of one of
@@ -63,25 +67,22 @@ pub fn fan_out(conn: &Connection, endpoint: &str, types: &[String]) -> rusqlite:
     })
 }
 
-/// Up to `limit` deliveries for `endpoint` due at `now_ms`, oldest first, leaving out any
-/// whose subscriber has an earlier delivery still pending (order per subscriber).
-pub fn due(
+/// The first `limit` pending deliveries for `endpoint`, in the order the changes were
+/// made, due or not (the sender skips those that are not, and everything after them for
+/// the same subscriber, so that each subscriber's announcements arrive in order).
+pub fn pending(
     conn: &Connection,
     endpoint: &str,
-    now_ms: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<DueDelivery>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT d.outbox_id, o.type, o.data, o.created_at, d.attempts, d.first_attempt_at
+        "SELECT d.outbox_id, o.type, o.data, o.created_at, d.attempts, d.first_attempt_at,
+                d.subscriber_id, d.next_attempt_ms
          FROM webhook_deliveries d JOIN webhook_outbox o ON o.id = d.outbox_id
-         WHERE d.endpoint = ?1 AND d.state = 'pending' AND d.next_attempt_ms <= ?2
-           AND (d.subscriber_id IS NULL OR NOT EXISTS (
-                SELECT 1 FROM webhook_deliveries e
-                WHERE e.endpoint = d.endpoint AND e.state = 'pending'
-                  AND e.subscriber_id = d.subscriber_id AND e.outbox_id < d.outbox_id))
-         ORDER BY d.outbox_id LIMIT ?3",
+         WHERE d.endpoint = ?1 AND d.state = 'pending'
+         ORDER BY d.outbox_id LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![endpoint, now_ms, limit as i64], |r| {
+    let rows = stmt.query_map(params![endpoint, limit as i64], |r| {
         let first: Option<String> = r.get(5)?;
         Ok(DueDelivery {
             outbox_id: r.get(0)?,
@@ -90,6 +91,8 @@ pub fn due(
             created_at: r.get(3)?,
             attempts: r.get(4)?,
             first_attempt_at: first.as_deref().and_then(store::parse_timestamp),
+            subscriber_id: r.get(6)?,
+            next_attempt_ms: r.get(7)?,
         })
     })?;
     rows.collect()

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod sign;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ const POST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the outbox is looked at when nothing rings.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// Announcements taken per receiver and pass.
-const BATCH: usize = 100;
+const BATCH: usize = 500;
 /// Delivered announcements are forgotten after this long.
 const KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -171,16 +172,28 @@ impl Sender {
             let (url, events) = (r.config.url.clone(), r.config.events.clone());
             self.with_db(move |c| store::fan_out(c, &url, &events)).await?;
             let url = r.config.url.clone();
-            let now_ms = Utc::now().timestamp_millis();
-            let due = self
-                .with_db(move |c| store::due(c, &url, now_ms, BATCH))
+            let pending = self
+                .with_db(move |c| store::pending(c, &url, BATCH))
                 .await?;
-            for delivery in due {
+            // In the order of the changes; a subscriber whose earlier announcement waits
+            // for a retry gets nothing more until it is through.
+            let mut held: HashSet<i64> = HashSet::new();
+            for delivery in pending {
                 if *stop.borrow() {
                     return Ok(false);
                 }
+                if delivery.subscriber_id.is_some_and(|s| held.contains(&s)) {
+                    continue;
+                }
+                if delivery.next_attempt_ms > Utc::now().timestamp_millis() {
+                    held.extend(delivery.subscriber_id);
+                    continue;
+                }
                 worked = true;
                 let posted = self.post(index, &delivery).await;
+                if matches!(posted, Posted::Refused(..)) {
+                    held.extend(delivery.subscriber_id);
+                }
                 self.record(r, &delivery, posted).await?;
             }
         }
