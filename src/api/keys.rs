@@ -73,8 +73,10 @@ pub fn generate() -> NewKey {
     let rng = SystemRandom::new();
     let mut prefix = [0u8; 6];
     let mut secret = [0u8; 32];
-    rng.fill(&mut prefix).expect("the system's random source works");
-    rng.fill(&mut secret).expect("the system's random source works");
+    rng.fill(&mut prefix)
+        .expect("the system's random source works");
+    rng.fill(&mut secret)
+        .expect("the system's random source works");
     let prefix = HEXLOWER.encode(&prefix);
     let key = format!("vdk_{prefix}_{}", BASE64URL_NOPAD.encode(&secret));
     let hash = hash(&key);

@@ -92,9 +92,9 @@ impl ApiState {
             .failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        failures
-            .get(&ip)
-            .is_some_and(|(since, n)| since.elapsed() < Duration::from_secs(60) && *n >= FAILURES_PER_MINUTE)
+        failures.get(&ip).is_some_and(|(since, n)| {
+            since.elapsed() < Duration::from_secs(60) && *n >= FAILURES_PER_MINUTE
+        })
     }
 
     fn note_failure(&self, ip: IpAddr) {
@@ -169,7 +169,8 @@ impl From<subscribers::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        let body =
+            json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -216,11 +217,19 @@ fn table() -> Vec<(Route, MethodRouter<Arc<ApiState>>)> {
             get(get_subscriber),
         ),
         (
-            r("PATCH", "/api/v1/subscribers/{email}", Some(SubscribersWrite)),
+            r(
+                "PATCH",
+                "/api/v1/subscribers/{email}",
+                Some(SubscribersWrite),
+            ),
             patch(update_subscriber),
         ),
         (
-            r("DELETE", "/api/v1/subscribers/{email}", Some(SubscribersWrite)),
+            r(
+                "DELETE",
+                "/api/v1/subscribers/{email}",
+                Some(SubscribersWrite),
+            ),
             delete(erase_subscriber),
         ),
         (
@@ -239,12 +248,18 @@ fn table() -> Vec<(Route, MethodRouter<Arc<ApiState>>)> {
             ),
             post(resubscribe),
         ),
-        (r("GET", "/api/v1/issues", Some(IssuesRead)), get(list_issues)),
+        (
+            r("GET", "/api/v1/issues", Some(IssuesRead)),
+            get(list_issues),
+        ),
         (
             r("GET", "/api/v1/issues/{number}", Some(IssuesRead)),
             get(get_issue),
         ),
-        (r("GET", "/api/v1/events", Some(EventsRead)), get(list_events)),
+        (
+            r("GET", "/api/v1/events", Some(EventsRead)),
+            get(list_events),
+        ),
     ]
 }
 
@@ -258,13 +273,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let mut router = Router::new();
     for (route, handler) in table() {
         let handler = match route.scope {
-            Some(scope) => handler.route_layer(from_fn_with_state((state.clone(), scope), authorize)),
+            Some(scope) => {
+                handler.route_layer(from_fn_with_state((state.clone(), scope), authorize))
+            }
             None => handler,
         };
         router = router.route(route.path, handler);
     }
-    router
-        .with_state(state)
+    router.with_state(state)
 }
 
 /// Which key made a request (set by [`authorize`]).
@@ -378,11 +394,7 @@ fn client_ip(signup: &SignupConfig, req: &Request) -> IpAddr {
 }
 
 async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -417,7 +429,10 @@ fn query(uri: &Uri, allowed: &[&str]) -> Result<HashMap<String, String>, ApiErro
         if !allowed.contains(&k.as_str()) {
             return Err(ApiError::field(
                 &k,
-                format!("is not a parameter here; the parameters are {}", allowed.join(", ")),
+                format!(
+                    "is not a parameter here; the parameters are {}",
+                    allowed.join(", ")
+                ),
             ));
         }
         if out.insert(k.clone(), v).is_some() {
@@ -460,9 +475,9 @@ async fn list_subscribers(State(state): State<Arc<ApiState>>, uri: Uri) -> ApiRe
     let q = query(&uri, &["status", "after", "limit"])?;
     let status = match q.get("status") {
         None => None,
-        Some(s) => Some(
-            SubscriberStatus::parse(s).map_err(|e| ApiError::field("status", e.to_string()))?,
-        ),
+        Some(s) => {
+            Some(SubscriberStatus::parse(s).map_err(|e| ApiError::field("status", e.to_string()))?)
+        }
     };
     let limit = limit(&q)?;
     let after = cursor(&q)?;
@@ -485,7 +500,10 @@ async fn list_subscribers(State(state): State<Arc<ApiState>>, uri: Uri) -> ApiRe
     )
 }
 
-async fn get_subscriber(State(state): State<Arc<ApiState>>, Path(email): Path<String>) -> ApiResult {
+async fn get_subscriber(
+    State(state): State<Arc<ApiState>>,
+    Path(email): Path<String>,
+) -> ApiResult {
     let email = email_in_path(&email)?;
     let found = state
         .with_db(move |conn| Ok(subscribers::find(conn, &email)?))
@@ -593,7 +611,10 @@ async fn update_subscriber(
     let email = email_in_path(&email)?;
     let map = object(&body, &["name"])?;
     let Some(name) = name_field(&map)? else {
-        return Err(ApiError::field("name", "is required (a string, or null to clear it)"));
+        return Err(ApiError::field(
+            "name",
+            "is required (a string, or null to clear it)",
+        ));
     };
     let updated = state
         .with_db(move |conn| Ok(subscribers::rename(conn, &email, name.as_ref())?))
@@ -612,7 +633,10 @@ async fn unsubscribe(State(state): State<Arc<ApiState>>, Path(email): Path<Strin
                 let Some(s) = subscribers::find(conn, &email)? else {
                     return Err(ApiError::not_found("no subscriber has this address"));
                 };
-                if !matches!(s.status, SubscriberStatus::Active | SubscriberStatus::Pending) {
+                if !matches!(
+                    s.status,
+                    SubscriberStatus::Active | SubscriberStatus::Pending
+                ) {
                     return Ok(s);
                 }
                 if s.status == SubscriberStatus::Pending {
@@ -749,7 +773,10 @@ async fn list_events(State(state): State<Arc<ApiState>>, uri: Uri) -> ApiResult 
     let page = state
         .with_db(move |conn| Ok(store_api::events_after(conn, after, limit)?))
         .await?;
-    let next = page.last().map(|e| e.id.to_string()).unwrap_or_else(|| after.to_string());
+    let next = page
+        .last()
+        .map(|e| e.id.to_string())
+        .unwrap_or_else(|| after.to_string());
     let data: Vec<Value> = page
         .iter()
         .map(|e| {

@@ -68,7 +68,9 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             }
             println!("Created API key `{name}` with {}.", names.join(", "));
             println!("{}", new.key);
-            println!("This is the only time the key is shown: store it with the system that uses it.");
+            println!(
+                "This is the only time the key is shown: store it with the system that uses it."
+            );
             Ok(())
         }
         KeysCommand::List => {
@@ -79,14 +81,23 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             let width = keys.iter().map(|k| k.name.len()).max().unwrap_or(4).max(4);
-            println!("{:width$}  {:20}  {:20}  {:8}  SCOPES", "NAME", "CREATED", "LAST USED", "STATE");
+            println!(
+                "{:width$}  {:20}  {:20}  {:8}  SCOPES",
+                "NAME", "CREATED", "LAST USED", "STATE"
+            );
             for k in keys {
                 println!(
                     "{:width$}  {:20}  {:20}  {:8}  {}",
                     k.name,
                     store::timestamp(k.created_at),
-                    k.last_used_at.map(store::timestamp).unwrap_or_else(|| "never".into()),
-                    if k.revoked_at.is_some() { "revoked" } else { "active" },
+                    k.last_used_at
+                        .map(store::timestamp)
+                        .unwrap_or_else(|| "never".into()),
+                    if k.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    },
                     k.scopes.join(",")
                 );
             }

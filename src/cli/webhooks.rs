@@ -12,7 +12,10 @@ pub fn list(config: &Config, failed: bool, limit: usize) -> anyhow::Result<()> {
     let conn = match store::open(&path) {
         Ok(conn) => conn,
         Err(e) if e.is_missing() => {
-            println!("No deliveries yet: there is no state database at {}.", path.display());
+            println!(
+                "No deliveries yet: there is no state database at {}.",
+                path.display()
+            );
             return Ok(());
         }
         Err(e) => return Err(e.into()),

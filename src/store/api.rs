@@ -108,7 +108,11 @@ pub struct FeedEvent {
 }
 
 /// Up to `limit` subscriber events with an id above `after`, oldest first.
-pub fn events_after(conn: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<FeedEvent>> {
+pub fn events_after(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<FeedEvent>> {
     let mut stmt = conn.prepare_cached(
         "SELECT e.id, e.subscriber_id, s.email, e.issue, e.kind, e.channel, e.source, e.at
          FROM events e JOIN subscribers s ON s.id = e.subscriber_id

@@ -135,7 +135,14 @@ pub fn record_attempt(
                         last_status = ?2, last_error = ?3
                  WHERE outbox_id = ?4 AND endpoint = ?6",
             )?
-            .execute(params![now, status, error, outbox_id, retry_at_ms, endpoint])?,
+            .execute(params![
+                now,
+                status,
+                error,
+                outbox_id,
+                retry_at_ms,
+                endpoint
+            ])?,
     };
     Ok(())
 }
@@ -155,7 +162,11 @@ pub struct DeliveryRow {
 }
 
 /// The most recent deliveries (only the failed and still-retrying ones with `failures`).
-pub fn recent(conn: &Connection, limit: usize, failures: bool) -> rusqlite::Result<Vec<DeliveryRow>> {
+pub fn recent(
+    conn: &Connection,
+    limit: usize,
+    failures: bool,
+) -> rusqlite::Result<Vec<DeliveryRow>> {
     let mut stmt = conn.prepare(
         "SELECT d.outbox_id, d.endpoint, o.type, d.state, d.attempts, d.last_status,
                 d.last_error, o.created_at, d.last_attempt_at

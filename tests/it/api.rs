@@ -48,7 +48,13 @@ impl Api {
     }
 
     /// Status and JSON body of one call (`key` `None`: no Authorization header).
-    fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
         let url = format!("http://127.0.0.1:{}{path}", self.port);
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(k) = key {
@@ -64,7 +70,8 @@ impl Api {
         let json = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"))
         };
         (status, json)
     }
@@ -79,14 +86,24 @@ fn subscriber_count(site: &TempSite) -> i64 {
 /// A representative call of every route, with a body where it needs one.
 fn calls() -> Vec<(&'static str, String, Option<&'static str>, &'static str)> {
     vec![
-        ("GET", "/api/v1/subscribers".into(), None, "subscribers:read"),
+        (
+            "GET",
+            "/api/v1/subscribers".into(),
+            None,
+            "subscribers:read",
+        ),
         (
             "POST",
             "/api/v1/subscribers".into(),
             Some(r#"{"email":"new@example.org","double_opt_in":false}"#),
             "subscribers:write",
         ),
-        ("GET", "/api/v1/subscribers/reader1@example.com".into(), None, "subscribers:read"),
+        (
+            "GET",
+            "/api/v1/subscribers/reader1@example.com".into(),
+            None,
+            "subscribers:read",
+        ),
         (
             "PATCH",
             "/api/v1/subscribers/reader1@example.com".into(),
@@ -105,7 +122,12 @@ fn calls() -> Vec<(&'static str, String, Option<&'static str>, &'static str)> {
             None,
             "subscribers:write",
         ),
-        ("DELETE", "/api/v1/subscribers/reader3@example.com".into(), None, "subscribers:write"),
+        (
+            "DELETE",
+            "/api/v1/subscribers/reader3@example.com".into(),
+            None,
+            "subscribers:write",
+        ),
         ("GET", "/api/v1/issues".into(), None, "issues:read"),
         ("GET", "/api/v1/issues/1".into(), None, "issues:read"),
         ("GET", "/api/v1/events".into(), None, "events:read"),
@@ -132,7 +154,9 @@ fn every_route_needs_its_scope_and_a_revoked_key_is_refused_at_once() {
 
     // Only hashes are stored: no column of any key row holds the key.
     let conn = site.db();
-    let mut stmt = conn.prepare("SELECT name, prefix, hash, scopes FROM api_keys").unwrap();
+    let mut stmt = conn
+        .prepare("SELECT name, prefix, hash, scopes FROM api_keys")
+        .unwrap();
     let rows: Vec<(String, String, Vec<u8>, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .unwrap()
@@ -163,24 +187,44 @@ fn every_route_needs_its_scope_and_a_revoked_key_is_refused_at_once() {
                 );
             } else {
                 assert_eq!(status, 403, "{method} {path} with only {has}: {json}");
-                assert!(json["error"]["message"].as_str().unwrap().contains(scope), "{json}");
+                assert!(
+                    json["error"]["message"].as_str().unwrap().contains(scope),
+                    "{json}"
+                );
             }
         }
         if method != "POST" || path != "/api/v1/subscribers" {
-            assert_eq!(subscriber_count(&site), before, "{method} {path} added a row");
+            assert_eq!(
+                subscriber_count(&site),
+                before,
+                "{method} {path} added a row"
+            );
         }
     }
 
     // Revoked while the server runs: the very next request is refused.
     let (status, _) = api.call("GET", "/api/v1/subscribers", Some(&all), None);
     assert_eq!(status, 200);
-    site.cmd().args(["keys", "revoke", "all"]).assert().success();
+    site.cmd()
+        .args(["keys", "revoke", "all"])
+        .assert()
+        .success();
     let (status, json) = api.call("GET", "/api/v1/subscribers", Some(&all), None);
     assert_eq!(status, 401, "{json}");
-    let listed = site.cmd().args(["keys", "list"]).assert().success().get_output().stdout.clone();
+    let listed = site
+        .cmd()
+        .args(["keys", "list"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let listed = String::from_utf8(listed).unwrap();
     let line = listed.lines().find(|l| l.starts_with("all ")).unwrap();
-    assert!(line.contains("revoked") && !line.contains("never"), "{listed}");
+    assert!(
+        line.contains("revoked") && !line.contains("never"),
+        "{listed}"
+    );
 
     // A key that is nearly right (one character changed) is as wrong as any other.
     let (_, reader) = &keys[0];
@@ -200,7 +244,12 @@ fn wrong_keys_from_one_address_are_rate_limited() {
     let api = Api::new(serve.web_port());
     let mut statuses = Vec::new();
     for i in 0..25 {
-        let (status, _) = api.call("GET", "/api/v1/subscribers", Some(&format!("vdk_000000000000_{i}")), None);
+        let (status, _) = api.call(
+            "GET",
+            "/api/v1/subscribers",
+            Some(&format!("vdk_000000000000_{i}")),
+            None,
+        );
         statuses.push(status);
     }
     assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
@@ -215,7 +264,11 @@ fn another_system_adds_reads_changes_and_removes_readers() {
     let smtp = TestSmtp::start();
     let site = api_site(smtp.port());
     seed_subscribers(&site, 250);
-    let k = key(&site, "crm", "subscribers:read,subscribers:write,events:read");
+    let k = key(
+        &site,
+        "crm",
+        "subscribers:read,subscribers:write,events:read",
+    );
     let mut serve = Process::start(&site, &["serve"]);
     let api = Api::new(serve.web_port());
 
@@ -227,22 +280,54 @@ fn another_system_adds_reads_changes_and_removes_readers() {
         Some(r#"{"email":"Ticked@Example.org","name":"Tick","double_opt_in":false}"#),
     );
     assert_eq!(status, 201, "{s}");
-    assert_eq!((s["status"].as_str(), s["source"].as_str()), (Some("active"), Some("api")));
+    assert_eq!(
+        (s["status"].as_str(), s["source"].as_str()),
+        (Some("active"), Some("api"))
+    );
     let source: String = site
         .db()
-        .query_row("SELECT source FROM subscribers WHERE email_norm = 'ticked@example.org'", [], |r| r.get(0))
+        .query_row(
+            "SELECT source FROM subscribers WHERE email_norm = 'ticked@example.org'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(source, "api");
     // The same address again changes nothing.
-    let (status, e) = api.call("POST", "/api/v1/subscribers", Some(&k), Some(r#"{"email":"ticked@example.org","double_opt_in":false}"#));
-    assert_eq!((status, e["error"]["field"].as_str()), (409, Some("email")), "{e}");
+    let (status, e) = api.call(
+        "POST",
+        "/api/v1/subscribers",
+        Some(&k),
+        Some(r#"{"email":"ticked@example.org","double_opt_in":false}"#),
+    );
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (409, Some("email")),
+        "{e}"
+    );
 
     // Double opt-in: pending, and the confirmation mail goes out.
-    let (status, s) = api.call("POST", "/api/v1/subscribers", Some(&k), Some(r#"{"email":"asks@example.org"}"#));
-    assert_eq!((status, s["status"].as_str()), (202, Some("pending")), "{s}");
+    let (status, s) = api.call(
+        "POST",
+        "/api/v1/subscribers",
+        Some(&k),
+        Some(r#"{"email":"asks@example.org"}"#),
+    );
+    assert_eq!(
+        (status, s["status"].as_str()),
+        (202, Some("pending")),
+        "{s}"
+    );
     let started = std::time::Instant::now();
-    while !smtp.received().iter().any(|m| m.rcpt == ["asks@example.org"]) {
-        assert!(started.elapsed() < Duration::from_secs(30), "no confirmation mail");
+    while !smtp
+        .received()
+        .iter()
+        .any(|m| m.rcpt == ["asks@example.org"])
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no confirmation mail"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -251,42 +336,123 @@ fn another_system_adds_reads_changes_and_removes_readers() {
     for (body, field) in [
         (r#"{"email":"not an address"}"#, "email"),
         (r#"{"name":"No address"}"#, "email"),
-        (r#"{"email":"x@example.org","double_opt_in":"no"}"#, "double_opt_in"),
+        (
+            r#"{"email":"x@example.org","double_opt_in":"no"}"#,
+            "double_opt_in",
+        ),
         (r#"{"email":"x@example.org","nickname":"x"}"#, "nickname"),
         (r#"{"email":"x@example.org","name":17}"#, "name"),
         ("[1,2]", "body"),
         ("{", "body"),
     ] {
         let (status, e) = api.call("POST", "/api/v1/subscribers", Some(&k), Some(body));
-        assert_eq!((status, e["error"]["field"].as_str()), (400, Some(field)), "{body}: {e}");
+        assert_eq!(
+            (status, e["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {e}"
+        );
     }
-    for (query, field) in [("status=gone", "status"), ("limit=0", "limit"), ("after=x", "after"), ("page=2", "page")] {
-        let (status, e) = api.call("GET", &format!("/api/v1/subscribers?{query}"), Some(&k), None);
-        assert_eq!((status, e["error"]["field"].as_str()), (400, Some(field)), "{query}: {e}");
+    for (query, field) in [
+        ("status=gone", "status"),
+        ("limit=0", "limit"),
+        ("after=x", "after"),
+        ("page=2", "page"),
+    ] {
+        let (status, e) = api.call(
+            "GET",
+            &format!("/api/v1/subscribers?{query}"),
+            Some(&k),
+            None,
+        );
+        assert_eq!(
+            (status, e["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{query}: {e}"
+        );
     }
     assert_eq!(subscriber_count(&site), before);
 
     // Read one, rename, unsubscribe, resubscribe.
-    let (status, s) = api.call("GET", "/api/v1/subscribers/READER7@example.com", Some(&k), None);
+    let (status, s) = api.call(
+        "GET",
+        "/api/v1/subscribers/READER7@example.com",
+        Some(&k),
+        None,
+    );
     assert_eq!((status, s["name"].as_str()), (200, Some("Reader 7")), "{s}");
-    let (status, s) = api.call("PATCH", "/api/v1/subscribers/reader7@example.com", Some(&k), Some(r#"{"name":"Seven"}"#));
+    let (status, s) = api.call(
+        "PATCH",
+        "/api/v1/subscribers/reader7@example.com",
+        Some(&k),
+        Some(r#"{"name":"Seven"}"#),
+    );
     assert_eq!((status, s["name"].as_str()), (200, Some("Seven")), "{s}");
-    let (status, s) = api.call("POST", "/api/v1/subscribers/reader7@example.com/unsubscribe", Some(&k), None);
-    assert_eq!((status, s["status"].as_str()), (200, Some("unsubscribed")), "{s}");
+    let (status, s) = api.call(
+        "POST",
+        "/api/v1/subscribers/reader7@example.com/unsubscribe",
+        Some(&k),
+        None,
+    );
+    assert_eq!(
+        (status, s["status"].as_str()),
+        (200, Some("unsubscribed")),
+        "{s}"
+    );
     let (_, feed) = api.call("GET", "/api/v1/events", Some(&k), None);
     let last = feed["data"].as_array().unwrap().last().cloned().unwrap();
-    assert_eq!((last["email"].as_str(), last["kind"].as_str(), last["channel"].as_str()), (Some("reader7@example.com"), Some("unsubscribe"), Some("api")), "{feed}");
-    let (_, later) = api.call("GET", &format!("/api/v1/events?after={}", feed["next"].as_str().unwrap()), Some(&k), None);
+    assert_eq!(
+        (
+            last["email"].as_str(),
+            last["kind"].as_str(),
+            last["channel"].as_str()
+        ),
+        (
+            Some("reader7@example.com"),
+            Some("unsubscribe"),
+            Some("api")
+        ),
+        "{feed}"
+    );
+    let (_, later) = api.call(
+        "GET",
+        &format!("/api/v1/events?after={}", feed["next"].as_str().unwrap()),
+        Some(&k),
+        None,
+    );
     assert_eq!(later["data"].as_array().unwrap().len(), 0, "{later}");
-    let (status, s) = api.call("POST", "/api/v1/subscribers/reader7@example.com/resubscribe", Some(&k), None);
+    let (status, s) = api.call(
+        "POST",
+        "/api/v1/subscribers/reader7@example.com/resubscribe",
+        Some(&k),
+        None,
+    );
     assert_eq!((status, s["status"].as_str()), (200, Some("active")), "{s}");
-    let (status, _) = api.call("GET", "/api/v1/subscribers/nobody@example.com", Some(&k), None);
+    let (status, _) = api.call(
+        "GET",
+        "/api/v1/subscribers/nobody@example.com",
+        Some(&k),
+        None,
+    );
     assert_eq!(status, 404);
 
     // Erasure is not in this build: 501, and the reader is still there.
-    let (status, e) = api.call("DELETE", "/api/v1/subscribers/reader8@example.com", Some(&k), None);
-    assert_eq!((status, e["error"]["code"].as_str()), (501, Some("not_implemented")), "{e}");
-    let (status, _) = api.call("GET", "/api/v1/subscribers/reader8@example.com", Some(&k), None);
+    let (status, e) = api.call(
+        "DELETE",
+        "/api/v1/subscribers/reader8@example.com",
+        Some(&k),
+        None,
+    );
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (501, Some("not_implemented")),
+        "{e}"
+    );
+    let (status, _) = api.call(
+        "GET",
+        "/api/v1/subscribers/reader8@example.com",
+        Some(&k),
+        None,
+    );
     assert_eq!(status, 200);
 
     // Walking the list by cursor sees every active reader once.
@@ -340,12 +506,16 @@ fn issues_are_listed_with_their_figures() {
     let (status, _) = api.call("GET", "/api/v1/issues/2", Some(&k), None);
     assert_eq!(status, 404);
     let (status, e) = api.call("GET", "/api/v1/issues/first", Some(&k), None);
-    assert_eq!((status, e["error"]["field"].as_str()), (400, Some("number")));
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("number"))
+    );
 }
 
 /// The (method, path) pairs of the OpenAPI document in the repository.
 fn documented() -> (Value, BTreeSet<(String, String)>) {
-    let text = std::fs::read_to_string(format!("{}/docs/openapi.json", crate::common::REPO)).unwrap();
+    let text =
+        std::fs::read_to_string(format!("{}/docs/openapi.json", crate::common::REPO)).unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();
     let mut ops = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -430,6 +600,10 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_schema() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "schemathesis found problems:\n{text}\n{}", serve.log());
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{text}\n{}",
+        serve.log()
+    );
     assert!(!serve.log().contains("panicked"), "{}", serve.log());
 }

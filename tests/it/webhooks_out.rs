@@ -196,8 +196,15 @@ fn a_receiver_gets_every_event_of_a_scenario_once_in_order_and_signed() {
     );
     assert!(signed.status < 400, "{}", signed.body);
     let started = Instant::now();
-    while !smtp.received().iter().any(|m| m.rcpt == ["visitor@example.org"]) {
-        assert!(started.elapsed() < Duration::from_secs(30), "no confirmation mail");
+    while !smtp
+        .received()
+        .iter()
+        .any(|m| m.rcpt == ["visitor@example.org"])
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no confirmation mail"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let confirmed = post_form(&agent, &confirm_link(&smtp, "visitor@example.org", web), "");
@@ -207,7 +214,10 @@ fn a_receiver_gets_every_event_of_a_scenario_once_in_order_and_signed() {
     let week1 = send_week(&site, &smtp, 0);
     // A bounce read back by `inbound`, a complaint, a one-click unsubscribe.
     let dead = to(&week1, "dead@example.net");
-    pipe(&site, dsn(&dead.mail_from, "dead@example.net", "failed", "5.1.1"));
+    pipe(
+        &site,
+        dsn(&dead.mail_from, "dead@example.net", "failed", "5.1.1"),
+    );
     pipe(&site, arf(&to(&week1, "annoyed@example.net")));
     let status = agent
         .post(&one_click_url(&to(&week1, "leaving@example.net"), web))
@@ -220,7 +230,10 @@ fn a_receiver_gets_every_event_of_a_scenario_once_in_order_and_signed() {
     site.add_comparison(
         "week-1.md",
         &fixture("valid.md")
-            .replace("slug: alpha-coder-vs-beta-writer", "slug: alpha-coder-vs-beta-writer-week-1")
+            .replace(
+                "slug: alpha-coder-vs-beta-writer",
+                "slug: alpha-coder-vs-beta-writer-week-1",
+            )
             .replace("2026-11-17T12:00:00+00:00", "2026-11-26T12:00:00+00:00"),
     );
     let down = closed_port();
@@ -247,7 +260,12 @@ fn a_receiver_gets_every_event_of_a_scenario_once_in_order_and_signed() {
     // Exactly once: nothing more arrives.
     std::thread::sleep(Duration::from_secs(2));
     let got_after = receiver.got();
-    assert_eq!(got_after.len(), expected.len(), "{:?}", got_after.iter().map(Delivery::kind).collect::<Vec<_>>());
+    assert_eq!(
+        got_after.len(),
+        expected.len(),
+        "{:?}",
+        got_after.iter().map(Delivery::kind).collect::<Vec<_>>()
+    );
     let mut last_id = 0;
     for (d, (kind, email)) in got.iter().zip(expected) {
         let body = d.json();
@@ -272,7 +290,9 @@ fn a_receiver_gets_every_event_of_a_scenario_once_in_order_and_signed() {
     assert_eq!(got[7].json()["data"]["channel"], "one-click");
     assert_eq!(got[9].json()["data"]["number"], 2);
     assert!(
-        got[9].json()["data"]["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        got[9].json()["data"]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
         "{}",
         got[9].body
     );
@@ -281,7 +301,14 @@ fn a_receiver_gets_every_event_of_a_scenario_once_in_order_and_signed() {
     forged.body = forged.body.replace("visitor", "intruder");
     assert!(!forged.signed_by(TEST_SECRET));
 
-    let listed = site.cmd().arg("webhooks").assert().success().get_output().stdout.clone();
+    let listed = site
+        .cmd()
+        .arg("webhooks")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let listed = String::from_utf8(listed).unwrap();
     assert_eq!(listed.matches("delivered").count(), 10, "{listed}");
 }
@@ -304,17 +331,48 @@ fn a_receiver_that_fails_three_times_gets_the_event_once_it_recovers() {
     assert!(signed.status < 400, "{}", signed.body);
     let got = receiver.wait_for(4, Duration::from_secs(30));
     let ids: Vec<&str> = got.iter().map(|d| d.header("Verdicts-Event-Id")).collect();
-    assert!(ids.iter().all(|i| *i == ids[0]), "one event, retried: {ids:?}");
-    assert!(got.iter().all(|d| d.kind() == "subscriber.pending" && d.signed_by(TEST_SECRET)));
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "one event, retried: {ids:?}"
+    );
+    assert!(got
+        .iter()
+        .all(|d| d.kind() == "subscriber.pending" && d.signed_by(TEST_SECRET)));
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(receiver.got().len(), 4, "delivered once it answered 200, then no more");
-    let listed = site.cmd().arg("webhooks").assert().success().get_output().stdout.clone();
+    assert_eq!(
+        receiver.got().len(),
+        4,
+        "delivered once it answered 200, then no more"
+    );
+    let listed = site
+        .cmd()
+        .arg("webhooks")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     let listed = String::from_utf8(listed).unwrap();
-    let line = listed.lines().find(|l| l.contains("subscriber.pending")).unwrap();
-    assert!(line.contains("delivered") && line.contains(" 4 "), "{listed}");
+    let line = listed
+        .lines()
+        .find(|l| l.contains("subscriber.pending"))
+        .unwrap();
+    assert!(
+        line.contains("delivered") && line.contains(" 4 "),
+        "{listed}"
+    );
     // Nothing failed for a day, so neither `webhooks --failed` nor `lint` complains.
-    let failed = site.cmd().args(["webhooks", "--failed"]).assert().success().get_output().stdout.clone();
-    assert!(String::from_utf8(failed).unwrap().contains("No failed or retrying deliveries."));
+    let failed = site
+        .cmd()
+        .args(["webhooks", "--failed"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert!(String::from_utf8(failed)
+        .unwrap()
+        .contains("No failed or retrying deliveries."));
 }
 
 #[test]
@@ -356,7 +414,10 @@ fn a_kill_9_between_the_change_and_the_post_loses_no_event() {
             "issue.completed"
         ]
     );
-    assert_eq!(got[0].header("Verdicts-Event-Id"), got[1].header("Verdicts-Event-Id"));
+    assert_eq!(
+        got[0].header("Verdicts-Event-Id"),
+        got[1].header("Verdicts-Event-Id")
+    );
     assert!(got.iter().all(|d| d.signed_by(TEST_SECRET)));
 }
 

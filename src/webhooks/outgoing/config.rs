@@ -91,12 +91,7 @@ pub fn validate(raw: Vec<RawWebhook>) -> Result<Vec<WebhookConfig>, (&'static st
             None => Duration::from_secs(10),
             Some(s) => match humantime::parse_duration(s) {
                 Ok(d) if d >= Duration::from_millis(100) => d,
-                Ok(_) => {
-                    return Err((
-                        "webhooks.retry_base",
-                        at("must be at least 100ms"),
-                    ))
-                }
+                Ok(_) => return Err(("webhooks.retry_base", at("must be at least 100ms"))),
                 Err(e) => {
                     return Err((
                         "webhooks.retry_base",

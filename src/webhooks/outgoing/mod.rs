@@ -74,9 +74,7 @@ fn load_receivers(webhooks: &[WebhookConfig]) -> anyhow::Result<Vec<Receiver>> {
 fn agent() -> ureq::Agent {
     let tls = ureq::tls::TlsConfig::builder()
         .provider(ureq::tls::TlsProvider::Rustls)
-        .unversioned_rustls_crypto_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .build();
     ureq::Agent::config_builder()
         .timeout_global(Some(POST_TIMEOUT))
@@ -170,7 +168,8 @@ impl Sender {
         let mut worked = false;
         for (index, r) in self.receivers.iter().enumerate() {
             let (url, events) = (r.config.url.clone(), r.config.events.clone());
-            self.with_db(move |c| store::fan_out(c, &url, &events)).await?;
+            self.with_db(move |c| store::fan_out(c, &url, &events))
+                .await?;
             let url = r.config.url.clone();
             let pending = self
                 .with_db(move |c| store::pending(c, &url, BATCH))

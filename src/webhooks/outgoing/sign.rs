@@ -15,8 +15,7 @@ pub const SIGNATURE_HEADER: &str = "Verdicts-Signature";
 
 /// The body: `{"id", "type", "created_at", "data"}`; `data` is stored as JSON text.
 pub fn body(id: i64, event_type: &str, created_at: &str, data: &str) -> String {
-    let data: serde_json::Value =
-        serde_json::from_str(data).unwrap_or(serde_json::Value::Null);
+    let data: serde_json::Value = serde_json::from_str(data).unwrap_or(serde_json::Value::Null);
     serde_json::json!({
         "id": id.to_string(),
         "type": event_type,
@@ -32,7 +31,10 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("v1={}", data_encoding::HEXLOWER.encode(&mac.finalize().into_bytes()))
+    format!(
+        "v1={}",
+        data_encoding::HEXLOWER.encode(&mac.finalize().into_bytes())
+    )
 }
 
 #[cfg(test)]
