@@ -210,7 +210,7 @@ pub fn failing_receivers(conn: &Connection) -> rusqlite::Result<Vec<FailingRecei
          FROM webhook_deliveries f
          WHERE f.state = 'failed'
          GROUP BY f.endpoint
-         HAVING max(f.last_attempt_at) > coalesce(
+         HAVING max(f.last_attempt_at) >= coalesce(
              (SELECT max(delivered_at) FROM webhook_deliveries ok
               WHERE ok.endpoint = f.endpoint AND ok.state = 'delivered'), '')
          ORDER BY f.endpoint",
@@ -234,4 +234,111 @@ pub fn prune(conn: &Connection, before: DateTime<Utc>) -> rusqlite::Result<usize
          AND id < (SELECT coalesce(min(last_outbox_id), 0) FROM webhook_cursors)",
         [store::timestamp(before)],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mail::address::SubscriberName;
+    use crate::store::events::{self, Channel, EventKind, Hygiene, NewEvent, Source};
+    use crate::store::subscribers::{self, SubscriberSource, SubscriberStatus};
+    use crate::store::testing::{email, store};
+
+    fn types(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn.prepare("SELECT type FROM webhook_outbox ORDER BY id").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn changes_announce_themselves_in_their_own_transaction() {
+        let (_dir, conn) = store();
+        // An operator's add is not announced; an API add without double opt-in is.
+        subscribers::add(&conn, &email("a@example.com"), None, SubscriberSource::Cli).unwrap();
+        let name = SubscriberName::parse("Bea").unwrap();
+        let added = subscribers::add(
+            &conn,
+            &email("b@example.com"),
+            name.as_ref(),
+            SubscriberSource::Api,
+        )
+        .unwrap();
+        let crate::store::subscribers::AddOutcome::Added(b) = added else {
+            panic!("added")
+        };
+        assert_eq!(types(&conn), ["subscriber.confirmed"]);
+        events::record(
+            &conn,
+            &NewEvent {
+                subscriber_id: b.id,
+                issue: None,
+                kind: EventKind::Unsubscribe(Channel::Api),
+                source: Source::Api,
+                status: None,
+                diagnostic: None,
+            },
+            Hygiene::default(),
+        )
+        .unwrap();
+        subscribers::set_status(&conn, &email("a@example.com"), SubscriberStatus::Bounced)
+            .unwrap();
+        assert_eq!(
+            types(&conn),
+            [
+                "subscriber.confirmed",
+                "subscriber.unsubscribed",
+                "subscriber.bounced"
+            ]
+        );
+        let data: String = conn
+            .query_row("SELECT data FROM webhook_outbox WHERE id = 2", [], |r| r.get(0))
+            .unwrap();
+        let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(data["channel"], "api");
+        assert_eq!(data["email"], "b@example.com");
+        assert_eq!(data["name"], "Bea");
+
+        // A change rolled back takes its announcement with it.
+        let tx = crate::store::write_transaction(&conn).unwrap();
+        subscribers::add(&tx, &email("c@example.com"), None, SubscriberSource::Api).unwrap();
+        drop(tx);
+        assert_eq!(types(&conn).len(), 3);
+    }
+
+    #[test]
+    fn each_receiver_gets_its_events_once_and_failures_are_named() {
+        let (_dir, conn) = store();
+        for who in ["a@example.com", "b@example.com"] {
+            subscribers::add(&conn, &email(who), None, SubscriberSource::Api).unwrap();
+        }
+        let only_paused = vec!["issue.paused".to_owned()];
+        let confirmed = vec!["subscriber.confirmed".to_owned()];
+        assert_eq!(fan_out(&conn, "https://a.example/hook", &confirmed).unwrap(), 2);
+        assert_eq!(fan_out(&conn, "https://b.example/hook", &only_paused).unwrap(), 0);
+        // Fanned out once: a second pass adds nothing.
+        assert_eq!(fan_out(&conn, "https://a.example/hook", &confirmed).unwrap(), 0);
+        let due = pending(&conn, "https://a.example/hook", 10).unwrap();
+        assert_eq!(due.len(), 2);
+        assert!(due[0].outbox_id < due[1].outbox_id);
+
+        record_attempt(&conn, due[0].outbox_id, "https://a.example/hook", Ok(204), None).unwrap();
+        record_attempt(
+            &conn,
+            due[1].outbox_id,
+            "https://a.example/hook",
+            Err((Some(500), "answered HTTP 500")),
+            None,
+        )
+        .unwrap();
+        assert!(pending(&conn, "https://a.example/hook", 10).unwrap().is_empty());
+        let failing = failing_receivers(&conn).unwrap();
+        assert_eq!(failing.len(), 1);
+        assert_eq!(failing[0].endpoint, "https://a.example/hook");
+        assert_eq!(failing[0].last_error.as_deref(), Some("answered HTTP 500"));
+        let rows = recent(&conn, 10, true).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state, "failed");
+    }
 }

@@ -438,3 +438,60 @@ fn a_bad_webhooks_section_is_refused_naming_the_field() {
         assert!(err.contains(field) && err.contains(reason), "{section}: {err}");
     }
 }
+
+#[test]
+fn a_receiver_failing_for_a_day_is_named_by_lint_and_by_webhooks() {
+    let site = TempSite::with_bundled_content();
+    site.edit_config(|t| t + &webhooks_section("https://down.example/hook"));
+    site.cmd()
+        .args(["subscribers", "add", "a@example.com"])
+        .assert()
+        .success();
+    // What the sender leaves behind when it gives up after 24 hours of refusals.
+    site.db()
+        .execute_batch(
+            "INSERT INTO webhook_outbox (type, data, created_at)
+             VALUES ('issue.paused', '{}', '2026-12-04T09:00:00Z');
+             INSERT INTO webhook_deliveries (outbox_id, endpoint, state, attempts,
+                 first_attempt_at, last_attempt_at, last_status, last_error)
+             VALUES (1, 'https://down.example/hook', 'failed', 17, '2026-12-04T09:00:00Z',
+                     '2026-12-05T09:00:00Z', 503, 'answered HTTP 503');",
+        )
+        .unwrap();
+    let out = site
+        .cmd()
+        .arg("lint")
+        .env("VERDICTS_NOW", "2026-12-05T12:00:00Z")
+        .output()
+        .unwrap();
+    let lint = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        lint.contains("Webhooks: https://down.example/hook has failed for 24 hours")
+            && lint.contains("answered HTTP 503"),
+        "{lint}"
+    );
+    let listed = site
+        .cmd()
+        .args(["webhooks", "--failed"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let listed = String::from_utf8(listed).unwrap();
+    assert!(listed.contains("FAILING: https://down.example/hook"), "{listed}");
+    assert!(listed.contains("issue.paused") && listed.contains("failed"), "{listed}");
+    // Once the receiver accepts a delivery again, nobody names it any more.
+    site.db()
+        .execute_batch(
+            "INSERT INTO webhook_outbox (type, data, created_at)
+             VALUES ('issue.created', '{}', '2026-12-05T10:00:00Z');
+             INSERT INTO webhook_deliveries (outbox_id, endpoint, state, attempts,
+                 first_attempt_at, last_attempt_at, last_status, delivered_at)
+             VALUES (2, 'https://down.example/hook', 'delivered', 1, '2026-12-05T10:00:00Z',
+                     '2026-12-05T10:00:00Z', 200, '2026-12-05T10:00:00Z');",
+        )
+        .unwrap();
+    let listed = site.cmd().arg("webhooks").assert().success().get_output().stdout.clone();
+    assert!(!String::from_utf8(listed).unwrap().contains("FAILING"));
+}

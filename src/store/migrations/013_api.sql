@@ -78,10 +78,12 @@ BEGIN
             strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
 END;
 
+-- Into `active` from any status is `subscriber.confirmed`: a confirmation, including one of
+-- a reader who had left and signed up again, or a resubscribe.
 CREATE TRIGGER announce_status AFTER UPDATE OF status ON subscribers
 WHEN NEW.status IS NOT OLD.status
      AND (NEW.status = 'pending'
-          OR (NEW.status = 'active' AND OLD.status = 'pending')
+          OR NEW.status = 'active'
           OR NEW.status = 'bounced')
 BEGIN
     INSERT INTO webhook_outbox (type, subscriber_id, data, created_at)
