@@ -109,7 +109,10 @@ async fn walk(addr: String, key: String, page: usize) {
     let mut after: Option<String> = None;
     let (mut readers, mut pages) = (0usize, 0usize);
     loop {
-        let cursor = after.as_deref().map(|a| format!("&after={a}")).unwrap_or_default();
+        let cursor = after
+            .as_deref()
+            .map(|a| format!("&after={a}"))
+            .unwrap_or_default();
         let request = format!(
             "GET /api/v1/subscribers?limit={page}{cursor} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\r\n"
         );
@@ -135,7 +138,13 @@ async fn main() {
     let (addr, key) = (args[1].clone(), args[2].clone());
     match args[3].as_str() {
         "creates" => {
-            creates(addr, key, args[4].parse().unwrap(), args[5].parse().unwrap()).await
+            creates(
+                addr,
+                key,
+                args[4].parse().unwrap(),
+                args[5].parse().unwrap(),
+            )
+            .await
         }
         "walk" => walk(addr, key, args[4].parse().unwrap()).await,
         other => panic!("unknown mode {other}"),

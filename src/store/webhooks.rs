@@ -24,19 +24,28 @@ pub struct DueDelivery {
 }
 
 /// Gives the receiver at `endpoint` a pending delivery of every announcement of one of
-/// `types` written since its last fan-out. Returns how many were added.
+/// `types` written since its last fan-out. Returns how many were added. A receiver seen
+/// for the first time starts from the announcements written after that moment: adding one
+/// to the config does not replay the outbox's past to it.
 pub fn fan_out(conn: &Connection, endpoint: &str, types: &[String]) -> rusqlite::Result<usize> {
     let types = serde_json::to_string(types).expect("strings serialise");
     // Looked at first without the write lock: most passes find nothing new.
-    let cursor: i64 = conn
+    let cursor: Option<i64> = conn
         .prepare_cached("SELECT last_outbox_id FROM webhook_cursors WHERE endpoint = ?")?
         .query_row([endpoint], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
-    let top: Option<i64> = conn
-        .prepare_cached("SELECT max(id) FROM webhook_outbox")?
+        .optional()?;
+    let top: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) FROM webhook_outbox")?
         .query_row([], |r| r.get(0))?;
-    if top.is_none_or(|t| t <= cursor) {
+    let Some(cursor) = cursor else {
+        conn.prepare_cached(
+            "INSERT INTO webhook_cursors (endpoint, last_outbox_id) VALUES (?1, ?2)
+             ON CONFLICT (endpoint) DO NOTHING",
+        )?
+        .execute(params![endpoint, top])?;
+        return Ok(0);
+    };
+    if top <= cursor {
         return Ok(0);
     }
     store::in_write_transaction(conn, |tx| {
@@ -65,6 +74,19 @@ pub fn fan_out(conn: &Connection, endpoint: &str, types: &[String]) -> rusqlite:
         .execute(params![endpoint, top])?;
         Ok(added)
     })
+}
+
+/// Starts the receiver at `endpoint` from the announcements written from now on, unless it
+/// was seen before. The sender calls it before the web process takes requests, so nothing
+/// that process changes can slip between its start and the first fan-out.
+pub fn register(conn: &Connection, endpoint: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO webhook_cursors (endpoint, last_outbox_id)
+         SELECT ?1, coalesce(max(id), 0) FROM webhook_outbox WHERE true
+         ON CONFLICT (endpoint) DO NOTHING",
+    )?
+    .execute([endpoint])?;
+    Ok(())
 }
 
 /// The first `limit` pending deliveries for `endpoint`, in the order the changes were
@@ -245,7 +267,9 @@ mod tests {
     use crate::store::testing::{email, store};
 
     fn types(conn: &Connection) -> Vec<String> {
-        let mut stmt = conn.prepare("SELECT type FROM webhook_outbox ORDER BY id").unwrap();
+        let mut stmt = conn
+            .prepare("SELECT type FROM webhook_outbox ORDER BY id")
+            .unwrap();
         stmt.query_map([], |r| r.get(0))
             .unwrap()
             .map(Result::unwrap)
@@ -282,8 +306,7 @@ mod tests {
             Hygiene::default(),
         )
         .unwrap();
-        subscribers::set_status(&conn, &email("a@example.com"), SubscriberStatus::Bounced)
-            .unwrap();
+        subscribers::set_status(&conn, &email("a@example.com"), SubscriberStatus::Bounced).unwrap();
         assert_eq!(
             types(&conn),
             [
@@ -293,7 +316,9 @@ mod tests {
             ]
         );
         let data: String = conn
-            .query_row("SELECT data FROM webhook_outbox WHERE id = 2", [], |r| r.get(0))
+            .query_row("SELECT data FROM webhook_outbox WHERE id = 2", [], |r| {
+                r.get(0)
+            })
             .unwrap();
         let data: serde_json::Value = serde_json::from_str(&data).unwrap();
         assert_eq!(data["channel"], "api");
@@ -310,20 +335,52 @@ mod tests {
     #[test]
     fn each_receiver_gets_its_events_once_and_failures_are_named() {
         let (_dir, conn) = store();
+        let only_paused = vec!["issue.paused".to_owned()];
+        let confirmed = vec!["subscriber.confirmed".to_owned()];
+        // Seen for the first time, a receiver starts from now: the past is not replayed.
+        subscribers::add(
+            &conn,
+            &email("old@example.com"),
+            None,
+            SubscriberSource::Api,
+        )
+        .unwrap();
+        assert_eq!(
+            fan_out(&conn, "https://a.example/hook", &confirmed).unwrap(),
+            0
+        );
+        assert_eq!(
+            fan_out(&conn, "https://b.example/hook", &only_paused).unwrap(),
+            0
+        );
         for who in ["a@example.com", "b@example.com"] {
             subscribers::add(&conn, &email(who), None, SubscriberSource::Api).unwrap();
         }
-        let only_paused = vec!["issue.paused".to_owned()];
-        let confirmed = vec!["subscriber.confirmed".to_owned()];
-        assert_eq!(fan_out(&conn, "https://a.example/hook", &confirmed).unwrap(), 2);
-        assert_eq!(fan_out(&conn, "https://b.example/hook", &only_paused).unwrap(), 0);
+        assert_eq!(
+            fan_out(&conn, "https://a.example/hook", &confirmed).unwrap(),
+            2
+        );
+        assert_eq!(
+            fan_out(&conn, "https://b.example/hook", &only_paused).unwrap(),
+            0
+        );
         // Fanned out once: a second pass adds nothing.
-        assert_eq!(fan_out(&conn, "https://a.example/hook", &confirmed).unwrap(), 0);
+        assert_eq!(
+            fan_out(&conn, "https://a.example/hook", &confirmed).unwrap(),
+            0
+        );
         let due = pending(&conn, "https://a.example/hook", 10).unwrap();
         assert_eq!(due.len(), 2);
         assert!(due[0].outbox_id < due[1].outbox_id);
 
-        record_attempt(&conn, due[0].outbox_id, "https://a.example/hook", Ok(204), None).unwrap();
+        record_attempt(
+            &conn,
+            due[0].outbox_id,
+            "https://a.example/hook",
+            Ok(204),
+            None,
+        )
+        .unwrap();
         record_attempt(
             &conn,
             due[1].outbox_id,
@@ -332,7 +389,9 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(pending(&conn, "https://a.example/hook", 10).unwrap().is_empty());
+        assert!(pending(&conn, "https://a.example/hook", 10)
+            .unwrap()
+            .is_empty());
         let failing = failing_receivers(&conn).unwrap();
         assert_eq!(failing.len(), 1);
         assert_eq!(failing[0].endpoint, "https://a.example/hook");

@@ -505,7 +505,11 @@ impl Setup {
                     "subscribers:read,subscribers:write,issues:read,events:read",
                 ]);
                 assert!(out.status.success(), "{}", show(&out));
-                let key = String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().to_owned();
+                let key = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .nth(1)
+                    .unwrap()
+                    .to_owned();
                 s.env.insert("VERDICTS_API_KEY".into(), key);
                 let port = std::net::TcpListener::bind("127.0.0.1:0")
                     .unwrap()

@@ -479,8 +479,14 @@ fn a_receiver_failing_for_a_day_is_named_by_lint_and_by_webhooks() {
         .stdout
         .clone();
     let listed = String::from_utf8(listed).unwrap();
-    assert!(listed.contains("FAILING: https://down.example/hook"), "{listed}");
-    assert!(listed.contains("issue.paused") && listed.contains("failed"), "{listed}");
+    assert!(
+        listed.contains("FAILING: https://down.example/hook"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("issue.paused") && listed.contains("failed"),
+        "{listed}"
+    );
     // Once the receiver accepts a delivery again, nobody names it any more.
     site.db()
         .execute_batch(
@@ -492,6 +498,13 @@ fn a_receiver_failing_for_a_day_is_named_by_lint_and_by_webhooks() {
                      '2026-12-05T10:00:00Z', 200, '2026-12-05T10:00:00Z');",
         )
         .unwrap();
-    let listed = site.cmd().arg("webhooks").assert().success().get_output().stdout.clone();
+    let listed = site
+        .cmd()
+        .arg("webhooks")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     assert!(!String::from_utf8(listed).unwrap().contains("FAILING"));
 }

@@ -101,8 +101,12 @@ impl Sender {
         if config.webhooks.is_empty() {
             return Ok(None);
         }
+        let conn = crate::store::open(&config.database_path())?;
+        for w in &config.webhooks {
+            store::register(&conn, &w.url)?;
+        }
         Ok(Some(Sender {
-            db: Arc::new(Mutex::new(crate::store::open(&config.database_path())?)),
+            db: Arc::new(Mutex::new(conn)),
             receivers: Arc::new(load_receivers(&config.webhooks)?),
             agent: agent(),
             wake,
