@@ -461,11 +461,11 @@ pub(super) fn finish(
             let deferred = ledger::delivery_counts(read, issue)?.failed_temporarily;
             if deferred > 0 && !past_deadline {
                 let reason = format!(
-                        "{deferred} {} failed temporarily (e.g. a full mailbox; `verdicts issues show {issue}` lists them) and {} retried by the next run, until {}",
-                        if deferred == 1 { "delivery" } else { "deliveries" },
-                        if deferred == 1 { "is" } else { "are" },
-                        deadline.format("%Y-%m-%d %H:%M UTC")
-                    );
+                    "{deferred} {} failed temporarily (e.g. a full mailbox; `verdicts issues show {issue}` lists them) and {} retried by the next run, until {}",
+                    if deferred == 1 { "delivery" } else { "deliveries" },
+                    if deferred == 1 { "is" } else { "are" },
+                    deadline.format("%Y-%m-%d %H:%M UTC")
+                );
                 ledger::pause_issue(read, issue, &reason)?;
                 Finish::Paused { reason }
             } else if !ledger::complete_issue(read, issue)? {
