@@ -508,3 +508,24 @@ fn a_receiver_failing_for_a_day_is_named_by_lint_and_by_webhooks() {
         .clone();
     assert!(!String::from_utf8(listed).unwrap().contains("FAILING"));
 }
+
+#[test]
+fn the_daemon_delivers_announcements_too() {
+    let smtp = TestSmtp::start();
+    let site = inbound_site(smtp.port());
+    web_on_any_port(&site);
+    let receiver = Receiver::start(vec![]);
+    site.edit_config(|t| t + &webhooks_section(&receiver.url()));
+    let mut daemon = Process::start(&site, &["run"]);
+    let web = daemon.web_port();
+    let signed = post_form(
+        &crate::signup::http(),
+        &format!("http://127.0.0.1:{web}/subscribe"),
+        "email=daemon%40example.org",
+    );
+    assert!(signed.status < 400, "{}", signed.body);
+    let got = receiver.wait_for(1, Duration::from_secs(30));
+    assert_eq!(got[0].kind(), "subscriber.pending");
+    assert_eq!(got[0].json()["data"]["email"], "daemon@example.org");
+    assert!(got[0].signed_by(TEST_SECRET));
+}
