@@ -114,6 +114,8 @@ pub enum Effect {
 }
 
 /// Records an event and applies the hygiene rules, in the caller's transaction (or its own).
+/// Unsubscribes and complaints are announced to outgoing webhooks by the schema itself
+/// (migration 13's trigger on `events`), in this same transaction, whoever the caller is.
 pub fn record(
     conn: &Connection,
     event: &NewEvent<'_>,
