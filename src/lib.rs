@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(rust_2018_idioms, clippy::dbg_macro)]
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod content;

@@ -179,6 +179,18 @@ pub enum Command {
     },
     /// Print the HTML signup form (no JavaScript needed) to paste into any page
     SignupForm,
+    /// Manage the JSON API's keys (`/api/v1/`)
+    #[command(subcommand)]
+    Keys(super::keys::KeysCommand),
+    /// Recent outgoing webhook deliveries and failures, newest first
+    Webhooks {
+        /// Only the failed and still-retrying deliveries
+        #[arg(long)]
+        failed: bool,
+        /// How many to list
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        limit: usize,
+    },
 }
 
 fn parse_issue_number(s: &str) -> Result<IssueNumber, String> {

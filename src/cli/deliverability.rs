@@ -37,6 +37,7 @@ pub fn lint(config: &Config, at: DateTime<Utc>) -> anyhow::Result<()> {
             config.newsletter.from.email
         );
     }
+    super::webhooks::lint_note(config);
     let findings = lint::check_issue(config, &digest, dkim.as_ref());
     print_findings(config, dkim.as_ref(), &findings);
 

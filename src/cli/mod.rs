@@ -4,6 +4,7 @@ mod args;
 mod deliverability;
 mod inbound;
 mod issues;
+mod keys;
 pub mod logging;
 mod ops;
 mod run;
@@ -11,6 +12,7 @@ mod runtime;
 mod send;
 mod site;
 mod subscribers;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 
@@ -127,6 +129,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => inbound::Source::Stdin { recipient },
             };
             inbound::run(&config_path, source)
+        }
+        Command::Keys(cmd) => keys::run(&Config::load(&config_path)?, cmd),
+        Command::Webhooks { failed, limit } => {
+            webhooks::list(&Config::load(&config_path)?, failed, limit)
         }
         Command::SignupForm => {
             let config = Config::load(&config_path)?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use super::runtime::{self, stopped};
+use crate::api::ApiState;
 use crate::config::Config;
 use crate::issue::{self, Dispatcher};
 use crate::signup::limits::Limits;
@@ -13,8 +14,9 @@ use crate::signup::outbox::Outbox;
 use crate::store::lock::DaemonLock;
 use crate::web::signup::SignupService;
 use crate::web::{self, WebState};
+use crate::webhooks::outgoing::Sender;
 
-fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox)> {
+fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox, Option<Sender>)> {
     let key = issue::token_key(config)?;
     let conn = crate::store::open(&config.database_path())?;
     // Confirmation mails are signed with this key from now on: it is the database's.
@@ -29,10 +31,23 @@ fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox)> {
         config.newsletter.name.clone(),
         config.schedule.slots.clone(),
     )
-    .with_signup(SignupService::new(config.signup.clone(), limits, wake))
+    .with_signup(SignupService::new(
+        config.signup.clone(),
+        limits,
+        wake.clone(),
+    ))
     .with_site(config.site_out_dir.clone())
     .with_provider_webhooks(provider_webhooks);
-    Ok((Arc::new(state), outbox))
+    // The API and the webhook sender: announcements rung by the API go out at once.
+    let announcements = Arc::new(Notify::new());
+    let api = ApiState::new(
+        crate::store::open(&config.database_path())?,
+        config.signup.clone(),
+        wake,
+        announcements.clone(),
+    );
+    let sender = Sender::new(config, announcements)?;
+    Ok((Arc::new(state.with_api(api)), outbox, sender))
 }
 
 pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
@@ -53,10 +68,11 @@ pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
     check_site_folder(config)?;
     raise_file_limit();
     let _daemon = DaemonLock::acquire(&config.state_dir)?;
-    let (state, outbox) = web_state(config)?;
+    let (state, outbox, sender) = web_state(config)?;
     let mailbox = super::inbound::imap_mailbox(config)?;
     runtime::block_on_until_signal(None, |stop| async move {
         let mails = tokio::spawn(outbox.run(stop.clone()));
+        let hooks = sender.map(|s| tokio::spawn(s.run(stop.clone())));
         // Listening first: a daemon whose unsubscribe links cannot be served must not start.
         let listener = web::server::bind(config.web_listen).await?;
         let (limits, stop_web) = (config.web.clone(), stop.clone());
@@ -70,6 +86,9 @@ pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
         let _ = web.await;
         mails.abort();
         let _ = mails.await;
+        if let Some(hooks) = hooks {
+            let _ = hooks.await;
+        }
         if let Some(imap) = imap {
             let _ = imap.await;
         }
@@ -88,12 +107,16 @@ fn raise_file_limit() {
 }
 
 pub fn serve(config: &Config) -> anyhow::Result<()> {
-    let (state, outbox) = web_state(config)?;
+    let (state, outbox, sender) = web_state(config)?;
     raise_file_limit();
     runtime::block_on_until_signal(None, |stop| async move {
         let mails = tokio::spawn(outbox.run(stop.clone()));
+        let hooks = sender.map(|s| tokio::spawn(s.run(stop.clone())));
         let result = web::serve(config.web_listen, &config.web, state, stopped(stop)).await;
         let _ = mails.await;
+        if let Some(hooks) = hooks {
+            let _ = hooks.await;
+        }
         result
     })
 }

@@ -78,6 +78,8 @@ struct RawConfig {
     provider_webhooks: provider_webhooks::RawProviderWebhooks,
     #[serde(default)]
     domains: Option<std::collections::BTreeMap<String, RawDomainCap>>,
+    #[serde(default)]
+    webhooks: Vec<crate::webhooks::outgoing::config::RawWebhook>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +289,8 @@ pub struct Config {
     pub fallbacks: Vec<SmtpConfig>,
     /// Caps per recipient domain (`domains:`, over the built-in defaults).
     pub domains: Vec<DomainCap>,
+    /// Outgoing webhooks (`webhooks:`): who is told of changes to the list and to issues.
+    pub webhooks: Vec<crate::webhooks::outgoing::config::WebhookConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -424,6 +428,8 @@ impl Config {
             |p| check.resolve(p),
             |f, r| check.invalid(f, r),
         )?;
+        let webhooks = crate::webhooks::outgoing::config::validate(raw.webhooks)
+            .map_err(|(field, reason)| check.invalid(field, reason))?;
         Ok(Config {
             path: path.to_owned(),
             newsletter: check.newsletter(raw.newsletter)?,
@@ -450,6 +456,7 @@ impl Config {
             provider_webhooks,
             fallbacks: relays,
             domains,
+            webhooks,
         })
     }
 

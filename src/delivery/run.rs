@@ -691,7 +691,7 @@ pub(super) fn finish(
                 warn!(%reason, gave_up, "the issue's deadline has passed; giving up on its undelivered deliveries");
                 Finish::Complete
             } else {
-                ledger::set_issue_state(read, issue, IssueState::Paused)?;
+                ledger::pause_issue(read, issue, &reason)?;
                 Finish::Paused { reason }
             }
         }
@@ -701,15 +701,14 @@ pub(super) fn finish(
             bounced = ledger::apply_held_bounces(read, issue, job.hygiene)?;
             let deferred = ledger::delivery_counts(read, issue)?.failed_temporarily;
             if deferred > 0 && !past_deadline {
-                ledger::set_issue_state(read, issue, IssueState::Paused)?;
-                Finish::Paused {
-                    reason: format!(
-                        "{deferred} {} failed temporarily (e.g. a full mailbox; `verdicts issues show {issue}` lists them) and {} retried by the next run, until {}",
-                        if deferred == 1 { "delivery" } else { "deliveries" },
-                        if deferred == 1 { "is" } else { "are" },
-                        deadline.format("%Y-%m-%d %H:%M UTC")
-                    ),
-                }
+                let reason = format!(
+                    "{deferred} {} failed temporarily (e.g. a full mailbox; `verdicts issues show {issue}` lists them) and {} retried by the next run, until {}",
+                    if deferred == 1 { "delivery" } else { "deliveries" },
+                    if deferred == 1 { "is" } else { "are" },
+                    deadline.format("%Y-%m-%d %H:%M UTC")
+                );
+                ledger::pause_issue(read, issue, &reason)?;
+                Finish::Paused { reason }
             } else if !ledger::complete_issue(read, issue)? {
                 // Something was re-queued meanwhile (e.g. `issues retry`): leave it resumable.
                 warn!("deliveries were re-queued during the run; the issue stays open");

@@ -27,6 +27,8 @@ pub enum Channel {
     Mailto,
     /// The relay's own unsubscribe link or suppression, reported by its webhook.
     Relay,
+    /// The operator's own system, through the JSON API.
+    Api,
 }
 
 impl Channel {
@@ -36,6 +38,7 @@ impl Channel {
             Channel::Page => "page",
             Channel::Mailto => "mailto",
             Channel::Relay => "relay",
+            Channel::Api => "api",
         }
     }
 }
@@ -59,6 +62,8 @@ pub enum Source {
     Web,
     /// A relay's signed event webhook.
     Webhook,
+    /// The JSON API.
+    Api,
 }
 
 impl Source {
@@ -68,6 +73,7 @@ impl Source {
             Source::Inbound => "inbound",
             Source::Web => "web",
             Source::Webhook => "webhook",
+            Source::Api => "api",
         }
     }
 }
@@ -114,6 +120,8 @@ pub enum Effect {
 }
 
 /// Records an event and applies the hygiene rules, in the caller's transaction (or its own).
+/// Unsubscribes and complaints are announced to outgoing webhooks by the schema itself
+/// (migration 13's trigger on `events`), in this same transaction, whoever the caller is.
 pub fn record(
     conn: &Connection,
     event: &NewEvent<'_>,

@@ -330,6 +330,16 @@ pub fn set_issue_state(
     Ok(())
 }
 
+/// Pauses the issue and keeps why (`issues.note`): the `issue.paused` announcement, written
+/// by the schema's trigger in this same statement, carries the reason.
+pub fn pause_issue(conn: &Connection, number: IssueNumber, reason: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE issues SET state = 'paused', note = ? WHERE number = ?",
+        params![reason, number],
+    )?;
+    Ok(())
+}
+
 pub fn delivery_counts(conn: &Connection, number: IssueNumber) -> rusqlite::Result<DeliveryCounts> {
     // Kept by triggers on `deliveries` (migration 10) in the transaction of each change,
     // so this is one row, however many readers the issue had or whether its rows remain.

@@ -7,6 +7,7 @@
 //! [`open`] needs an existing, intact one; [`create`] is the explicit act, and [`health`]
 //! checks a file before trusting it and copies it for backups.
 
+pub mod api;
 pub mod checkpoint;
 pub mod csv;
 pub mod events;
@@ -24,6 +25,7 @@ pub mod secret;
 pub mod signup;
 pub mod subscribers;
 pub mod unattributed;
+pub mod webhooks;
 
 pub use health::{backup, quick_check};
 pub use ids::{IssueNumber, SubscriberId};
@@ -75,6 +77,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/010_history.sql"),
     include_str!("migrations/011_provider_webhooks.sql"),
     include_str!("migrations/012_relays.sql"),
+    include_str!("migrations/013_api.sql"),
 ];
 
 /// The schema version this binary creates and understands.

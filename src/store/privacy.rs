@@ -122,6 +122,8 @@ pub fn erase(conn: &Connection, email: &str, reason: Reason) -> Result<Erased, E
                 "DELETE FROM inbound_unattributed WHERE claimed_subscriber = ?1",
                 [id],
             )?;
+            // Announcements still queued for the operator's webhooks carry the address.
+            tx.execute("DELETE FROM webhook_outbox WHERE subscriber_id = ?1", [id])?;
             tx.execute("DELETE FROM subscribers WHERE id = ?", [id])?;
         }
         let salt = make_salt(tx)?;

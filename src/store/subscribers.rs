@@ -536,6 +536,46 @@ pub fn column_widths(
     Ok((rows as u64, width(email), width(name)))
 }
 
+/// Up to `limit` subscribers (with `status`, if given) whose id is after `after`, in id
+/// order: one page of the API's list, found by the primary key however deep the page.
+pub fn page_after(
+    conn: &Connection,
+    status: Option<SubscriberStatus>,
+    after: Option<SubscriberId>,
+    limit: usize,
+) -> Result<Vec<Subscriber>, StoreError> {
+    let sql = format!(
+        "SELECT {SUBSCRIBER_COLUMNS} FROM subscribers
+         WHERE (?1 IS NULL OR status = ?1) AND id > ?2 ORDER BY id LIMIT ?3"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        params![status, after.map_or(0, |a| a.0), limit as i64],
+        Subscriber::from_row,
+    )?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Changes a subscriber's name (or clears it); `None` when the address is not listed.
+pub fn rename(
+    conn: &Connection,
+    email: &SubscriberEmail,
+    name: Option<&SubscriberName>,
+) -> Result<Option<Subscriber>, StoreError> {
+    store::in_write_transaction(conn, |conn| {
+        let Some(existing) = find(conn, email)? else {
+            return Ok(None);
+        };
+        conn.prepare_cached("UPDATE subscribers SET name = ?1, updated_at = ?2 WHERE id = ?3")?
+            .execute(params![
+                name.map(SubscriberName::as_str),
+                store::timestamp(now()),
+                existing.id
+            ])?;
+        get(conn, existing.id)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,8 @@ pub struct WebState {
     site_dir: Option<std::path::PathBuf>,
     /// The relays' event webhooks (`provider_webhooks:`), when any is configured.
     provider_webhooks: Option<Arc<crate::webhooks::providers::Receiver>>,
+    /// The JSON API under `/api/v1/`.
+    api: Option<Arc<crate::api::ApiState>>,
 }
 
 impl WebState {
@@ -55,6 +57,7 @@ impl WebState {
             signup: None,
             site_dir: None,
             provider_webhooks: None,
+            api: None,
         }
     }
 
@@ -70,6 +73,12 @@ impl WebState {
         receiver: Option<Arc<crate::webhooks::providers::Receiver>>,
     ) -> Self {
         self.provider_webhooks = receiver;
+        self
+    }
+
+    /// Also serves the JSON API (`/api/v1/`).
+    pub fn with_api(mut self, api: crate::api::ApiState) -> Self {
+        self.api = Some(Arc::new(api));
         self
     }
 
@@ -101,6 +110,7 @@ struct TokenQuery {
 pub fn router(state: Arc<WebState>) -> Router {
     let site = state.site_dir.clone();
     let hooks = state.provider_webhooks.clone();
+    let api = state.api.clone();
     let mut endpoints = Router::new()
         .route("/unsubscribe", get(confirm_page).post(unsubscribe))
         .route("/healthz", get(healthz))
@@ -108,6 +118,9 @@ pub fn router(state: Arc<WebState>) -> Router {
         .with_state(state);
     if let Some(receiver) = hooks {
         endpoints = endpoints.merge(crate::webhooks::providers::routes(receiver));
+    }
+    if let Some(api) = api {
+        endpoints = endpoints.merge(crate::api::router(api));
     }
     match site {
         // Every other path is a page of the built site (or its 404).

@@ -32,14 +32,17 @@ pub enum Checker {
     /// The openssl command: signs SHA1withRSA (SNS SignatureVersion 1), which aws-lc-rs
     /// does not sign.
     Openssl,
+    /// Schemathesis: a property-based tester driving the API from its OpenAPI document.
+    Schemathesis,
 }
 
-pub const ALL: [Checker; 5] = [
+pub const ALL: [Checker; 6] = [
     Checker::Dkim,
     Checker::Feedparser,
     Checker::Browser,
     Checker::Dovecot,
     Checker::Openssl,
+    Checker::Schemathesis,
 ];
 
 impl Checker {
@@ -51,6 +54,7 @@ impl Checker {
             Checker::Browser => "browser",
             Checker::Dovecot => "dovecot",
             Checker::Openssl => "openssl",
+            Checker::Schemathesis => "schemathesis",
         }
     }
 
@@ -63,13 +67,14 @@ impl Checker {
             }
             Checker::Dovecot => "Dovecot's IMAP server (the inbound mailbox poller)",
             Checker::Openssl => "the openssl command (SNS signatures of SignatureVersion 1)",
+            Checker::Schemathesis => "Python's schemathesis (the API against its OpenAPI document)",
         }
     }
 
     /// The one command that installs it (README.md, "Running the tests", says more).
     pub fn install(self) -> &'static str {
         match self {
-            Checker::Dkim | Checker::Feedparser => {
+            Checker::Dkim | Checker::Feedparser | Checker::Schemathesis => {
                 "python3 -m venv tests/.venv && tests/.venv/bin/pip install -r tests/requirements.txt"
             }
             Checker::Browser => {
@@ -85,6 +90,7 @@ impl Checker {
         match self {
             Checker::Dkim => python_imports(&["dkim", "nacl"]),
             Checker::Feedparser => python_imports(&["feedparser"]),
+            Checker::Schemathesis => python_imports(&["schemathesis"]),
             Checker::Browser => {
                 let mut missing = Vec::new();
                 if !chromium().exists() {

@@ -252,6 +252,17 @@ struct Sandbox {
     env: BTreeMap<String, String>,
     /// The SMTP server the config points at, when the setup started one.
     server: Option<TestSmtp>,
+    /// `verdicts serve`, when the setup started it (the API's pages call it with curl).
+    served: Option<std::process::Child>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.served.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Sandbox {
@@ -276,6 +287,7 @@ impl Sandbox {
             dir,
             env: BTreeMap::new(),
             server: None,
+            served: None,
         }
     }
 
@@ -339,6 +351,23 @@ impl Sandbox {
             .unwrap()
     }
 
+    /// Runs a shell line (a page's `curl` call) here, with only the variables the setup or
+    /// page exported besides PATH. Returns the exit code and what it printed.
+    fn run_shell(&self, line: &str) -> (Option<i32>, String) {
+        let out = std::process::Command::new("sh")
+            .args(["-c", line])
+            .current_dir(self.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    }
+
     /// Runs the binary with stdout and stderr going to one file, so the lines come in the
     /// order a terminal shows them. Returns the exit code and the text.
     fn run_as_on_a_terminal(&self, words: &[String]) -> (Option<i32>, String) {
@@ -395,6 +424,9 @@ enum Setup {
     Tour,
     /// Bundled, with `subscribers.csv`: five rows, the third of which is not an address.
     Import,
+    /// `Send20` with the bundled week sent, an API key with every scope in
+    /// `$VERDICTS_API_KEY`, and `verdicts serve` answering at `$VERDICTS_API` (docs/api.md).
+    Api,
 }
 
 impl Setup {
@@ -409,6 +441,7 @@ impl Setup {
             "failures" => Setup::Failures,
             "tour" => Setup::Tour,
             "import" => Setup::Import,
+            "api" => Setup::Api,
             _ => return None,
         })
     }
@@ -458,6 +491,43 @@ impl Setup {
                 assert!(out.status.success(), "{}", show(&out));
             }
             Setup::Tour => s.serve_smtp(Behaviour::default()),
+            Setup::Api => {
+                s.env.insert("VERDICTS_SECRET".into(), TEST_SECRET.into());
+                s.subscribers(20);
+                s.serve_smtp(Behaviour::default());
+                let out = s.run(&["send", "--at", AT, "--yes"]);
+                assert!(out.status.success(), "{}", show(&out));
+                let out = s.run(&[
+                    "keys",
+                    "create",
+                    "crm",
+                    "--scope",
+                    "subscribers:read,subscribers:write,issues:read,events:read",
+                ]);
+                assert!(out.status.success(), "{}", show(&out));
+                let key = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .nth(1)
+                    .unwrap()
+                    .to_owned();
+                s.env.insert("VERDICTS_API_KEY".into(), key);
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port();
+                s.edit_config(|t| t.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")));
+                let child = s
+                    .command(&["serve"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                s.served = Some(child);
+                crate::common::wait_for_http(port);
+                s.env
+                    .insert("VERDICTS_API".into(), format!("http://127.0.0.1:{port}"));
+            }
             Setup::Import => std::fs::write(
                 s.path().join("subscribers.csv"),
                 "email,name,status\n\
@@ -543,7 +613,7 @@ fn replay(block: &Block, sandbox: &mut Sandbox) -> Vec<String> {
         let at = block.at(step.line);
         let words = shell_words(&step.command).unwrap();
         match words.first().map(String::as_str) {
-            Some("verdicts") => {}
+            Some("verdicts") | Some("curl") => {}
             Some("echo") if words.get(1).map(String::as_str) == Some("$?") => {
                 let shown = step.expected.join("\n");
                 let status = last_status.map(|s| s.to_string()).unwrap_or_default();
@@ -570,7 +640,11 @@ fn replay(block: &Block, sandbox: &mut Sandbox) -> Vec<String> {
                 continue;
             }
         }
-        let (code, text) = sandbox.run_as_on_a_terminal(&words[1..]);
+        let (code, text) = if words[0] == "curl" {
+            sandbox.run_shell(&step.command)
+        } else {
+            sandbox.run_as_on_a_terminal(&words[1..])
+        };
         last_status = code;
         let printed = without_trailing_blanks(text.lines().map(str::to_string).collect());
         let shown = without_trailing_blanks(step.expected.clone());

@@ -8,6 +8,7 @@ mod common;
 mod smtp;
 
 mod addresses;
+mod api;
 mod backup;
 mod cli;
 mod cli_output;
@@ -38,3 +39,4 @@ mod site;
 mod smtp_harness;
 mod subscribers;
 mod test_send;
+mod webhooks_out;
