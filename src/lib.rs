@@ -24,4 +24,5 @@ pub mod mail;
 pub mod signup;
 pub mod site;
 pub mod store;
+pub mod tracking;
 pub mod web;

@@ -29,7 +29,8 @@ fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox)> {
         config.schedule.slots.clone(),
     )
     .with_signup(SignupService::new(config.signup.clone(), limits, wake))
-    .with_site(config.site_out_dir.clone());
+    .with_site(config.site_out_dir.clone())
+    .with_tracking(crate::web::tracking::TrackingService::new(config)?);
     Ok((Arc::new(state), outbox))
 }
 

@@ -68,6 +68,8 @@ struct RawConfig {
     signup: RawSignup,
     #[serde(default)]
     site: Option<RawSite>,
+    #[serde(default)]
+    tracking: crate::tracking::config::RawTracking,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +256,8 @@ pub struct Config {
     /// changing content rebuild it, and the web endpoint serves it.
     pub site_out_dir: Option<PathBuf>,
     pub signup: SignupConfig,
+    /// Votes, click counts and the operator's report (`tracking:`).
+    pub tracking: crate::tracking::config::TrackingConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -363,6 +367,8 @@ impl Config {
             .validate(|p| check.resolve(p))
             .map_err(|(field, reason)| check.invalid(field, reason))?;
         let signup = SignupConfig::from_raw(raw.signup, |f, r| check.invalid(f, r))?;
+        let tracking = crate::tracking::config::TrackingConfig::from_raw(raw.tracking)
+            .map_err(|(field, reason)| check.invalid(field, reason))?;
         let smtp_password_file = raw.smtp.password_file.as_deref().map(|p| check.resolve(p));
         Ok(Config {
             path: path.to_owned(),
@@ -386,6 +392,7 @@ impl Config {
             inbound,
             site_out_dir: raw.site.map(|s| check.resolve(&s.out_dir)),
             signup,
+            tracking,
         })
     }
 

@@ -19,6 +19,7 @@ pub mod rekey;
 pub mod secret;
 pub mod signup;
 pub mod subscribers;
+pub mod tracking;
 pub mod unattributed;
 
 pub use health::{backup, quick_check};
@@ -68,6 +69,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/007_settings.sql"),
     MAILBOX_KEYS,
     include_str!("migrations/009_event_sources.sql"),
+    include_str!("migrations/014_tracking.sql"),
 ];
 
 /// The schema version this binary creates and understands.

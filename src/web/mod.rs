@@ -8,6 +8,8 @@ pub mod server;
 
 pub mod signup;
 
+pub mod tracking;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -36,6 +38,8 @@ pub struct WebState {
     signup: Option<signup::SignupService>,
     /// The built site to serve beside the endpoints (`site.out_dir`).
     site_dir: Option<std::path::PathBuf>,
+    /// Votes, click redirects and the report (`web::tracking`).
+    tracking: Option<tracking::TrackingService>,
 }
 
 impl WebState {
@@ -52,12 +56,19 @@ impl WebState {
             schedule,
             signup: None,
             site_dir: None,
+            tracking: None,
         }
     }
 
     /// Opens the signup routes (`/subscribe`, `/confirm`).
     pub fn with_signup(mut self, service: signup::SignupService) -> Self {
         self.signup = Some(service);
+        self
+    }
+
+    /// Opens the vote, click and report routes.
+    pub fn with_tracking(mut self, service: tracking::TrackingService) -> Self {
+        self.tracking = Some(service);
         self
     }
 
@@ -92,6 +103,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/unsubscribe", get(confirm_page).post(unsubscribe))
         .route("/healthz", get(healthz))
         .merge(signup::routes())
+        .merge(tracking::routes())
         .with_state(state);
     match site {
         // Every other path is a page of the built site (or its 404).
