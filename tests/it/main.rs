@@ -35,3 +35,4 @@ mod site;
 mod smtp_harness;
 mod subscribers;
 mod test_send;
+mod tracking;
