@@ -13,6 +13,10 @@ pub fn run(config: &Config, out: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create output folder {}", out.display()))?;
     let path = out.join("index.html");
     std::fs::write(&path, &html).with_context(|| format!("cannot write {}", path.display()))?;
-    println!("Wrote {} ({:.1} KB)", path.display(), html.len() as f64 / 1024.0);
+    println!(
+        "Wrote {} ({:.1} KB)",
+        path.display(),
+        html.len() as f64 / 1024.0
+    );
     Ok(())
 }

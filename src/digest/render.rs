@@ -178,8 +178,18 @@ impl RenderedDigest {
             subject: self.subject.clone(),
             preheader: self.preheader.clone(),
             comparison_count: self.comparison_count,
-            html_parts: self.html_parts.iter().enumerate().map(|(i, p)| html(i, p)).collect(),
-            text_parts: self.text_parts.iter().enumerate().map(|(i, p)| text(i, p)).collect(),
+            html_parts: self
+                .html_parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| html(i, p))
+                .collect(),
+            text_parts: self
+                .text_parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| text(i, p))
+                .collect(),
         }
     }
 }

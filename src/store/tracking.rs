@@ -80,7 +80,9 @@ pub fn record_vote(conn: &Connection, v: &NewVote) -> rusqlite::Result<VoteOutco
         Some(_) => return Ok(VoteOutcome::NotSubscribed),
     }
     let before: Option<String> = conn
-        .prepare_cached("SELECT choice FROM votes WHERE subscriber_id = ? AND slug = ? AND tool = ?")?
+        .prepare_cached(
+            "SELECT choice FROM votes WHERE subscriber_id = ? AND slug = ? AND tool = ?",
+        )?
         .query_row(params![v.subscriber, v.slug, v.tool], |r| r.get(0))
         .optional()?;
     let at = store::timestamp(v.at);
@@ -91,7 +93,14 @@ pub fn record_vote(conn: &Connection, v: &NewVote) -> rusqlite::Result<VoteOutco
                 "UPDATE votes SET choice = ?, changed_at = ?, issue = ?
                  WHERE subscriber_id = ? AND slug = ? AND tool = ?",
             )?
-            .execute(params![v.choice.as_str(), at, v.issue, v.subscriber, v.slug, v.tool])?;
+            .execute(params![
+                v.choice.as_str(),
+                at,
+                v.issue,
+                v.subscriber,
+                v.slug,
+                v.tool
+            ])?;
             Ok(VoteOutcome::Changed)
         }
         None => {
@@ -99,7 +108,14 @@ pub fn record_vote(conn: &Connection, v: &NewVote) -> rusqlite::Result<VoteOutco
                 "INSERT INTO votes (subscriber_id, slug, tool, choice, issue, cast_at)
                  VALUES (?, ?, ?, ?, ?, ?)",
             )?
-            .execute(params![v.subscriber, v.slug, v.tool, v.choice.as_str(), v.issue, at])?;
+            .execute(params![
+                v.subscriber,
+                v.slug,
+                v.tool,
+                v.choice.as_str(),
+                v.issue,
+                at
+            ])?;
             Ok(VoteOutcome::Cast)
         }
     }
@@ -113,7 +129,9 @@ pub fn vote_of(
     tool: u8,
 ) -> rusqlite::Result<Option<Choice>> {
     let c: Option<String> = conn
-        .prepare_cached("SELECT choice FROM votes WHERE subscriber_id = ? AND slug = ? AND tool = ?")?
+        .prepare_cached(
+            "SELECT choice FROM votes WHERE subscriber_id = ? AND slug = ? AND tool = ?",
+        )?
         .query_row(params![subscriber, slug, tool], |r| r.get(0))
         .optional()?;
     Ok(c.as_deref().and_then(Choice::parse))
@@ -164,11 +182,9 @@ pub struct Tally {
 impl Tally {
     /// The share of ship votes, rounded to a whole percent.
     pub fn ship_percent(&self) -> u32 {
-        if self.total == 0 {
-            0
-        } else {
-            (self.ship * 100 + self.total / 2) / self.total
-        }
+        (self.ship * 100 + self.total / 2)
+            .checked_div(self.total)
+            .unwrap_or(0)
     }
 }
 
@@ -439,7 +455,10 @@ mod tests {
             choice,
             at: Utc::now(),
         };
-        assert_eq!(record_vote(&conn, &vote(Choice::Ship, "a-vs-b")).unwrap(), VoteOutcome::Cast);
+        assert_eq!(
+            record_vote(&conn, &vote(Choice::Ship, "a-vs-b")).unwrap(),
+            VoteOutcome::Cast
+        );
         assert_eq!(
             record_vote(&conn, &vote(Choice::Ship, "a-vs-b")).unwrap(),
             VoteOutcome::Unchanged

@@ -225,13 +225,19 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_field() {
-        assert_eq!(parse("machine_delay: soon").unwrap_err().0, "tracking.machine_delay");
+        assert_eq!(
+            parse("machine_delay: soon").unwrap_err().0,
+            "tracking.machine_delay"
+        );
         assert_eq!(parse("min_votes: 0").unwrap_err().0, "tracking.min_votes");
         assert_eq!(
             parse("scanner_networks: [10.0.0.0/33]").unwrap_err().0,
             "tracking.scanner_networks"
         );
         assert!(serde_yaml::from_str::<RawTracking>("clicks: always").is_err());
-        assert_eq!(parse("clicks: per-reader").unwrap().clicks, ClickMode::PerReader);
+        assert_eq!(
+            parse("clicks: per-reader").unwrap().clicks,
+            ClickMode::PerReader
+        );
     }
 }

@@ -35,9 +35,17 @@ pub fn strip_reader(text: &str) -> String {
 
 /// Paths under `base_url` that are never wrapped: they are not reading links.
 fn untracked(path: &str) -> bool {
-    ["/vote/", "/unsubscribe", "/c/", "/o/", "/confirm", "/subscribe", "/report"]
-        .iter()
-        .any(|p| path.starts_with(p))
+    [
+        "/vote/",
+        "/unsubscribe",
+        "/c/",
+        "/o/",
+        "/confirm",
+        "/subscribe",
+        "/report",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
 }
 
 /// Where a link's URL ends in HTML or plain text.
@@ -169,7 +177,9 @@ mod tests {
     fn only_site_links_are_wrapped() {
         let mut n = 0;
         let part = "<a href=\"https://x.example/a-vs-b/\">A</a> <a href=\"https://x.example/unsubscribe?token=1\">u</a> https://x.example. https://x.example.evil/ https://x.example";
-        let out = wrap_links(part, "https://x.example", &mut n, |i, p| format!("[{i}{p}]"));
+        let out = wrap_links(part, "https://x.example", &mut n, |i, p| {
+            format!("[{i}{p}]")
+        });
         assert_eq!(
             out,
             "<a href=\"[1/a-vs-b/]\">A</a> <a href=\"https://x.example/unsubscribe?token=1\">u</a> https://x.example. https://x.example.evil/ [2/]"

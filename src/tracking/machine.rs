@@ -87,7 +87,10 @@ mod tests {
         assert_eq!(judge(&c, &Method::GET, &prefetch, ip), Some("prefetch"));
         let safelinks = headers(&[("user-agent", "Microsoft SafeLinks/1.0")]);
         assert_eq!(judge(&c, &Method::GET, &safelinks, ip), Some("agent"));
-        assert_eq!(judge(&c, &Method::GET, &HeaderMap::new(), ip), Some("agent"));
+        assert_eq!(
+            judge(&c, &Method::GET, &HeaderMap::new(), ip),
+            Some("agent")
+        );
         let eop: IpAddr = "40.107.1.2".parse().unwrap();
         assert_eq!(judge(&c, &Method::GET, &firefox, eop), Some("network"));
     }

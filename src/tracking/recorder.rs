@@ -151,7 +151,11 @@ fn write(conn: &Connection, batch: Vec<Record>, delay: chrono::Duration, counter
             }
         }
         Err(e) => {
-            error!(clicks = clicks.len(), votes = votes.len(), "recording failed: {e}");
+            error!(
+                clicks = clicks.len(),
+                votes = votes.len(),
+                "recording failed: {e}"
+            );
             for (_, done) in votes {
                 let _ = done.send(Err(format!("the vote could not be recorded: {e}")));
             }

@@ -54,7 +54,13 @@ fn bars(title: &str, rows: &[(String, u64, String)]) -> String {
 fn title_id(title: &str) -> String {
     title
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -178,7 +184,11 @@ pub fn render(config: &Config, conn: &Connection, now: DateTime<Utc>) -> anyhow:
         );
         let rows = vec![
             ("Recipients".to_string(), recipients, recipients.to_string()),
-            ("Delivered".to_string(), e.delivered, e.delivered.to_string()),
+            (
+                "Delivered".to_string(),
+                e.delivered,
+                e.delivered.to_string(),
+            ),
             (
                 "Human clickers".to_string(),
                 f.human_clickers,
@@ -205,9 +215,7 @@ pub fn render(config: &Config, conn: &Connection, now: DateTime<Utc>) -> anyhow:
     }
     body.push_str("</section>");
 
-    body.push_str(
-        "<section aria-labelledby=\"h-votes\"><h2 id=\"h-votes\">Readers and panel</h2>",
-    );
+    body.push_str("<section aria-labelledby=\"h-votes\"><h2 id=\"h-votes\">Readers and panel</h2>");
     let comparisons = crate::content::load_dir(&config.content_dir).unwrap_or_default();
     let votes = store::votes_by_comparison(conn)?;
     if votes.is_empty() {

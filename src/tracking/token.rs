@@ -119,8 +119,7 @@ pub fn verify_click(key: &TokenKey, token: &str) -> Option<Link> {
     let position: u32 = parts.next()?.parse().ok()?;
     let target = String::from_utf8(URL_SAFE_NO_PAD.decode(parts.next()?).ok()?).ok()?;
     let mac = URL_SAFE_NO_PAD.decode(parts.next()?).ok()?;
-    if parts.next().is_some() || issue < 1 || !target.starts_with('/') || target.starts_with("//")
-    {
+    if parts.next().is_some() || issue < 1 || !target.starts_with('/') || target.starts_with("//") {
         return None;
     }
     let link = Link {
@@ -156,7 +155,10 @@ mod tests {
         };
         let t = reader_token(&key(), r);
         assert_eq!(verify_reader(&key(), &t), Some(r));
-        assert_eq!(verify_reader(&TokenKey::new(b"another key, 0123456"), &t), None);
+        assert_eq!(
+            verify_reader(&TokenKey::new(b"another key, 0123456"), &t),
+            None
+        );
         let forged = t.replacen("3.42.", "3.43.", 1);
         assert_eq!(verify_reader(&key(), &forged), None);
         assert_eq!(verify_reader(&key(), &t[..t.len() - 2]), None);

@@ -90,10 +90,7 @@ pub(super) fn routes() -> Router<Arc<WebState>> {
     Router::new()
         .route("/c/{token}", get(click))
         .route("/o/{token}", get(open))
-        .route(
-            "/vote/{slug}/{tool}/{choice}",
-            get(vote_page).post(vote),
-        )
+        .route("/vote/{slug}/{tool}/{choice}", get(vote_page).post(vote))
         .route("/report/", get(report))
         .route("/report", get(report))
 }
@@ -151,17 +148,18 @@ async fn click(
     if svc.config.clicks != ClickMode::Off {
         let headers = req.headers();
         let client = svc.client(peer(&req), headers);
-        let mut machine = crate::tracking::machine::judge(&svc.config, req.method(), headers, client);
+        let mut machine =
+            crate::tracking::machine::judge(&svc.config, req.method(), headers, client);
         if link.position == DECOY_POSITION {
             machine = Some("decoy");
         }
         let subscriber = match svc.config.clicks {
-            ClickMode::PerReader => q
-                .r
-                .as_deref()
-                .and_then(|r| verify_reader(&state.key, r))
-                .filter(|r| r.issue == link.issue && r.subscriber.get() > 0)
-                .map(|r| r.subscriber),
+            ClickMode::PerReader => {
+                q.r.as_deref()
+                    .and_then(|r| verify_reader(&state.key, r))
+                    .filter(|r| r.issue == link.issue && r.subscriber.get() > 0)
+                    .map(|r| r.subscriber)
+            }
             _ => None,
         };
         svc.recorder.click(NewClick {
@@ -188,14 +186,18 @@ async fn click(
 
 /// A transparent 1×1 GIF.
 const PIXEL: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00,
-    0x00, 0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00,
-    0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 /// `GET /o/<token>`: the open pixel (`tracking.opens: on`); always counted as a likely
 /// machine open.
-async fn open(State(state): State<Arc<WebState>>, Path(token): Path<String>, req: Request) -> Response {
+async fn open(
+    State(state): State<Arc<WebState>>,
+    Path(token): Path<String>,
+    req: Request,
+) -> Response {
     let Some(svc) = service(&state) else {
         return not_found();
     };
@@ -244,31 +246,31 @@ fn vote_request(
     svc: &TrackingService,
     p: &VotePath,
     r: Option<&str>,
-) -> Result<(crate::tracking::token::Reader, Choice, String, String), Response> {
+) -> Result<(crate::tracking::token::Reader, Choice, String, String), Box<Response>> {
     let Some(choice) = Choice::parse(&p.choice) else {
-        return Err(bad_link("vote"));
+        return Err(Box::new(bad_link("vote")));
     };
     if p.tool > 1 {
-        return Err(bad_link("vote"));
+        return Err(Box::new(bad_link("vote")));
     }
     let Some(reader) = r.and_then(|r| verify_reader(&state.key, r)) else {
-        return Err(page(
+        return Err(Box::new(page(
             StatusCode::BAD_REQUEST,
             "This vote link is not valid",
             "<p>Votes come from the links in each subscriber's own copy of the newsletter. \
              This one is missing its reader's part, or was altered or cut short, so \
              nothing was recorded.</p>",
-        ));
+        )));
     };
     let Some((title, tools)) = svc.tools.get(&p.slug) else {
-        return Err(page(
+        return Err(Box::new(page(
             StatusCode::BAD_REQUEST,
             "Unknown comparison",
             &format!(
                 "<p>There is no comparison called <code>{}</code>, so nothing was recorded.</p>",
                 escape(&p.slug)
             ),
-        ));
+        )));
     };
     Ok((
         reader,
@@ -309,7 +311,7 @@ async fn vote_page(
     };
     let (reader, choice, title, tool) = match vote_request(&state, svc, &p, q.r.as_deref()) {
         Ok(v) => v,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     let current = {
         let db = state.db();
@@ -327,7 +329,14 @@ async fn vote_page(
     page(
         StatusCode::OK,
         &format!("Would you ship {}?", escape(&tool)),
-        &vote_form(&p, q.r.as_deref().unwrap_or(""), choice, &tool, &title, &note),
+        &vote_form(
+            &p,
+            q.r.as_deref().unwrap_or(""),
+            choice,
+            &tool,
+            &title,
+            &note,
+        ),
     )
 }
 
@@ -343,7 +352,7 @@ async fn vote(
     };
     let (reader, mut choice, title, tool) = match vote_request(&state, svc, &p, q.r.as_deref()) {
         Ok(v) => v,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     if let Some(c) = f.choice.as_deref() {
         match Choice::parse(c) {
@@ -440,7 +449,10 @@ async fn report(
         .or(q.token);
     let ok = given.is_some_and(|g| {
         g.len() == expected.len()
-            && g.bytes().zip(expected.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+            && g.bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0
     });
     if !ok {
         return (

@@ -10,8 +10,7 @@ use crate::smtp::TestSmtp;
 
 const SLOT: &str = "2026-11-23T09:00:00Z";
 const FIRST: &str = "gemini-2-5-flash-lite-vs-llama-4-scout-fine-tuning-toolkit";
-const BROWSER: &str =
-    "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
 
 fn http() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -146,7 +145,11 @@ fn wait_for_clicks(site: &TempSite, n: i64) {
 
 fn issues_show(site: &TempSite) -> String {
     let out = site.cmd().args(["issues", "show", "1"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -217,7 +220,10 @@ fn readers_votes_and_clicks_reach_issues_show_and_the_rebuilt_site() {
     wait_for_clicks(&site, 4);
 
     let show = issues_show(&site);
-    assert!(show.contains("Human clickers: 4 (66.7% of 6 delivered)"), "{show}");
+    assert!(
+        show.contains("Human clickers: 4 (66.7% of 6 delivered)"),
+        "{show}"
+    );
     assert!(show.contains(&format!("  {FIRST}  4")), "{show}");
     assert!(show.contains("Votes:       6"), "{show}");
     assert!(show.contains("Machine clicks filtered: 0"), "{show}");
@@ -232,9 +238,8 @@ fn readers_votes_and_clicks_reach_issues_show_and_the_rebuilt_site() {
             .args(["site", "build", "--out", "public"])
             .assert()
             .success();
-        let html =
-            std::fs::read_to_string(site.path().join(format!("public/{FIRST}/index.html")))
-                .unwrap();
+        let html = std::fs::read_to_string(site.path().join(format!("public/{FIRST}/index.html")))
+            .unwrap();
         let doc = scraper::Html::parse_document(&html);
         let sel = scraper::Selector::parse("dd").unwrap();
         let figures: Vec<String> = doc
@@ -348,7 +353,8 @@ fn bad_tokens_and_refused_votes_record_nothing() {
         assert_eq!(status, 400, "{bad}: {page}");
     }
     let _ = mac;
-    let (status, page) = served.post_vote(&format!("/vote/no-such-thing/0/ship?r={reader}"), "ship");
+    let (status, page) =
+        served.post_vote(&format!("/vote/no-such-thing/0/ship?r={reader}"), "ship");
     assert_eq!(status, 400);
     assert!(page.contains("no comparison called"), "{page}");
     assert_eq!(count(&site, "SELECT COUNT(*) FROM votes"), 0);
@@ -393,7 +399,11 @@ fn clicks_off_links_go_straight_to_the_site_and_nothing_is_recorded() {
 #[test]
 fn the_report_needs_the_operators_token_and_matches_issues_show() {
     let server = TestSmtp::start();
-    let site = sent_site(&server, 3, "  machine_delay: 0s\n  report_token_env: VERDICTS_REPORT_TOKEN\n");
+    let site = sent_site(
+        &server,
+        3,
+        "  machine_delay: 0s\n  report_token_env: VERDICTS_REPORT_TOKEN\n",
+    );
     let copies = links(&server);
     let served_plain = Served::start(&site);
     // Without the token in the environment the report does not exist.
@@ -417,8 +427,9 @@ fn the_report_needs_the_operators_token_and_matches_issues_show() {
     assert!(html.contains("click-through 66.7%"), "{html}");
     assert!(issues_show(&site).contains("Human clickers: 2 (66.7% of 3 delivered)"));
 
-    if let Some(chromium) = crate::checkers::available(crate::checkers::Checker::Browser, module_path!())
-        .then(crate::checkers::chromium)
+    if let Some(chromium) =
+        crate::checkers::available(crate::checkers::Checker::Browser, module_path!())
+            .then(crate::checkers::chromium)
     {
         let tooling = std::path::Path::new(crate::common::REPO).join("tests/a11y");
         let run = std::process::Command::new("node")
@@ -427,7 +438,11 @@ fn the_report_needs_the_operators_token_and_matches_issues_show() {
             .env("CHROMIUM", &chromium)
             .output()
             .unwrap();
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
         for mode in ["light", "dark"] {
             let v = &report[0][mode];
