@@ -93,13 +93,26 @@ pub fn track(
     let base = config.newsletter.base_url.as_str();
     let digest = digest.for_issue(base, issue.get());
     let mode = config.tracking.clicks;
-    if mode == ClickMode::Off {
-        return digest;
-    }
-    let reader = match mode {
+    // A comparison page reached from a reader's copy carries the reader's token, so the
+    // page can offer that reader the vote buttons (it is never recorded with a click
+    // unless `tracking.clicks: per-reader`).
+    let reader = |target: &str| match mode {
         ClickMode::PerReader => format!("?r={READER_PLACEHOLDER}"),
+        _ if slug_of(target).is_some() => format!("?r={READER_PLACEHOLDER}"),
         _ => String::new(),
     };
+    if mode == ClickMode::Off {
+        let mut next = DECOY_POSITION;
+        let direct = |_: u32, target: &str| format!("{base}{target}{}", reader(target));
+        let html = digest.map_parts(
+            |_, part| wrap_links(part, base, &mut next, direct),
+            |_, part| part.to_owned(),
+        );
+        return html.map_parts(
+            |_, part| part.to_owned(),
+            |_, part| wrap_links(part, base, &mut next, direct),
+        );
+    }
     let click = |position: u32, target: &str| {
         let token = click_token(
             key,
@@ -109,7 +122,7 @@ pub fn track(
                 target: target.to_owned(),
             },
         );
-        format!("{base}/c/{token}{reader}")
+        format!("{base}/c/{token}{}", reader(target))
     };
     let mut next = DECOY_POSITION;
     let last_html = digest.html_parts().len().saturating_sub(1);

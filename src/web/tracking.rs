@@ -91,6 +91,7 @@ pub(super) fn routes() -> Router<Arc<WebState>> {
         .route("/c/{token}", get(click))
         .route("/o/{token}", get(open))
         .route("/vote/{slug}/{tool}/{choice}", get(vote_page).post(vote))
+        .route("/{slug}/", get(comparison_page))
         .route("/report/", get(report))
         .route("/report", get(report))
 }
@@ -144,7 +145,16 @@ async fn click(
     if link.target == OPEN_TARGET {
         return bad_link("tracked");
     }
-    let location = format!("{}{}", svc.base_url, link.target);
+    let mut location = format!("{}{}", svc.base_url, link.target);
+    // A reader's own token rides along to a comparison page, where it shows the vote.
+    if let Some(r) = q.r.as_deref() {
+        if slug_of(&link.target).is_some()
+            && verify_reader(&state.key, r).is_some_and(|r| r.issue == link.issue)
+        {
+            location.push_str("?r=");
+            location.push_str(r);
+        }
+    }
     if svc.config.clicks != ClickMode::Off {
         let headers = req.headers();
         let client = svc.client(peer(&req), headers);
@@ -485,4 +495,72 @@ async fn report(
             )
         }
     }
+}
+
+/// `GET /<slug>/`: the built site's comparison page; for a reader arriving from their own
+/// copy (`?r=<reader token>`), with the vote buttons for both tools. Anonymous visitors
+/// get the static page as it is, so the figure cannot be stuffed.
+async fn comparison_page(
+    State(state): State<Arc<WebState>>,
+    Path(slug): Path<String>,
+    Query(q): Query<ReaderQuery>,
+    req: Request,
+) -> Response {
+    use tower::ServiceExt;
+    let Some(dir) = state.site_dir.clone() else {
+        return not_found();
+    };
+    let with_votes = service(&state).and_then(|svc| {
+        let reader = verify_reader(&state.key, q.r.as_deref()?)?;
+        let (_, tools) = svc.tools.get(&slug)?;
+        let page = std::fs::read_to_string(dir.join(&slug).join("index.html")).ok()?;
+        Some((reader, tools.clone(), page))
+    });
+    let Some((reader, tools, page)) = with_votes else {
+        return match crate::site::serve::router(&dir).oneshot(req).await {
+            Ok(r) => r,
+            Err(e) => match e {},
+        };
+    };
+    let r = q.r.unwrap_or_default();
+    let current = {
+        let db = state.db();
+        [0u8, 1].map(|t| {
+            crate::store::tracking::vote_of(&db, reader.subscriber, &slug, t)
+                .ok()
+                .flatten()
+        })
+    };
+    let mut forms = String::from(
+        "<section class=\"reader-vote\" aria-labelledby=\"reader-vote\"><h2 id=\"reader-vote\">Your vote</h2>",
+    );
+    for (i, tool) in tools.iter().enumerate() {
+        let now = match current[i] {
+            Some(c) => format!(" (your vote: {})", c.as_str()),
+            None => String::new(),
+        };
+        forms.push_str(&format!(
+            "<form method=\"post\" action=\"/vote/{slug}/{i}/ship?r={r}\"><p>Would you ship {tool}?{now} \
+             <button type=\"submit\" name=\"choice\" value=\"ship\">Ship</button> \
+             <button type=\"submit\" name=\"choice\" value=\"skip\">Skip</button></p></form>",
+            slug = escape(&slug),
+            r = escape(&r),
+            tool = escape(tool),
+        ));
+    }
+    forms.push_str("</section>");
+    let html = match page.rfind("</main>") {
+        Some(at) => format!("{}{forms}{}", &page[..at], &page[at..]),
+        None => page,
+    };
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        html,
+    )
+        .into_response()
 }

@@ -215,7 +215,11 @@ fn readers_votes_and_clicks_reach_issues_show_and_the_rebuilt_site() {
         let agent = format!("{BROWSER} reader/{i}");
         let (status, location, _) = served.get(&comparison_click(urls), &agent);
         assert_eq!(status, 302);
-        assert_eq!(location, format!("https://verdicts.example.com/{FIRST}/"));
+        // The reader's token rides along to the page (for its vote buttons).
+        assert!(
+            location.starts_with(&format!("https://verdicts.example.com/{FIRST}/?r=1.")),
+            "{location}"
+        );
     }
     wait_for_clicks(&site, 4);
 
@@ -318,7 +322,12 @@ fn bad_tokens_and_refused_votes_record_nothing() {
     let served = Served::start(&site);
     let urls = &copies[0].1;
     let click = comparison_click(urls);
-    let token = click.strip_prefix("/c/").unwrap();
+    let token = click
+        .split('?')
+        .next()
+        .unwrap()
+        .strip_prefix("/c/")
+        .unwrap();
     let parts: Vec<&str> = token.split('.').collect();
 
     use base64::Engine;
@@ -386,7 +395,7 @@ fn clicks_off_links_go_straight_to_the_site_and_nothing_is_recorded() {
     assert!(urls.iter().all(|u| !u.contains("/c/")), "{urls:?}");
     assert!(urls
         .iter()
-        .any(|u| u == &format!("https://verdicts.example.com/{FIRST}/")));
+        .any(|u| u.starts_with(&format!("https://verdicts.example.com/{FIRST}/?r=1."))));
     let served = Served::start(&site);
     for u in urls.iter().filter(|u| !u.contains("/unsubscribe")) {
         let _ = served.get(local(u), BROWSER);
@@ -449,4 +458,50 @@ fn the_report_needs_the_operators_token_and_matches_issues_show() {
             assert_eq!(v.as_array().map(Vec::len), Some(0), "{mode}: {v}");
         }
     }
+}
+
+#[test]
+fn the_comparison_page_offers_the_vote_only_to_a_reader_with_a_token() {
+    let server = TestSmtp::start();
+    let site = TempSite::with_bundled_content();
+    site.configure(
+        &TestConfig::default()
+            .smtp_port(server.port())
+            .section("site:\n  out_dir: public"),
+    );
+    seed_subscribers(&site, 1);
+    site.cmd()
+        .args(["send", "--at", SLOT, "--yes"])
+        .assert()
+        .success();
+    server.wait_for(1, Duration::from_secs(30));
+    let copies = links(&server);
+    let served = Served::start(&site);
+    let (status, location, _) = served.get(&comparison_click(&copies[0].1), BROWSER);
+    assert_eq!(status, 302);
+    let page = local(&location).to_owned();
+    let (status, _, with_token) = served.get(&page, BROWSER);
+    assert_eq!(status, 200);
+    assert!(with_token.contains("Your vote"), "{with_token}");
+    assert!(with_token.contains("Would you ship Gemini 2.5 Flash Lite?"));
+    let (status, _, anonymous) = served.get(&format!("/{FIRST}/"), BROWSER);
+    assert_eq!(status, 200);
+    assert!(!anonymous.contains("Your vote"));
+    let (_, _, forged) = served.get(&format!("/{FIRST}/?r=1.1.AAAAAAAAAAAAAAAAAAAAAA"), BROWSER);
+    assert!(!forged.contains("Your vote"));
+    // The page's button records the vote.
+    let action = with_token
+        .split("action=\"")
+        .filter_map(|a| a.split('"').next())
+        .find(|a| a.starts_with("/vote/"))
+        .unwrap()
+        .replace("&amp;", "&");
+    assert_eq!(served.post_vote(&action, "skip").0, 200);
+    assert_eq!(
+        count(
+            &site,
+            "SELECT COUNT(*) FROM votes WHERE choice = 'skip' AND tool = 0"
+        ),
+        1
+    );
 }
