@@ -408,21 +408,46 @@ fn clicks_off_links_go_straight_to_the_site_and_nothing_is_recorded() {
 #[test]
 fn the_report_needs_the_operators_token_and_matches_issues_show() {
     let server = TestSmtp::start();
+    // The harness passes VERDICTS_SECRET to the processes it starts; the report's token is
+    // read from it here only because it is the one variable a test can count on.
     let site = sent_site(
         &server,
-        3,
-        "  machine_delay: 0s\n  report_token_env: VERDICTS_REPORT_TOKEN\n",
+        8,
+        "  machine_delay: 0s\n  report_token_env: VERDICTS_SECRET\n",
     );
     let copies = links(&server);
-    let served_plain = Served::start(&site);
-    // Without the token in the environment the report does not exist.
-    assert_eq!(served_plain.get("/report/", BROWSER).0, 404);
-    for (i, (_, urls)) in copies.iter().take(2).enumerate() {
+    let served = Served::start(&site);
+    // Five people click, one of them twice; a scanner follows every link of one copy.
+    for (i, (_, urls)) in copies.iter().take(5).enumerate() {
         let agent = format!("{BROWSER} reader/{i}");
-        assert_eq!(served_plain.get(&comparison_click(urls), &agent).0, 302);
+        let tracked: Vec<String> = urls
+            .iter()
+            .map(|u| local(u).to_owned())
+            .filter(|p| p.starts_with("/c/") && p.contains("?r="))
+            .collect();
+        assert_eq!(served.get(&tracked[i % tracked.len()], &agent).0, 302);
+        if i == 0 {
+            assert_eq!(served.get(&comparison_click(urls), &agent).0, 302);
+        }
     }
-    wait_for_clicks(&site, 2);
-    drop(served_plain);
+    for p in copies[7].1.iter().map(|u| local(u)).filter(|p| p.starts_with("/c/")) {
+        served.get(p, "Mozilla/5.0 (compatible; Barracuda Sentinel)");
+    }
+    for (i, (_, urls)) in copies.iter().enumerate().take(6) {
+        let choice = if i < 2 { "ship" } else { "skip" };
+        assert_eq!(served.post_vote(&vote_link(urls, 0, choice), choice).0, 200);
+    }
+    let scanned = copies[7].1.iter().filter(|u| u.contains("/c/")).count() as i64;
+    wait_for_clicks(&site, 6 + scanned);
+
+    // Served only with the operator's token.
+    assert_eq!(served.get("/report/", BROWSER).0, 401);
+    assert_eq!(served.get("/report/?token=wrong-token-0123456789", BROWSER).0, 401);
+    let (status, _, served_html) = served.get(
+        &format!("/report/?token={}", crate::common::TEST_SECRET),
+        BROWSER,
+    );
+    assert_eq!(status, 200);
 
     let out = site.path().join("report");
     site.cmd()
@@ -432,31 +457,49 @@ fn the_report_needs_the_operators_token_and_matches_issues_show() {
         .success();
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();
     assert!(!html.contains("<script"), "no JavaScript");
-    assert!(!html.contains("src=\"http"), "no external asset");
-    assert!(html.contains("click-through 66.7%"), "{html}");
-    assert!(issues_show(&site).contains("Human clickers: 2 (66.7% of 3 delivered)"));
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "no external asset");
+    let show = issues_show(&site);
+    assert!(show.contains("Human clickers: 5 (62.5% of 8 delivered)"), "{show}");
+    assert!(html.contains("click-through 62.5%"), "{html}");
+    assert!(html.contains(&format!("{scanned} machine clicks filtered")), "{html}");
+    assert!(show.contains(&format!("Machine clicks filtered: {scanned}")), "{show}");
+    assert!(html.contains("6 votes"), "{html}");
+    // The panel ships Gemini 2.5 Flash Lite (100%), readers mostly skip it (33%).
+    assert!(html.contains("<th scope=\"row\">Gemini 2.5 Flash Lite</th><td>100% ship</td><td>33% ship</td><td>6</td><td><strong>disagree</strong>"), "{html}");
+    assert!(served_html.contains("click-through 62.5%"));
 
-    if let Some(chromium) =
+    let Some(chromium) =
         crate::checkers::available(crate::checkers::Checker::Browser, module_path!())
             .then(crate::checkers::chromium)
-    {
-        let tooling = std::path::Path::new(crate::common::REPO).join("tests/a11y");
-        let run = std::process::Command::new("node")
+    else {
+        return;
+    };
+    let tooling = std::path::Path::new(crate::common::REPO).join("tests/a11y");
+    let run = std::process::Command::new("node")
+        .arg(tooling.join("check.mjs"))
+        .arg(out.join("index.html"))
+        .env("CHROMIUM", &chromium)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    for mode in ["light", "dark"] {
+        let v = &report[0][mode];
+        assert_eq!(v.as_array().map(Vec::len), Some(0), "{mode}: {v}");
+    }
+    // The picture in docs/report.png, at 1280 px, when asked for.
+    if std::env::var_os("VERDICTS_WRITE_REPORT_PNG").is_some() {
+        let png = std::path::Path::new(crate::common::REPO).join("docs/report.png");
+        let shot = std::process::Command::new("node")
             .arg(tooling.join("check.mjs"))
+            .args(["--screenshot"])
+            .arg(&png)
+            .args(["--width", "1280"])
             .arg(out.join("index.html"))
             .env("CHROMIUM", &chromium)
             .output()
             .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
-        for mode in ["light", "dark"] {
-            let v = &report[0][mode];
-            assert_eq!(v.as_array().map(Vec::len), Some(0), "{mode}: {v}");
-        }
+        assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
     }
 }
 
