@@ -30,7 +30,18 @@ pub fn vote_url(base_url: &str, slug: &str, tool: usize, choice: &str) -> String
 /// Text for a place no reader's token can reach (the public archive): the vote links keep
 /// working as pages that explain they need the reader's own copy.
 pub fn strip_reader(text: &str) -> String {
-    text.replace(READER_PLACEHOLDER, "")
+    // The HTML's vote lines go altogether; any other reader place is left empty.
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("<p class=\"vote\"") {
+        let Some(end) = rest[at..].find("</p>") else {
+            break;
+        };
+        out.push_str(&rest[..at]);
+        rest = &rest[at + end + "</p>".len()..];
+    }
+    out.push_str(rest);
+    out.replace(READER_PLACEHOLDER, "")
 }
 
 /// Paths under `base_url` that are never wrapped: they are not reading links.
@@ -59,7 +70,7 @@ fn wrap_links(
     part: &str,
     base_url: &str,
     next: &mut u32,
-    mut wrap: impl FnMut(u32, &str) -> String,
+    mut wrap: impl FnMut(u32, &str, &str) -> String,
 ) -> String {
     let mut out = String::with_capacity(part.len() + part.len() / 8);
     let mut rest = part;
@@ -72,7 +83,7 @@ fn wrap_links(
         let path = if path.is_empty() { "/" } else { path };
         if path.starts_with('/') && !path.starts_with("//") && !untracked(path) {
             *next += 1;
-            out.push_str(&wrap(*next, path));
+            out.push_str(&wrap(*next, path, url));
         } else {
             out.push_str(url);
         }
@@ -103,7 +114,8 @@ pub fn track(
     };
     if mode == ClickMode::Off {
         let mut next = DECOY_POSITION;
-        let direct = |_: u32, target: &str| format!("{base}{target}{}", reader(target));
+        // Straight to the site: only comparison pages change, gaining the reader's token.
+        let direct = |_: u32, target: &str, url: &str| format!("{url}{}", reader(target));
         let html = digest.map_parts(
             |_, part| wrap_links(part, base, &mut next, direct),
             |_, part| part.to_owned(),
@@ -113,7 +125,7 @@ pub fn track(
             |_, part| wrap_links(part, base, &mut next, direct),
         );
     }
-    let click = |position: u32, target: &str| {
+    let click = |position: u32, target: &str, _: &str| {
         let token = click_token(
             key,
             &Link {
@@ -134,7 +146,7 @@ pub fn track(
                 // clients that fetch every link.
                 let decoy = format!(
                     "<a href=\"{}\" style=\"display:none\" aria-hidden=\"true\" tabindex=\"-1\">&#8203;</a>",
-                    click(DECOY_POSITION, "/")
+                    click(DECOY_POSITION, "/", base)
                 );
                 if let Some(body) = p.find("<body") {
                     if let Some(close) = p[body..].find('>') {

@@ -430,7 +430,12 @@ fn the_report_needs_the_operators_token_and_matches_issues_show() {
             assert_eq!(served.get(&comparison_click(urls), &agent).0, 302);
         }
     }
-    for p in copies[7].1.iter().map(|u| local(u)).filter(|p| p.starts_with("/c/")) {
+    for p in copies[7]
+        .1
+        .iter()
+        .map(|u| local(u))
+        .filter(|p| p.starts_with("/c/"))
+    {
         served.get(p, "Mozilla/5.0 (compatible; Barracuda Sentinel)");
     }
     for (i, (_, urls)) in copies.iter().enumerate().take(6) {
@@ -442,7 +447,12 @@ fn the_report_needs_the_operators_token_and_matches_issues_show() {
 
     // Served only with the operator's token.
     assert_eq!(served.get("/report/", BROWSER).0, 401);
-    assert_eq!(served.get("/report/?token=wrong-token-0123456789", BROWSER).0, 401);
+    assert_eq!(
+        served
+            .get("/report/?token=wrong-token-0123456789", BROWSER)
+            .0,
+        401
+    );
     let (status, _, served_html) = served.get(
         &format!("/report/?token={}", crate::common::TEST_SECRET),
         BROWSER,
@@ -457,12 +467,24 @@ fn the_report_needs_the_operators_token_and_matches_issues_show() {
         .success();
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();
     assert!(!html.contains("<script"), "no JavaScript");
-    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "no external asset");
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"http"),
+        "no external asset"
+    );
     let show = issues_show(&site);
-    assert!(show.contains("Human clickers: 5 (62.5% of 8 delivered)"), "{show}");
+    assert!(
+        show.contains("Human clickers: 5 (62.5% of 8 delivered)"),
+        "{show}"
+    );
     assert!(html.contains("click-through 62.5%"), "{html}");
-    assert!(html.contains(&format!("{scanned} machine clicks filtered")), "{html}");
-    assert!(show.contains(&format!("Machine clicks filtered: {scanned}")), "{show}");
+    assert!(
+        html.contains(&format!("{scanned} machine clicks filtered")),
+        "{html}"
+    );
+    assert!(
+        show.contains(&format!("Machine clicks filtered: {scanned}")),
+        "{show}"
+    );
     assert!(html.contains("6 votes"), "{html}");
     // The panel ships Gemini 2.5 Flash Lite (100%), readers mostly skip it (33%).
     assert!(html.contains("<th scope=\"row\">Gemini 2.5 Flash Lite</th><td>100% ship</td><td>33% ship</td><td>6</td><td><strong>disagree</strong>"), "{html}");
@@ -481,7 +503,11 @@ fn the_report_needs_the_operators_token_and_matches_issues_show() {
         .env("CHROMIUM", &chromium)
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     for mode in ["light", "dark"] {
         let v = &report[0][mode];
@@ -499,7 +525,11 @@ fn the_report_needs_the_operators_token_and_matches_issues_show() {
             .env("CHROMIUM", &chromium)
             .output()
             .unwrap();
-        assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
+        assert!(
+            shot.status.success(),
+            "{}",
+            String::from_utf8_lossy(&shot.stderr)
+        );
     }
 }
 
