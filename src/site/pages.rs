@@ -129,6 +129,8 @@ struct ListItem<'a> {
     published_human: String,
     is_split: bool,
     pick_line: String,
+    /// The readers' live vote, once a tool has one past the minimum.
+    community_line: Option<String>,
 }
 
 struct Pager {
@@ -315,6 +317,13 @@ fn list_item(c: &Comparison) -> ListItem<'_> {
         published_human: human_date(&c.published),
         is_split,
         pick_line,
+        community_line: c.tools.iter().any(|t| t.live_votes.is_some()).then(|| {
+            c.tools
+                .iter()
+                .map(|t| format!("{}: {}", t.name, crate::tracking::community::label(t)))
+                .collect::<Vec<_>>()
+                .join(" · ")
+        }),
     }
 }
 

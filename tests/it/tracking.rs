@@ -252,6 +252,12 @@ fn readers_votes_and_clicks_reach_issues_show_and_the_rebuilt_site() {
             .filter(|t| t.contains("vote") || t == "—")
             .collect();
         assert_eq!(figures, ["83% ship (6 votes)", "—"], "{html}");
+        // The listings show it too.
+        let home = std::fs::read_to_string(site.path().join("public/index.html")).unwrap();
+        assert!(
+            home.contains("Community: Gemini 2.5 Flash Lite: 83% ship (6 votes) · Meta Llama 4 Scout Fine-Tuning Toolkit: —"),
+            "{home}"
+        );
     }
     drop(served);
 }
