@@ -202,7 +202,7 @@ mod tests {
     fn only_site_links_are_wrapped() {
         let mut n = 0;
         let part = "<a href=\"https://x.example/a-vs-b/\">A</a> <a href=\"https://x.example/unsubscribe?token=1\">u</a> https://x.example. https://x.example.evil/ https://x.example";
-        let out = wrap_links(part, "https://x.example", &mut n, |i, p| {
+        let out = wrap_links(part, "https://x.example", &mut n, |i, p, _| {
             format!("[{i}{p}]")
         });
         assert_eq!(

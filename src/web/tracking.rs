@@ -9,10 +9,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Form, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -33,8 +34,10 @@ pub struct TrackingService {
     config: TrackingConfig,
     base_url: String,
     recorder: Recorder,
-    /// Tool names by comparison, for the vote page (from the content at start).
-    tools: HashMap<String, (String, [String; 2])>,
+    /// Title and tool names by comparison, for the vote page: read from the content folder
+    /// at start and again when a link names one not seen yet (at most every few seconds).
+    tools: Mutex<(Comparisons, Instant)>,
+    content_dir: std::path::PathBuf,
     trusted_proxies: Vec<ipnet::IpNet>,
     proxy_header: ProxyHeader,
     /// The whole config, for rendering the report on request.
@@ -44,25 +47,34 @@ pub struct TrackingService {
 impl TrackingService {
     /// Starts the tracking writer on the configured database.
     pub fn new(config: &Config) -> anyhow::Result<TrackingService> {
-        let tools = crate::content::load_dir(&config.content_dir)
-            .map(|cs| {
-                cs.into_iter()
-                    .map(|c| {
-                        let [a, b] = c.tools;
-                        (c.slug, (c.title, [a.name, b.name]))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let tools = load_tools(&config.content_dir);
         Ok(TrackingService {
             config: config.tracking.clone(),
             base_url: config.newsletter.base_url.clone(),
             recorder: Recorder::start(config.database_path(), config.tracking.machine_delay)?,
-            tools,
+            tools: Mutex::new((tools, Instant::now())),
+            content_dir: config.content_dir.clone(),
             trusted_proxies: config.signup.trusted_proxies.clone(),
             proxy_header: config.signup.proxy_header,
             full: config.clone(),
         })
+    }
+
+    /// The title and tool names of a comparison, rereading the content folder for one
+    /// published since (an invalid folder keeps what was known).
+    fn comparison(&self, slug: &str) -> Option<(String, [String; 2])> {
+        let mut tools = self.tools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = tools.0.get(slug) {
+            return Some(found.clone());
+        }
+        if tools.1.elapsed() >= RELOAD_EVERY {
+            let fresh = load_tools(&self.content_dir);
+            if !fresh.is_empty() {
+                tools.0 = fresh;
+            }
+            tools.1 = Instant::now();
+        }
+        tools.0.get(slug).cloned()
     }
 
     pub fn recorder(&self) -> &Recorder {
@@ -84,6 +96,25 @@ impl TrackingService {
             &self.trusted_proxies,
         )
     }
+}
+
+/// The shortest time between two reads of the content folder for an unknown comparison.
+const RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// Title and the two tool names, by comparison slug.
+type Comparisons = HashMap<String, (String, [String; 2])>;
+
+fn load_tools(dir: &std::path::Path) -> Comparisons {
+    crate::content::load_dir(dir)
+        .map(|cs| {
+            cs.into_iter()
+                .map(|c| {
+                    let [a, b] = c.tools;
+                    (c.slug, (c.title, [a.name, b.name]))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub(super) fn routes() -> Router<Arc<WebState>> {
@@ -272,7 +303,7 @@ fn vote_request(
              nothing was recorded.</p>",
         )));
     };
-    let Some((title, tools)) = svc.tools.get(&p.slug) else {
+    let Some((title, tools)) = svc.comparison(&p.slug) else {
         return Err(Box::new(page(
             StatusCode::BAD_REQUEST,
             "Unknown comparison",
@@ -441,10 +472,8 @@ struct ReportQuery {
 async fn report(
     State(state): State<Arc<WebState>>,
     Query(q): Query<ReportQuery>,
-    method: Method,
     headers: HeaderMap,
 ) -> Response {
-    let _ = method;
     let Some(svc) = service(&state) else {
         return not_found();
     };
@@ -512,7 +541,7 @@ async fn comparison_page(
     };
     let with_votes = service(&state).and_then(|svc| {
         let reader = verify_reader(&state.key, q.r.as_deref()?)?;
-        let (_, tools) = svc.tools.get(&slug)?;
+        let (_, tools) = svc.comparison(&slug)?;
         let page = std::fs::read_to_string(dir.join(&slug).join("index.html")).ok()?;
         Some((reader, tools.clone(), page))
     });
