@@ -390,6 +390,15 @@ fn bad_tokens_and_refused_votes_record_nothing() {
     assert!(page.contains("no longer subscribed"), "{page}");
     assert_eq!(count(&site, "SELECT COUNT(*) FROM votes"), 1);
     assert_eq!(count(&site, "SELECT COUNT(*) FROM clicks"), 0);
+
+    // Once the issue's per-recipient rows are gone (retention), its links still redirect.
+    site.db()
+        .execute("DELETE FROM deliveries WHERE issue = 1", [])
+        .unwrap();
+    let (status, location, _) = served.get(&click, BROWSER);
+    assert_eq!(status, 302);
+    assert!(location.starts_with(&format!("https://verdicts.example.com/{FIRST}/")));
+    wait_for_clicks(&site, 1);
 }
 
 #[test]
