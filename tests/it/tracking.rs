@@ -593,3 +593,34 @@ fn the_comparison_page_offers_the_vote_only_to_a_reader_with_a_token() {
         1
     );
 }
+
+#[test]
+fn per_reader_clicks_name_the_reader_and_count_people_not_browsers() {
+    let server = TestSmtp::start();
+    let site = sent_site(&server, 3, "  clicks: per-reader\n  machine_delay: 0s\n");
+    let copies = links(&server);
+    let served = Served::start(&site);
+    // Three readers behind one office proxy with the same browser: three people.
+    for (_, urls) in &copies {
+        assert_eq!(served.get(&comparison_click(urls), BROWSER).0, 302);
+    }
+    wait_for_clicks(&site, 3);
+    assert_eq!(
+        count(&site, "SELECT COUNT(DISTINCT subscriber_id) FROM clicks"),
+        3
+    );
+    assert!(issues_show(&site).contains("Human clickers: 3 (100.0% of 3 delivered)"));
+    // Every tracked link carries the reader's token; an altered one is not recorded as
+    // theirs.
+    let click = comparison_click(&copies[0].1);
+    let forged = format!("{}AAAA", &click[..click.len() - 4]);
+    assert_eq!(served.get(&forged, BROWSER).0, 302);
+    wait_for_clicks(&site, 4);
+    assert_eq!(
+        count(
+            &site,
+            "SELECT COUNT(*) FROM clicks WHERE subscriber_id IS NULL"
+        ),
+        1
+    );
+}
