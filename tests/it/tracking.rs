@@ -624,3 +624,36 @@ fn per_reader_clicks_name_the_reader_and_count_people_not_browsers() {
         1
     );
 }
+
+#[test]
+fn the_open_pixel_is_off_by_default_and_reported_as_machine_opens_when_on() {
+    let server = TestSmtp::start();
+    let site = sent_site(&server, 1, "");
+    assert!(links(&server)[0].1.iter().all(|u| !u.contains("/o/")));
+    drop(site);
+
+    let server = TestSmtp::start();
+    let site = sent_site(&server, 1, "  opens: on\n");
+    let copies = links(&server);
+    let pixel = copies[0]
+        .1
+        .iter()
+        .find(|u| u.contains("/o/"))
+        .expect("the pixel")
+        .clone();
+    let served = Served::start(&site);
+    let resp = http()
+        .get(&served.url(local(&pixel)))
+        .header("User-Agent", BROWSER)
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/gif");
+    wait_for_clicks(&site, 1);
+    let show = issues_show(&site);
+    assert!(
+        show.contains("Opens:       1 (machine opens likely)"),
+        "{show}"
+    );
+    assert!(show.contains("Human clickers: 0"), "{show}");
+}
