@@ -25,5 +25,6 @@ pub mod mail;
 pub mod signup;
 pub mod site;
 pub mod store;
+pub mod tracking;
 pub mod web;
 pub mod webhooks;

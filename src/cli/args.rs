@@ -145,6 +145,13 @@ pub enum Command {
         /// Where to write the copy (replaced if it exists)
         file: PathBuf,
     },
+    /// Write the newsletter's report (list size, per-issue funnel, clicks per comparison,
+    /// readers' votes beside the panel's) as one self-contained HTML page
+    Report {
+        /// Output folder (the page is index.html in it)
+        #[arg(long, default_value = "out/report")]
+        out: PathBuf,
+    },
     /// Manage the subscriber list
     #[command(subcommand)]
     Subscribers(super::subscribers::SubscribersCommand),

@@ -83,6 +83,31 @@ fn print_readers(e: &IssueEvents) {
     }
 }
 
+/// What readers did with the issue's links and votes (shown once anything was recorded):
+/// people only, with what machines did counted apart.
+fn print_tracking(f: &crate::store::tracking::IssueFigures, e: &IssueEvents) {
+    if f.human_clicks + f.machine_clicks + f.votes + f.opens == 0 {
+        return;
+    }
+    println!(
+        "Human clickers: {} ({:.1}% of {} delivered)",
+        f.human_clickers,
+        100.0 * percent(f.human_clickers, e.delivered),
+        e.delivered
+    );
+    if !f.per_comparison.is_empty() {
+        println!("Clicks per comparison (human clickers):");
+        for (slug, n) in &f.per_comparison {
+            println!("  {slug}  {n}");
+        }
+    }
+    println!("Votes:       {}", f.votes);
+    println!("Machine clicks filtered: {}", f.machine_clicks);
+    if f.opens > 0 {
+        println!("Opens:       {} (machine opens likely)", f.opens);
+    }
+}
+
 /// The state shown for an issue: the ledger's, except that an issue still marked `sending`
 /// while no sender runs was stopped (Ctrl-C, a crash) and is shown as `interrupted`.
 /// Which relay took how many of the issue's messages: shown when several relays are
@@ -138,6 +163,7 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
                 "{:>4}  {:<22}  {:<11}  {:>7}  {:>6}  {:>7}  {:>7}  {:>5}  subject",
                 "#", "slot (UTC)", "state", "sent", "failed", "pending", "skipped", "items"
             );
+            let clickers = crate::store::tracking::clickers_by_issue(&conn)?;
             for issue in issues {
                 let c = ledger::delivery_counts(&conn, issue.number)?;
                 println!(
@@ -155,6 +181,13 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
                 let e = events::issue_events(&conn, issue.number)?;
                 if e.bounces() + e.complaints + e.unsubscribes() > 0 {
                     println!("{:>6}{}", "", rates_line(&e));
+                }
+                if let Some(&n) = clickers.get(&issue.number) {
+                    println!(
+                        "{:>6}human clickers {n}, CTR {:.1}%",
+                        "",
+                        100.0 * percent(n, e.delivered)
+                    );
                 }
             }
         }
@@ -200,6 +233,7 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
             if e.attempted > 0 {
                 print_readers(&e);
             }
+            print_tracking(&crate::store::tracking::issue_figures(&conn, number)?, &e);
             let unattributed = unattributed::count_for_issue(&conn, number)?;
             if unattributed > 0 {
                 println!(

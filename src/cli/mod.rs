@@ -7,6 +7,7 @@ mod issues;
 mod keys;
 pub mod logging;
 mod ops;
+mod report;
 mod run;
 mod runtime;
 mod send;
@@ -85,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Init => ops::init(&Config::load(&config_path)?),
         Command::Backup { file } => ops::backup(&Config::load(&config_path)?, &file),
+        Command::Report { out } => report::run(&Config::load(&config_path)?, &out),
         Command::Serve => {
             let config = Config::load(&config_path)?;
             run::serve(&config)
@@ -435,14 +437,20 @@ fn write_preview(
     out: &Path,
 ) -> anyhow::Result<PreviewFiles> {
     let sample = Recipient::sample();
-    let messages = IssueMessages::new(&config.newsletter, plan.number, plan.slot, digest, key)
+    // As the sample reader gets it: "View in browser" names the issue's archive page, and
+    // the links are tracked as the config says.
+    let digest = crate::tracking::links::track(digest, config, plan.number, &key);
+    let messages = IssueMessages::new(&config.newsletter, plan.number, plan.slot, &digest, key)
         .with_dkim(dkim)
         .with_inbound(config.inbound.address.as_deref());
     let url = messages.unsubscribe_url(&sample);
-    // As the sample reader gets it: "View in browser" names the issue's archive page.
-    let digest = digest.for_issue(&config.newsletter.base_url, plan.number.get());
-    let html = digest.html_for(&url);
-    let text = digest.text_for(&url);
+    let reader = messages.reader_token(&sample);
+    let html = digest
+        .html_for(&url)
+        .replace(crate::tracking::links::READER_PLACEHOLDER, &reader);
+    let text = digest
+        .text_for(&url)
+        .replace(crate::tracking::links::READER_PLACEHOLDER, &reader);
     let eml = messages.build(&sample)?.formatted();
 
     std::fs::create_dir_all(out)

@@ -37,7 +37,8 @@ fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox, Option<S
         wake.clone(),
     ))
     .with_site(config.site_out_dir.clone())
-    .with_provider_webhooks(provider_webhooks);
+    .with_provider_webhooks(provider_webhooks)
+    .with_tracking(crate::web::tracking::TrackingService::new(config)?);
     // The API and the webhook sender: announcements rung by the API go out at once.
     let announcements = Arc::new(Notify::new());
     let api = ApiState::new(

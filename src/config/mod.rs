@@ -80,6 +80,8 @@ struct RawConfig {
     domains: Option<std::collections::BTreeMap<String, RawDomainCap>>,
     #[serde(default)]
     webhooks: Vec<crate::webhooks::outgoing::config::RawWebhook>,
+    #[serde(default)]
+    tracking: crate::tracking::config::RawTracking,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -291,6 +293,8 @@ pub struct Config {
     pub domains: Vec<DomainCap>,
     /// Outgoing webhooks (`webhooks:`): who is told of changes to the list and to issues.
     pub webhooks: Vec<crate::webhooks::outgoing::config::WebhookConfig>,
+    /// Votes, click counts and the operator's report (`tracking:`).
+    pub tracking: crate::tracking::config::TrackingConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -430,6 +434,8 @@ impl Config {
         )?;
         let webhooks = crate::webhooks::outgoing::config::validate(raw.webhooks)
             .map_err(|(field, reason)| check.invalid(field, reason))?;
+        let tracking = crate::tracking::config::TrackingConfig::from_raw(raw.tracking)
+            .map_err(|(field, reason)| check.invalid(field, reason))?;
         Ok(Config {
             path: path.to_owned(),
             newsletter: check.newsletter(raw.newsletter)?,
@@ -457,6 +463,7 @@ impl Config {
             fallbacks: relays,
             domains,
             webhooks,
+            tracking,
         })
     }
 

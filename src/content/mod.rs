@@ -87,6 +87,10 @@ pub struct Tool {
     pub panel_ship_percent: Option<u8>,
     pub summary: String,
     pub reviews: Reviews,
+    /// The subscribers' live vote (ship, total), filled in from the store once it has
+    /// passed `tracking.min_votes`; never read from the file.
+    #[serde(skip)]
+    pub live_votes: Option<(u32, u32)>,
 }
 
 impl Tool {

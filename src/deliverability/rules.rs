@@ -434,7 +434,17 @@ pub(super) fn text_urls(text: &str) -> Vec<&str> {
 }
 
 /// Endpoints served by `verdicts run`/`serve` under `base_url`, not pages of the site.
-const ENDPOINTS: [&str; 4] = ["unsubscribe", "subscribe", "confirm", "healthz"];
+const ENDPOINTS: [&str; 8] = [
+    "unsubscribe",
+    "subscribe",
+    "confirm",
+    "healthz",
+    // Votes, tracked links, the open pixel and the report (`web::tracking`).
+    "vote",
+    "c",
+    "o",
+    "report",
+];
 
 /// Rule `site-links`: every link to a page under `base_url` leads to a page the site has
 /// (`pages`: the site's paths, as [`crate::site::page_paths`] lists them). A renamed slug

@@ -47,6 +47,8 @@ struct ToolView<'a> {
     pct_rest: u8,
     text_bar: String,
     summary: &'a str,
+    vote_ship: String,
+    vote_skip: String,
 }
 
 struct Cell {
@@ -164,6 +166,32 @@ impl RenderedDigest {
     pub fn text_parts(&self) -> &[String] {
         &self.text_parts
     }
+
+    /// The same digest with every part rewritten by `html` and `text` (each given the
+    /// part's index): how tracked links are put in.
+    pub fn map_parts(
+        &self,
+        mut html: impl FnMut(usize, &str) -> String,
+        mut text: impl FnMut(usize, &str) -> String,
+    ) -> RenderedDigest {
+        RenderedDigest {
+            subject: self.subject.clone(),
+            preheader: self.preheader.clone(),
+            comparison_count: self.comparison_count,
+            html_parts: self
+                .html_parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| html(i, p))
+                .collect(),
+            text_parts: self
+                .text_parts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| text(i, p))
+                .collect(),
+        }
+    }
 }
 
 /// Reassembles a digest stored by the ledger.
@@ -231,11 +259,13 @@ fn item_view<'a>(base_url: &str, c: &'a Comparison) -> ItemView<'a> {
             name: &t.name,
             tagline: &t.tagline,
             entry: &t.entry,
-            votes: votes_label(t.community_votes),
+            votes: crate::tracking::community::label(t),
             pct,
             pct_rest: 100 - pct,
             text_bar: text_bar(pct),
             summary: &t.summary,
+            vote_ship: crate::tracking::links::vote_url(base_url, &c.slug, i, "ship"),
+            vote_skip: crate::tracking::links::vote_url(base_url, &c.slug, i, "skip"),
         }
     };
     let (is_split, pick_name) = match digest::pick(c) {

@@ -217,7 +217,12 @@ impl<'a> Dispatcher<'a> {
         Ok(Plan::New {
             window,
             slugs: selected.iter().map(|c| c.slug.clone()).collect(),
-            digest: render::render_issue(self.config, &selected, slot)?,
+            digest: {
+                // The subscribers' votes so far, where they have passed the minimum.
+                let voted = crate::tracking::community::with_votes(conn, self.config, &selected)?;
+                let voted: Vec<&Comparison> = voted.iter().collect();
+                render::render_issue(self.config, &voted, slot)?
+            },
         })
     }
 
@@ -442,6 +447,7 @@ impl<'a> Dispatcher<'a> {
         progress_bar: bool,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Report> {
+        let digest = &crate::tracking::links::track(digest, self.config, issue.number, &self.key);
         let messages = IssueMessages::new(
             &self.config.newsletter,
             issue.number,
@@ -475,6 +481,7 @@ impl<'a> Dispatcher<'a> {
         slot: DateTime<Utc>,
         digest: &RenderedDigest,
     ) -> IssueMessages {
+        let digest = &crate::tracking::links::track(digest, self.config, number, &self.key);
         IssueMessages::new(
             &self.config.newsletter,
             number,

@@ -15,10 +15,11 @@ use crate::digest::render::RenderedDigest;
 use crate::mail::address::{ascii_form, AsciiFormError, SubscriberEmail};
 use crate::mail::dkim::DkimSigner;
 use crate::mail::envelope::envelope_for;
-use crate::mail::outgoing::{encode_link, BodyHashPlan, BodyLayout, OutgoingMessage};
+use crate::mail::outgoing::{encode_link, BodyHashPlan, BodyLayout, OutgoingMessage, Slot};
 use crate::mail::token::{TokenKey, SAMPLE_EMAIL, SAMPLE_SUBSCRIBER_ID};
 use crate::mail::verp::{Purpose, Tag, VerpKey};
 use crate::store::{IssueNumber, SubscriberId};
+use crate::tracking::links::READER_PLACEHOLDER;
 
 /// Longest run of an encoded URL on one line (QP allows 76 with the soft break's `=`).
 const URL_CHUNK: usize = 72;
@@ -42,6 +43,25 @@ fn encode_part(parts: &[String]) -> Vec<String> {
         .iter()
         .map(|p| quoted_printable::encode_to_str(p.replace("\r\n", "\n").replace('\n', "\r\n")))
         .collect()
+}
+
+/// A digest part quoted-printable encoded, split at both the unsubscribe places (between
+/// `parts`) and the reader-token places (inside them), with the kind of each place.
+fn encode_slotted(parts: &[String]) -> (Vec<String>, Vec<Slot>) {
+    let mut pieces = Vec::new();
+    let mut slots = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            slots.push(Slot::Unsubscribe);
+        }
+        for (j, piece) in part.split(READER_PLACEHOLDER).enumerate() {
+            if j > 0 {
+                slots.push(Slot::Reader);
+            }
+            pieces.push(piece.to_owned());
+        }
+    }
+    (encode_part(&pieces), slots)
 }
 
 /// One header field as it appears in the message, with its CRLF.
@@ -140,11 +160,9 @@ impl IssueMessages {
         let mailto = format!("mailto:{}?subject=unsubscribe", newsletter.from.email);
         let digest = digest.for_issue(&newsletter.base_url, issue_number.get());
         let boundary = boundary();
-        let body = BodyLayout::new(
-            &boundary,
-            &encode_part(digest.text_parts()),
-            &encode_part(digest.html_parts()),
-        );
+        let (text, text_slots) = encode_slotted(digest.text_parts());
+        let (html, html_slots) = encode_slotted(digest.html_parts());
+        let body = BodyLayout::with_slots(&boundary, (&text, &text_slots), (&html, &html_slots));
         IssueMessages {
             newsletter: newsletter.clone(),
             issue_number,
@@ -245,6 +263,21 @@ impl IssueMessages {
         format!("{}/unsubscribe?token={token}", self.newsletter.base_url)
     }
 
+    /// The recipient's reader token (vote links, per-reader click links).
+    pub fn reader_token(&self, r: &Recipient) -> String {
+        let subscriber = match self.test {
+            Some(_) => SAMPLE_SUBSCRIBER_ID,
+            None => r.subscriber_id,
+        };
+        crate::tracking::token::reader_token(
+            &self.key,
+            crate::tracking::token::Reader {
+                issue: self.issue_number,
+                subscriber,
+            },
+        )
+    }
+
     /// The same for every send of this issue to this subscriber, so a copy re-sent after a
     /// crash is recognisably the same message:
     /// `<verdicts.<slot>.<issue>.<subscriber>.<mac>@<domain>>`. The MAC (keyed from the
@@ -328,8 +361,9 @@ impl IssueMessages {
             &self.content_type,
         ];
         let link = encode_link(&url, URL_CHUNK);
+        let reader = encode_link(&self.reader_token(r), URL_CHUNK);
         let signature = self.dkim.as_ref().map(|(signer, plan)| {
-            signer.signature_header(&fields, &plan.body_hash(&self.body, &link))
+            signer.signature_header(&fields, &plan.body_hash_with(&self.body, &link, &reader))
         });
         let mut head = String::with_capacity(
             fields.iter().map(|f| f.len()).sum::<usize>()
@@ -341,12 +375,7 @@ impl IssueMessages {
             head.push_str(f);
         }
         head.push_str("\r\n");
-        Ok(OutgoingMessage::new(
-            envelope,
-            head,
-            link,
-            self.body.clone(),
-        ))
+        Ok(OutgoingMessage::new(envelope, head, link, self.body.clone()).with_reader(reader))
     }
 }
 

@@ -26,12 +26,39 @@ pub struct BodyLayout {
     /// so a copy's DATA only scans its own header block and link.
     transparent: Vec<String>,
     ascii: bool,
+    /// What fills the place before each chunk (the first chunk's entry is unused).
+    slots: Vec<Slot>,
+}
+
+/// What a per-copy place in the body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The recipient's unsubscribe URL.
+    Unsubscribe,
+    /// The recipient's reader token (vote links, per-reader click links).
+    Reader,
 }
 
 impl BodyLayout {
     /// The `multipart/alternative` body with a text and an HTML part, each quoted-printable
     /// encoded already and split where the link goes.
     pub fn new(boundary: &str, text_pieces: &[String], html_pieces: &[String]) -> BodyLayout {
+        let unsub = |n: usize| vec![Slot::Unsubscribe; n.saturating_sub(1)];
+        BodyLayout::with_slots(
+            boundary,
+            (text_pieces, &unsub(text_pieces.len())),
+            (html_pieces, &unsub(html_pieces.len())),
+        )
+    }
+
+    /// The same with a slot kind for each place: `slots[i]` goes between piece `i` and
+    /// piece `i + 1` of its part.
+    pub fn with_slots(
+        boundary: &str,
+        (text_pieces, text_slots): (&[String], &[Slot]),
+        (html_pieces, html_slots): (&[String], &[Slot]),
+    ) -> BodyLayout {
+        let mut slots = vec![Slot::Unsubscribe];
         let mut text = String::with_capacity(
             text_pieces
                 .iter()
@@ -42,9 +69,9 @@ impl BodyLayout {
         );
         let mut chunks = Vec::new();
         let mut start = 0;
-        for (content_type, pieces) in [
-            ("text/plain; charset=utf-8", text_pieces),
-            ("text/html; charset=utf-8", html_pieces),
+        for (content_type, pieces, kinds) in [
+            ("text/plain; charset=utf-8", text_pieces, text_slots),
+            ("text/html; charset=utf-8", html_pieces, html_slots),
         ] {
             text.push_str("--");
             text.push_str(boundary);
@@ -55,6 +82,7 @@ impl BodyLayout {
                 if i > 0 {
                     // The link goes here, on lines of its own.
                     chunks.push(start..text.len());
+                    slots.push(kinds.get(i - 1).copied().unwrap_or(Slot::Unsubscribe));
                     start = text.len();
                 }
                 text.push_str(piece);
@@ -78,6 +106,7 @@ impl BodyLayout {
             chunks,
             transparent,
             ascii,
+            slots,
         }
     }
 
@@ -88,6 +117,7 @@ impl BodyLayout {
             chunks: std::iter::once(0..0).collect(),
             transparent: vec![String::new()],
             ascii: true,
+            slots: vec![Slot::Unsubscribe],
         }
     }
 
@@ -138,9 +168,24 @@ impl std::fmt::Debug for BodyHashPlan {
 impl BodyHashPlan {
     /// The body hash of `layout` with `link` (the encoded link line) in every place.
     pub fn body_hash(&self, layout: &BodyLayout, link: &str) -> [u8; 32] {
+        self.body_hash_with(layout, link, "")
+    }
+
+    /// The same with `reader` (the encoded reader token) in the reader slots.
+    pub fn body_hash_with(&self, layout: &BodyLayout, link: &str, reader: &str) -> [u8; 32] {
         let mut hash = self.prefix.clone();
-        for (pre, chunk) in self.pre.iter().zip(layout.chunks()).skip(1) {
-            hash.update(link.as_bytes());
+        for ((pre, chunk), slot) in self
+            .pre
+            .iter()
+            .zip(layout.chunks())
+            .zip(&layout.slots)
+            .skip(1)
+        {
+            let fill = match slot {
+                Slot::Unsubscribe => link,
+                Slot::Reader => reader,
+            };
+            hash.update(fill.as_bytes());
             hash.update_pre(pre, chunk.as_bytes());
         }
         hash.finish()
@@ -155,6 +200,8 @@ pub struct OutgoingMessage {
     head: String,
     /// The recipient's link, quoted-printable encoded, with the soft break that ends it.
     link: String,
+    /// The recipient's reader token, encoded the same way, for the reader slots.
+    reader: String,
     body: Arc<BodyLayout>,
 }
 
@@ -164,7 +211,24 @@ impl OutgoingMessage {
             envelope,
             head,
             link,
+            reader: String::new(),
             body,
+        }
+    }
+
+    /// The same with `reader` (encoded like the link) in the body's reader slots.
+    pub fn with_reader(mut self, reader: String) -> Self {
+        self.reader = reader;
+        self
+    }
+
+    fn fill(&self, i: usize) -> &str {
+        if i == 0 {
+            return "";
+        }
+        match self.body.slots.get(i) {
+            Some(Slot::Reader) => &self.reader,
+            _ => &self.link,
         }
     }
 
@@ -174,6 +238,7 @@ impl OutgoingMessage {
             envelope,
             head: text,
             link: String::new(),
+            reader: String::new(),
             body: Arc::new(BodyLayout::empty()),
         }
     }
@@ -184,41 +249,38 @@ impl OutgoingMessage {
 
     /// The message as consecutive pieces of text, in order.
     pub fn segments(&self) -> impl Iterator<Item = &str> {
-        let link = self.link.as_str();
         std::iter::once(self.head.as_str()).chain(
             self.body
                 .chunks()
                 .enumerate()
-                .flat_map(move |(i, c)| [if i == 0 { "" } else { link }, c]),
+                .flat_map(move |(i, c)| [self.fill(i), c]),
         )
     }
 
     /// The message as consecutive pieces, each with its SMTP-transparent form when that
     /// was made once per issue (the shared chunks, valid where they start a line).
     pub fn data_segments(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
-        let link = self.link.as_str();
         std::iter::once((self.head.as_str(), None)).chain(
             self.body
                 .chunks()
                 .zip(&self.body.transparent)
                 .enumerate()
-                .flat_map(move |(i, (c, t))| {
-                    [
-                        (if i == 0 { "" } else { link }, None),
-                        (c, Some(t.as_str())),
-                    ]
-                }),
+                .flat_map(move |(i, (c, t))| [(self.fill(i), None), (c, Some(t.as_str()))]),
         )
     }
 
     /// True when every byte is 7-bit (otherwise the server must offer 8BITMIME).
     pub fn is_ascii(&self) -> bool {
-        self.body.ascii && self.head.is_ascii() && self.link.is_ascii()
+        self.body.ascii && self.head.is_ascii() && self.link.is_ascii() && self.reader.is_ascii()
     }
 
     /// Size in bytes.
     pub fn len(&self) -> usize {
-        self.head.len() + self.body.len() + self.link.len() * (self.body.chunks.len() - 1)
+        self.head.len()
+            + self.body.len()
+            + (1..self.body.chunks.len())
+                .map(|i| self.fill(i).len())
+                .sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {

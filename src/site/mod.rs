@@ -122,10 +122,13 @@ pub const DEFAULT_OUT_DIR: &str = "public";
 /// ledger (none when there is no database yet). Invalid content fails the build and leaves
 /// the published site as it was.
 pub fn build_current(config: &Config, out_dir: &Path) -> anyhow::Result<BuildReport> {
-    let comparisons = crate::content::load_dir(&config.content_dir)?;
+    let mut comparisons = crate::content::load_dir(&config.content_dir)?;
     let db = config.database_path();
     let issues = if db.exists() {
-        load_archive(&crate::store::open(&db)?)?
+        let conn = crate::store::open(&db)?;
+        // The subscribers' votes live in the database, so a rebuild shows them again.
+        crate::tracking::community::apply(&conn, config, &mut comparisons)?;
+        load_archive(&conn)?
     } else {
         Vec::new()
     };

@@ -9,7 +9,6 @@ use sha2::{Digest, Sha256};
 use super::{category_slug, feed, ArchivedIssue, SiteError, SiteFile, PER_PAGE};
 use crate::config::Config;
 use crate::content::{Comparison, Lens, Verdict};
-use crate::digest::render::votes_label;
 use crate::digest::{self, Pick};
 use crate::store::IssueNumber;
 
@@ -130,6 +129,8 @@ struct ListItem<'a> {
     published_human: String,
     is_split: bool,
     pick_line: String,
+    /// The readers' live vote, once a tool has one past the minimum.
+    community_line: Option<String>,
 }
 
 struct Pager {
@@ -240,7 +241,7 @@ fn comparison_body(c: &Comparison) -> Result<String, askama::Error> {
             name: &t.name,
             tagline: &t.tagline,
             entry: &t.entry,
-            votes: votes_label(t.community_votes),
+            votes: crate::tracking::community::label(t),
             pct: t.ship_percent(),
             summary: &t.summary,
         }
@@ -316,6 +317,13 @@ fn list_item(c: &Comparison) -> ListItem<'_> {
         published_human: human_date(&c.published),
         is_split,
         pick_line,
+        community_line: c.tools.iter().any(|t| t.live_votes.is_some()).then(|| {
+            c.tools
+                .iter()
+                .map(|t| format!("{}: {}", t.name, crate::tracking::community::label(t)))
+                .collect::<Vec<_>>()
+                .join(" · ")
+        }),
     }
 }
 
@@ -390,6 +398,8 @@ fn issue_page(site: &SiteView<'_>, issue: &ArchivedIssue) -> Result<String, aska
         .digest
         .for_issue(site.base_url, issue.number.get())
         .html_for(&site.signup_url);
+    // Nor any reader's vote link: in the archive they lead to a page that says so.
+    html = crate::tracking::links::strip_reader(&html);
     let banner = IssueBanner {
         site,
         number: issue.number,

@@ -24,6 +24,7 @@ pub mod retention;
 pub mod secret;
 pub mod signup;
 pub mod subscribers;
+pub mod tracking;
 pub mod unattributed;
 pub mod webhooks;
 
@@ -78,6 +79,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/011_provider_webhooks.sql"),
     include_str!("migrations/012_relays.sql"),
     include_str!("migrations/013_api.sql"),
+    include_str!("migrations/014_tracking.sql"),
 ];
 
 /// The schema version this binary creates and understands.

@@ -210,6 +210,19 @@ pub struct ReaderRecord {
     pub events: Vec<EventRow>,
     /// Deliveries still held (older ones are folded into issue totals and name nobody).
     pub deliveries: Vec<DeliveryRow>,
+    /// The reader's community votes, one per tool.
+    pub votes: Vec<store::tracking::ReaderVote>,
+    /// Clicks recorded with the reader's id (only with `tracking.clicks: per-reader`).
+    pub clicks: Vec<ClickRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClickRow {
+    pub at: String,
+    pub issue: i64,
+    pub target: String,
+    /// Why the click was counted as a machine's, if it was.
+    pub machine: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -348,12 +361,28 @@ pub fn show(conn: &Connection, email: &SubscriberEmail) -> rusqlite::Result<Opti
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
+    let votes = store::tracking::reader_votes(conn, SubscriberId(id))?;
+    let clicks = conn
+        .prepare(
+            "SELECT at, issue, target, machine FROM clicks WHERE subscriber_id = ? ORDER BY id",
+        )?
+        .query_map([id], |r| {
+            Ok(ClickRow {
+                at: r.get(0)?,
+                issue: r.get(1)?,
+                target: r.get(2)?,
+                machine: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(Some(ReaderRecord {
         subscriber,
         consent,
         confirmations,
         events,
         deliveries,
+        votes,
+        clicks,
     }))
 }
 

@@ -8,6 +8,8 @@ pub mod server;
 
 pub mod signup;
 
+pub mod tracking;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +42,8 @@ pub struct WebState {
     provider_webhooks: Option<Arc<crate::webhooks::providers::Receiver>>,
     /// The JSON API under `/api/v1/`.
     api: Option<Arc<crate::api::ApiState>>,
+    /// Votes, click redirects and the report (`web::tracking`).
+    tracking: Option<tracking::TrackingService>,
 }
 
 impl WebState {
@@ -58,6 +62,7 @@ impl WebState {
             site_dir: None,
             provider_webhooks: None,
             api: None,
+            tracking: None,
         }
     }
 
@@ -79,6 +84,12 @@ impl WebState {
     /// Also serves the JSON API (`/api/v1/`).
     pub fn with_api(mut self, api: crate::api::ApiState) -> Self {
         self.api = Some(Arc::new(api));
+        self
+    }
+
+    /// Opens the vote, click and report routes.
+    pub fn with_tracking(mut self, service: tracking::TrackingService) -> Self {
+        self.tracking = Some(service);
         self
     }
 
@@ -115,6 +126,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/unsubscribe", get(confirm_page).post(unsubscribe))
         .route("/healthz", get(healthz))
         .merge(signup::routes())
+        .merge(tracking::routes())
         .with_state(state);
     if let Some(receiver) = hooks {
         endpoints = endpoints.merge(crate::webhooks::providers::routes(receiver));

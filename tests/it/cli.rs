@@ -6,6 +6,8 @@ use predicates::prelude::*;
 #[test]
 fn preview_writes_the_three_files_for_the_bundled_week() {
     let site = TempSite::with_bundled_content();
+    // Links as written, straight to the site (tracking.rs covers the tracked ones).
+    site.edit_config(|c| c + "tracking:\n  clicks: off\n");
     let out = site.path().join("out");
     site.cmd()
         .args(["preview", "--at", "2026-11-23T09:00:00Z", "--out"])

@@ -39,4 +39,5 @@ mod site;
 mod smtp_harness;
 mod subscribers;
 mod test_send;
+mod tracking;
 mod webhooks_out;
