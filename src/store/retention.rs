@@ -105,7 +105,9 @@ fn page_bytes(conn: &Connection, pragma: &str) -> rusqlite::Result<u64> {
     Ok((pages * size) as u64)
 }
 
-/// Runs one short write transaction, timing how long it held the lock.
+/// Runs one short write transaction, timing how long it held the lock, then copies the WAL
+/// back into the file with a passive checkpoint (which never blocks a writer), so that the
+/// copying is not done at a commit while a writer waits behind it.
 fn batch<T>(
     conn: &Connection,
     longest: &mut Duration,
@@ -114,8 +116,32 @@ fn batch<T>(
     let started = Instant::now();
     let value = store::in_write_transaction(conn, f)?;
     *longest = (*longest).max(started.elapsed());
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
     std::thread::sleep(YIELD);
     Ok(value)
+}
+
+/// Turns the connection's automatic checkpoint off while compaction runs (each batch
+/// checkpoints passively instead) and back on when dropped.
+struct ManualCheckpoints<'c> {
+    conn: &'c Connection,
+    previous: i64,
+}
+
+impl<'c> ManualCheckpoints<'c> {
+    fn new(conn: &'c Connection) -> rusqlite::Result<Self> {
+        let previous = conn.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(ManualCheckpoints { conn, previous })
+    }
+}
+
+impl Drop for ManualCheckpoints<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .conn
+            .pragma_update(None, "wal_autocheckpoint", self.previous);
+    }
 }
 
 /// Folds and deletes what `policy` says is past its window. With `dry_run`, only counts.
@@ -125,6 +151,7 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
         ..Report::default()
     };
     let mut longest = Duration::ZERO;
+    let _manual = ManualCheckpoints::new(conn)?;
 
     for number in unmarked_issues(conn, policy.deliveries_before)? {
         let rows: i64 = conn.query_row(
