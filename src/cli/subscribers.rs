@@ -420,6 +420,24 @@ fn run_set_status(
     status: SubscriberStatus,
 ) -> anyhow::Result<()> {
     let email = parse_email(email)?;
+    if status == SubscriberStatus::Unsubscribed {
+        if let Some(s) = find(conn, &email)?.filter(|s| s.status == SubscriberStatus::Active) {
+            // Through the event path, like every other door out: the unsubscribe is in the
+            // reader's record and the operator's webhooks hear of it.
+            use store::events::{record, Channel, EventKind, Hygiene, NewEvent, Source};
+            let event = NewEvent {
+                subscriber_id: s.id,
+                issue: None,
+                kind: EventKind::Unsubscribe(Channel::Cli),
+                source: Source::Cli,
+                status: None,
+                diagnostic: None,
+            };
+            record(conn, &event, Hygiene::default())?;
+            writeln!(out, "unsubscribed {} (was active)", s.email)?;
+            return Ok(());
+        }
+    }
     match set_status(conn, &email, status)? {
         StatusChange::NotFound => return Err(not_listed(&email)),
         StatusChange::Unchanged(s) => {

@@ -29,6 +29,8 @@ pub enum Channel {
     Relay,
     /// The operator's own system, through the JSON API.
     Api,
+    /// The operator's `subscribers unsubscribe`.
+    Cli,
 }
 
 impl Channel {
@@ -39,6 +41,7 @@ impl Channel {
             Channel::Mailto => "mailto",
             Channel::Relay => "relay",
             Channel::Api => "api",
+            Channel::Cli => "cli",
         }
     }
 }
@@ -64,6 +67,8 @@ pub enum Source {
     Webhook,
     /// The JSON API.
     Api,
+    /// The command line.
+    Cli,
 }
 
 impl Source {
@@ -74,6 +79,7 @@ impl Source {
             Source::Web => "web",
             Source::Webhook => "webhook",
             Source::Api => "api",
+            Source::Cli => "cli",
         }
     }
 }

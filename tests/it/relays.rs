@@ -168,12 +168,12 @@ fn an_hourly_limit_pauses_the_issue_and_a_restart_sends_no_more_within_the_hour(
             .smtp_port(server.port())
             .smtp("per_hour", 100),
     );
-    // An "hour" of six seconds, so the test can see the window pass.
-    let hour = Duration::from_secs(6);
+    // An "hour" of ten seconds, so the test can see the window pass.
+    let hour = Duration::from_secs(10);
     let send_in_short_hour = || {
         site.cmd()
             .args(["send", "--at", "2026-11-23T09:00:00Z", "--yes"])
-            .env("VERDICTS_LIMIT_HOUR", "6s")
+            .env("VERDICTS_LIMIT_HOUR", "10s")
             .timeout(Duration::from_secs(120))
             .assert()
     };
@@ -185,8 +185,14 @@ fn an_hourly_limit_pauses_the_issue_and_a_restart_sends_no_more_within_the_hour(
         .stderr(predicate::str::contains(
             "reached its hourly limit (per_hour 100 messages)",
         ));
-    assert_eq!(server.received().len(), 100);
-    // The window slides: the hundred leave it an "hour" after the last of them went.
+    // Never more than the limit: a copy handed to the relay counts, even one cut off by
+    // the pause (it is given back and goes later), so a loaded machine may send a few less.
+    let first = server.received().len();
+    assert!(
+        (90..=100).contains(&first),
+        "{first} sent in the first hour"
+    );
+    // The window slides: the first run's copies leave it an "hour" after the last went.
     let first_done = Instant::now();
     // A restarted process within the hour: the count is in the database, nothing more goes.
     send_in_short_hour()
@@ -196,8 +202,8 @@ fn an_hourly_limit_pauses_the_issue_and_a_restart_sends_no_more_within_the_hour(
         started.elapsed() < hour,
         "the second run was within the hour"
     );
-    assert_eq!(server.received().len(), 100);
-    // Waiting is not failing: the 150 left are pending with no attempt spent.
+    assert_eq!(server.received().len(), first);
+    // Waiting is not failing: the rest are pending with no attempt spent.
     let (pending, untried): (u64, u64) = site
         .db()
         .query_row(
@@ -207,11 +213,16 @@ fn an_hourly_limit_pauses_the_issue_and_a_restart_sends_no_more_within_the_hour(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!((pending, untried), (150, 150));
-    // Once the hour has passed, the next hundred go.
+    let left = 250 - first as u64;
+    assert_eq!((pending, untried), (left, left));
+    // Once the hour has passed, up to the next hundred go.
     std::thread::sleep(hour.saturating_sub(first_done.elapsed()) + Duration::from_millis(1200));
     send_in_short_hour().code(75);
-    assert_eq!(server.received().len(), 200);
+    let second = server.received().len() - first;
+    assert!(
+        (90..=100).contains(&second),
+        "{second} sent in the second hour"
+    );
     let counts = server.count_by_recipient();
     assert!(counts.values().all(|&c| c == 1), "nobody twice");
 }

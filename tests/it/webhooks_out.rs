@@ -529,3 +529,31 @@ fn the_daemon_delivers_announcements_too() {
     assert_eq!(got[0].json()["data"]["email"], "daemon@example.org");
     assert!(got[0].signed_by(TEST_SECRET));
 }
+
+#[test]
+fn an_unsubscribe_from_the_command_line_is_announced_with_its_channel() {
+    let smtp = TestSmtp::start();
+    let site = inbound_site(smtp.port());
+    web_on_any_port(&site);
+    let receiver = Receiver::start(vec![]);
+    site.edit_config(|t| t + &webhooks_section(&receiver.url()));
+    let mut serve = Process::start(&site, &["serve"]);
+    serve.web_port();
+    site.cmd()
+        .args(["subscribers", "add", "leaving@example.org"])
+        .assert()
+        .success();
+    site.cmd()
+        .args(["subscribers", "unsubscribe", "leaving@example.org"])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains(
+            "unsubscribed leaving@example.org (was active)",
+        ));
+    let got = receiver.wait_for(1, Duration::from_secs(30));
+    let last = got.last().unwrap();
+    assert_eq!(last.kind(), "subscriber.unsubscribed");
+    assert_eq!(last.json()["data"]["email"], "leaving@example.org");
+    assert_eq!(last.json()["data"]["channel"], "cli");
+    assert!(last.signed_by(TEST_SECRET));
+}

@@ -130,9 +130,8 @@ BEGIN
             NEW.number,
             json_object('number', NEW.number, 'subject', NEW.subject, 'slot', NEW.slot,
                         'state', NEW.state, 'reason', NEW.note,
-                        'sent', (SELECT count(*) FROM deliveries
-                                 WHERE issue = NEW.number AND state = 'sent'),
-                        'failed', (SELECT count(*) FROM deliveries
-                                   WHERE issue = NEW.number AND state = 'failed')),
+                        'sent', (SELECT sent FROM issue_totals WHERE issue = NEW.number),
+                        'failed', (SELECT failed_permanent + failed_temporary
+                                   FROM issue_totals WHERE issue = NEW.number)),
             strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
 END;
