@@ -159,6 +159,20 @@ fn the_issue_moves_to_the_fallback_when_the_primary_answers_421_to_everything() 
     assert_eq!(spent, 1);
 }
 
+/// How many messages the server holds once it has taken in what was already on the wire
+/// when the sender stopped (a loaded machine may read a session's last bytes late).
+fn settled(server: &TestSmtp) -> usize {
+    let mut seen = server.received().len();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = server.received().len();
+        if now == seen {
+            return now;
+        }
+        seen = now;
+    }
+}
+
 #[test]
 fn an_hourly_limit_pauses_the_issue_and_a_restart_sends_no_more_within_the_hour() {
     let server = TestSmtp::start();
@@ -187,7 +201,7 @@ fn an_hourly_limit_pauses_the_issue_and_a_restart_sends_no_more_within_the_hour(
         ));
     // Never more than the limit: a copy handed to the relay counts, even one cut off by
     // the pause (it is given back and goes later), so a loaded machine may send a few less.
-    let first = server.received().len();
+    let first = settled(&server);
     assert!(
         (90..=100).contains(&first),
         "{first} sent in the first hour"
@@ -202,7 +216,13 @@ fn an_hourly_limit_pauses_the_issue_and_a_restart_sends_no_more_within_the_hour(
         started.elapsed() < hour,
         "the second run was within the hour"
     );
-    assert_eq!(server.received().len(), first);
+    // A copy cut off by the first run's pause was given back, so the restart may use its
+    // place; together they stay within the limit.
+    let within_hour = settled(&server);
+    assert!(
+        (first..=100).contains(&within_hour),
+        "{within_hour} sent within the hour"
+    );
     // Waiting is not failing: the rest are pending with no attempt spent.
     let (pending, untried): (u64, u64) = site
         .db()
@@ -213,12 +233,12 @@ fn an_hourly_limit_pauses_the_issue_and_a_restart_sends_no_more_within_the_hour(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    let left = 250 - first as u64;
+    let left = 250 - within_hour as u64;
     assert_eq!((pending, untried), (left, left));
     // Once the hour has passed, up to the next hundred go.
     std::thread::sleep(hour.saturating_sub(first_done.elapsed()) + Duration::from_millis(1200));
     send_in_short_hour().code(75);
-    let second = server.received().len() - first;
+    let second = settled(&server) - within_hour;
     assert!(
         (90..=100).contains(&second),
         "{second} sent in the second hour"
