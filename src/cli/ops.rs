@@ -93,6 +93,13 @@ pub fn compact(config: &Config, dry_run: bool, vacuum: bool) -> anyhow::Result<(
         report.events,
         if report.events == 1 { "" } else { "s" }
     );
+    if report.announcements > 0 {
+        println!(
+            "Deleted {} webhook announcement{} every receiver has had.",
+            report.announcements,
+            if report.announcements == 1 { "" } else { "s" }
+        );
+    }
     if config.retention.unsubscribed.is_some() {
         let would = if dry_run { "Would erase" } else { "Erased" };
         println!(

@@ -61,6 +61,8 @@ pub struct FoldedIssue {
 pub struct Report {
     pub issues: Vec<FoldedIssue>,
     pub events: u64,
+    /// Webhook announcements every receiver has had, deleted.
+    pub announcements: u64,
     pub erased: u64,
     /// Bytes handed back to the file system by the incremental vacuum.
     pub bytes_returned: u64,
@@ -231,6 +233,21 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
                 .execute(params![events_before, BATCH])
             })?;
             report.events += deleted as u64;
+            if deleted == 0 {
+                break;
+            }
+        }
+    }
+
+    // Announcements for the operator's webhooks, once every receiver has had them (or
+    // none is configured): a week covers the sender's 24 hours of retries.
+    if !dry_run {
+        let before = Utc::now() - chrono::Duration::days(7);
+        loop {
+            let deleted = batch(conn, &mut longest, |tx| {
+                store::webhooks::prune(tx, before, BATCH as usize)
+            })?;
+            report.announcements += deleted as u64;
             if deleted == 0 {
                 break;
             }

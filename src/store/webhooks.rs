@@ -248,14 +248,22 @@ pub fn failing_receivers(conn: &Connection) -> rusqlite::Result<Vec<FailingRecei
     rows.collect()
 }
 
-/// Forgets delivered announcements older than `before`.
-pub fn prune(conn: &Connection, before: DateTime<Utc>) -> rusqlite::Result<usize> {
-    conn.execute(
-        "DELETE FROM webhook_outbox WHERE created_at < ?1 AND NOT EXISTS (
-             SELECT 1 FROM webhook_deliveries d WHERE d.outbox_id = id AND d.state = 'pending')
-         AND id < (SELECT coalesce(min(last_outbox_id), 0) FROM webhook_cursors)",
-        [store::timestamp(before)],
-    )
+/// Forgets up to `limit` announcements older than `before` that no receiver still waits
+/// for: delivered or given up everywhere, and behind every receiver's cursor. With no
+/// receiver configured nobody will read them (a receiver added later starts from the
+/// changes after it), so they all go. Returns how many went.
+pub fn prune(conn: &Connection, before: DateTime<Utc>, limit: usize) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "DELETE FROM webhook_outbox WHERE id IN (
+             SELECT o.id FROM webhook_outbox o
+             WHERE o.created_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                               WHERE d.outbox_id = o.id AND d.state = 'pending')
+               AND o.id < coalesce((SELECT min(last_outbox_id) FROM webhook_cursors),
+                                   9223372036854775807)
+             ORDER BY o.id LIMIT ?2)",
+    )?
+    .execute(params![store::timestamp(before), limit as i64])
 }
 
 #[cfg(test)]
@@ -399,5 +407,57 @@ mod tests {
         let rows = recent(&conn, 10, true).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].state, "failed");
+    }
+
+    #[test]
+    fn old_announcements_go_once_no_receiver_waits_for_them() {
+        let (_dir, conn) = store();
+        let old = |n: usize| {
+            for _ in 0..n {
+                conn.execute(
+                    "INSERT INTO webhook_outbox (type, data, created_at)
+                     VALUES ('issue.created', '{}', '2020-01-01T00:00:00.000Z')",
+                    [],
+                )
+                .unwrap();
+            }
+        };
+        let left = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM webhook_outbox", [], |r| r.get(0))
+                .unwrap()
+        };
+        let now = Utc::now();
+        // No receiver configured: all of them go, a batch at a time.
+        old(3);
+        assert_eq!(prune(&conn, now, 2).unwrap(), 2);
+        assert_eq!(prune(&conn, now, 2).unwrap(), 1);
+        assert_eq!(left(&conn), 0);
+        // A receiver whose cursor stands at the fifth, with a retry pending on the fourth:
+        // only what is behind the cursor and not pending goes.
+        old(6);
+        let ids: Vec<i64> = conn
+            .prepare("SELECT id FROM webhook_outbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        conn.execute(
+            "INSERT INTO webhook_cursors (endpoint, last_outbox_id) VALUES ('https://crm.example/', ?)",
+            [ids[4]],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO webhook_deliveries (outbox_id, endpoint, state) VALUES (?, 'https://crm.example/', 'pending')",
+            [ids[3]],
+        )
+        .unwrap();
+        assert_eq!(prune(&conn, now, 100).unwrap(), 3);
+        assert_eq!(left(&conn), 3);
+        // Nothing younger than `before` goes.
+        assert_eq!(
+            prune(&conn, now - chrono::Duration::days(36500), 100).unwrap(),
+            0
+        );
     }
 }

@@ -134,7 +134,12 @@ impl Sender {
             }
             if tokio::time::Instant::now() >= next_prune {
                 let before = Utc::now() - chrono::Duration::from_std(KEEP_FOR).unwrap_or_default();
-                if let Err(e) = self.with_db(move |c| store::prune(c, before)).await {
+                let prune = move |c: &rusqlite::Connection| -> rusqlite::Result<()> {
+                    // In short batches, so an unsubscribe never waits behind it.
+                    while store::prune(c, before, 2_000)? > 0 {}
+                    Ok(())
+                };
+                if let Err(e) = self.with_db(prune).await {
                     warn!(error = %format!("{e:#}"), "cannot prune delivered webhook announcements");
                 }
                 next_prune = tokio::time::Instant::now() + Duration::from_secs(3600);
