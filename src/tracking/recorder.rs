@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
@@ -98,6 +98,7 @@ impl Drop for Recorder {
 
 fn run(conn: Connection, rx: mpsc::Receiver<Record>, delay: Duration, counters: &Counters) {
     let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+    let mut delivered = DeliveredAt::default();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -106,11 +107,54 @@ fn run(conn: Connection, rx: mpsc::Receiver<Record>, delay: Duration, counters: 
                 Err(_) => break,
             }
         }
-        write(&conn, batch, delay, counters);
+        write(&conn, batch, delay, counters, &mut delivered);
     }
 }
 
-fn write(conn: &Connection, batch: Vec<Record>, delay: chrono::Duration, counters: &Counters) {
+/// When an issue's copies went out, as the "too soon after delivery" rule needs it. Read
+/// before the write transaction, never inside it (the latest copy of a large issue is a
+/// scan of its ledger rows), and kept for a few seconds, since it changes only while the
+/// issue is being sent.
+#[derive(Default)]
+struct DeliveredAt {
+    /// By issue and (in `per-reader` mode) reader: the time, and when it was read.
+    known: HashMap<DeliveredKey, (Option<DateTime<Utc>>, Instant)>,
+}
+
+type DeliveredKey = (IssueNumber, Option<SubscriberId>);
+
+impl DeliveredAt {
+    const FRESH: Duration = Duration::from_secs(5);
+    const MOST: usize = 100_000;
+
+    fn get(
+        &mut self,
+        conn: &Connection,
+        issue: IssueNumber,
+        subscriber: Option<SubscriberId>,
+    ) -> rusqlite::Result<Option<DateTime<Utc>>> {
+        let key = (issue, subscriber);
+        if let Some((at, read)) = self.known.get(&key) {
+            if read.elapsed() < Self::FRESH {
+                return Ok(*at);
+            }
+        }
+        if self.known.len() >= Self::MOST {
+            self.known.clear();
+        }
+        let at = store::delivered_at(conn, issue, subscriber)?;
+        self.known.insert(key, (at, Instant::now()));
+        Ok(at)
+    }
+}
+
+fn write(
+    conn: &Connection,
+    batch: Vec<Record>,
+    delay: chrono::Duration,
+    counters: &Counters,
+    delivered: &mut DeliveredAt,
+) {
     let mut clicks = Vec::new();
     let mut votes = Vec::new();
     for r in batch {
@@ -119,23 +163,17 @@ fn write(conn: &Connection, batch: Vec<Record>, delay: chrono::Duration, counter
             Record::Vote(v, done) => votes.push((v, done)),
         }
     }
-    let mut delivered: HashMap<(IssueNumber, Option<SubscriberId>), Option<DateTime<Utc>>> =
-        HashMap::new();
-    let result = crate::store::in_write_transaction(conn, |conn| {
-        for c in clicks.iter_mut().filter(|c| c.machine.is_none()) {
-            let key = (c.issue, c.subscriber);
-            let at = match delivered.get(&key) {
-                Some(at) => *at,
-                None => {
-                    let at = store::delivered_at(conn, c.issue, c.subscriber)?;
-                    delivered.insert(key, at);
-                    at
+    for c in clicks.iter_mut().filter(|c| c.machine.is_none()) {
+        match delivered.get(conn, c.issue, c.subscriber) {
+            Ok(at) => {
+                if at.is_some_and(|sent| c.at >= sent && c.at - sent < delay) {
+                    c.machine = Some("early");
                 }
-            };
-            if at.is_some_and(|sent| c.at >= sent && c.at - sent < delay) {
-                c.machine = Some("early");
             }
+            Err(e) => warn!(error = %e, "cannot read when the issue was delivered"),
         }
+    }
+    let result = crate::store::in_write_transaction(conn, |conn| {
         let stored = store::record_clicks(conn, &clicks)?;
         let mut outcomes = Vec::with_capacity(votes.len());
         for (v, _) in &votes {
