@@ -249,14 +249,14 @@ pub fn failing_receivers(conn: &Connection) -> rusqlite::Result<Vec<FailingRecei
 }
 
 /// Forgets up to `limit` announcements older than `before` that no receiver still waits
-/// for: delivered or given up everywhere, and behind every receiver's cursor. With no
-/// receiver configured nobody will read them (a receiver added later starts from the
-/// changes after it), so they all go. Returns how many went.
+/// for: delivered or given up everywhere, and behind every receiver's cursor. While no
+/// receiver has ever been configured nobody will read them (a receiver added later starts
+/// from the changes after it), so they all go, whatever their age. Returns how many went.
 pub fn prune(conn: &Connection, before: DateTime<Utc>, limit: usize) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "DELETE FROM webhook_outbox WHERE id IN (
              SELECT o.id FROM webhook_outbox o
-             WHERE o.created_at < ?1
+             WHERE (o.created_at < ?1 OR NOT EXISTS (SELECT 1 FROM webhook_cursors))
                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
                                WHERE d.outbox_id = o.id AND d.state = 'pending')
                AND o.id < coalesce((SELECT min(last_outbox_id) FROM webhook_cursors),
