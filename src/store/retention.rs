@@ -243,9 +243,10 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
     // none is configured): a week covers the sender's 24 hours of retries.
     if !dry_run {
         let before = Utc::now() - chrono::Duration::days(7);
+        let up_to = store::webhooks::newest_id(conn)?;
         loop {
             let deleted = batch(conn, &mut longest, |tx| {
-                store::webhooks::prune(tx, before, BATCH as usize)
+                store::webhooks::prune(tx, before, up_to, BATCH as usize)
             })?;
             report.announcements += deleted as u64;
             if deleted == 0 {

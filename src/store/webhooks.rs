@@ -248,11 +248,25 @@ pub fn failing_receivers(conn: &Connection) -> rusqlite::Result<Vec<FailingRecei
     rows.collect()
 }
 
+/// The newest announcement's id, where a pruning loop stops.
+pub fn newest_id(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT coalesce(max(id), 0) FROM webhook_outbox", [], |r| {
+        r.get(0)
+    })
+}
+
 /// Forgets up to `limit` announcements older than `before` that no receiver still waits
 /// for: delivered or given up everywhere, and behind every receiver's cursor. While no
 /// receiver has ever been configured nobody will read them (a receiver added later starts
-/// from the changes after it), so they all go, whatever their age. Returns how many went.
-pub fn prune(conn: &Connection, before: DateTime<Utc>, limit: usize) -> rusqlite::Result<usize> {
+/// from the changes after it), so they all go, whatever their age. Only ids up to `up_to`
+/// are looked at, so a caller that loops stops even while changes keep coming. Returns how
+/// many went.
+pub fn prune(
+    conn: &Connection,
+    before: DateTime<Utc>,
+    up_to: i64,
+    limit: usize,
+) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "DELETE FROM webhook_outbox WHERE id IN (
              SELECT o.id FROM webhook_outbox o
@@ -261,9 +275,10 @@ pub fn prune(conn: &Connection, before: DateTime<Utc>, limit: usize) -> rusqlite
                                WHERE d.outbox_id = o.id AND d.state = 'pending')
                AND o.id < coalesce((SELECT min(last_outbox_id) FROM webhook_cursors),
                                    9223372036854775807)
+               AND o.id <= ?3
              ORDER BY o.id LIMIT ?2)",
     )?
-    .execute(params![store::timestamp(before), limit as i64])
+    .execute(params![store::timestamp(before), limit as i64, up_to])
 }
 
 #[cfg(test)]
@@ -429,8 +444,8 @@ mod tests {
         let now = Utc::now();
         // No receiver configured: all of them go, a batch at a time.
         old(3);
-        assert_eq!(prune(&conn, now, 2).unwrap(), 2);
-        assert_eq!(prune(&conn, now, 2).unwrap(), 1);
+        assert_eq!(prune(&conn, now, i64::MAX, 2).unwrap(), 2);
+        assert_eq!(prune(&conn, now, i64::MAX, 2).unwrap(), 1);
         assert_eq!(left(&conn), 0);
         // A receiver whose cursor stands at the fifth, with a retry pending on the fourth:
         // only what is behind the cursor and not pending goes.
@@ -452,12 +467,20 @@ mod tests {
             [ids[3]],
         )
         .unwrap();
-        assert_eq!(prune(&conn, now, 100).unwrap(), 3);
+        assert_eq!(prune(&conn, now, i64::MAX, 100).unwrap(), 3);
         assert_eq!(left(&conn), 3);
-        // Nothing younger than `before` goes.
-        assert_eq!(
-            prune(&conn, now - chrono::Duration::days(36500), 100).unwrap(),
-            0
-        );
+        // With a receiver, nothing younger than `before` goes.
+        let long_ago = now - chrono::Duration::days(36500);
+        assert_eq!(prune(&conn, long_ago, i64::MAX, 100).unwrap(), 0);
+        // With none ever configured, everything does: nobody will read it.
+        conn.execute("DELETE FROM webhook_deliveries", []).unwrap();
+        conn.execute("DELETE FROM webhook_cursors", []).unwrap();
+        assert_eq!(prune(&conn, long_ago, i64::MAX, 100).unwrap(), 3);
+        // Only up to the id the caller saw first: what arrives meanwhile waits for the
+        // next pass, so a pruning loop ends under a steady stream of changes.
+        old(2);
+        let seen = newest_id(&conn).unwrap() - 1;
+        assert_eq!(prune(&conn, now, seen, 100).unwrap(), 1);
+        assert_eq!(left(&conn), 1);
     }
 }

@@ -136,7 +136,8 @@ impl Sender {
                 let before = Utc::now() - chrono::Duration::from_std(KEEP_FOR).unwrap_or_default();
                 let prune = move |c: &rusqlite::Connection| -> rusqlite::Result<()> {
                     // In short batches, so an unsubscribe never waits behind it.
-                    while store::prune(c, before, 2_000)? > 0 {}
+                    let up_to = store::newest_id(c)?;
+                    while store::prune(c, before, up_to, 2_000)? > 0 {}
                     Ok(())
                 };
                 if let Err(e) = self.with_db(prune).await {
