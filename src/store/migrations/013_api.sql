@@ -17,9 +17,11 @@ CREATE TABLE api_keys (
 -- The outbox of announcements: one row per change to the list or to an issue, written by
 -- the triggers below in the same transaction as the change itself, so no caller can make a
 -- change without announcing it and no crash can lose one. `subscriber_id` orders delivery
--- per subscriber (it is not a foreign key: an announcement outlives an erased row).
+-- per subscriber (it is not a foreign key: an announcement outlives an erased row). Ids are
+-- never reused (AUTOINCREMENT): receivers' cursors and the pruning bound compare them, and
+-- a table emptied by pruning must not hand out an id a cursor has already passed.
 CREATE TABLE webhook_outbox (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     type TEXT NOT NULL,
     subscriber_id INTEGER,
     issue INTEGER,
