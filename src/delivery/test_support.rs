@@ -137,10 +137,16 @@ impl Fixture {
                  ORDER BY subscriber_id",
             )
             .unwrap();
-        stmt.query_map([self.issue], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+        stmt.query_map([self.issue], |r| {
+            Ok((
+                crate::store::ledger::state_name(r.get(0)?).to_owned(),
+                r.get(1)?,
+                r.get(2)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
     }
 }
 

@@ -306,10 +306,12 @@ fn import_rows<R: Read>(
     let mut summary = ImportSummary::default();
     {
         let mut rows = RowWriter::prepare(&tx, options.resubscribe)?;
-        let erased = !options.allow_erased
-            && tx.query_row("SELECT EXISTS (SELECT 1 FROM erased_addresses)", [], |r| {
-                r.get::<_, bool>(0)
-            })?;
+        // Erased addresses are refused; with `--allow-erased` one that is admitted loses
+        // its erasure record, as `subscribers add --allow-erased` does: the reader is back,
+        // and a later signup of theirs is not refused.
+        let erased = tx.query_row("SELECT EXISTS (SELECT 1 FROM erased_addresses)", [], |r| {
+            r.get::<_, bool>(0)
+        })?;
         let mut record = csv::ByteRecord::new();
         while reader.read_byte_record(&mut record)? {
             let line = record.position().map_or(0, |p| p.line());
@@ -324,15 +326,23 @@ fn import_rows<R: Read>(
                     continue;
                 }
             };
-            if erased {
-                if let Some(e) = store::privacy::is_erased(&tx, &row.email)? {
-                    summary.rejected += 1;
-                    on_reject(line, &store::privacy::refusal(row.email.as_str(), &e));
-                    continue;
-                }
+            let was_erased = if erased {
+                store::privacy::is_erased(&tx, &row.email)?
+            } else {
+                None
+            };
+            if let Some(e) = was_erased.as_ref().filter(|_| !options.allow_erased) {
+                summary.rejected += 1;
+                on_reject(line, &store::privacy::refusal(row.email.as_str(), e));
+                continue;
             }
             match rows.apply(&row, line)? {
-                Applied::Added => summary.added += 1,
+                Applied::Added => {
+                    summary.added += 1;
+                    if was_erased.is_some() {
+                        store::privacy::forget_erasure(&tx, &row.email)?;
+                    }
+                }
                 Applied::Existing {
                     changed,
                     kept_inactive,

@@ -216,8 +216,9 @@ fn bounced_on_consecutive_issues(
                         WHERE e.subscriber_id = d.subscriber_id AND e.issue = d.issue
                           AND e.kind IN ('soft_bounce', 'hard_bounce'))
          FROM deliveries d
-         WHERE d.subscriber_id = ? AND d.issue <= ? AND d.state IN ('sent', 'failed')
-         ORDER BY d.issue DESC LIMIT ?",
+         WHERE d.issue IN (SELECT number FROM issues WHERE number <= ?2) AND d.subscriber_id = ?1
+           AND d.state IN (1, 3)
+         ORDER BY d.issue DESC LIMIT ?3",
     )?;
     let runs = stmt
         .query_map(params![subscriber_id, issue, n], |r| r.get::<_, bool>(0))?
@@ -256,7 +257,8 @@ pub fn latest_sent_issue(
     subscriber_id: SubscriberId,
 ) -> rusqlite::Result<Option<IssueNumber>> {
     conn.prepare_cached(
-        "SELECT max(issue) FROM deliveries WHERE subscriber_id = ? AND state IN ('sent', 'failed')",
+        "SELECT max(issue) FROM deliveries
+         WHERE issue IN (SELECT number FROM issues) AND subscriber_id = ? AND state IN (1, 3)",
     )?
     .query_row([subscriber_id], |r| r.get(0))
 }

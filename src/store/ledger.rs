@@ -14,6 +14,20 @@ use crate::store::{self, IssueNumber, SubscriberId};
 mod marks;
 pub use marks::*;
 
+/// A delivery's `state` column holds a small integer (migration 15: SQLite stores 0 and 1 in
+/// no bytes, so the rows of a sent issue stay small). The SQL in this module and in
+/// `marks` writes the numbers; this is what they mean.
+pub const STATE_NAMES: [&str; 5] = ["pending", "sent", "sending", "failed", "skipped"];
+
+/// The name of a stored delivery state, for output (`subscribers show`, tests).
+pub fn state_name(code: i64) -> &'static str {
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| STATE_NAMES.get(i))
+        .copied()
+        .unwrap_or("unknown")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IssueState {
     /// Created; deliveries are pending or under way.
@@ -300,7 +314,7 @@ pub fn create_issue(conn: &Connection, new: &NewIssue<'_>) -> rusqlite::Result<C
         } else {
             tx.execute(
                 "INSERT INTO deliveries (issue, subscriber_id, state)
-                 SELECT ?, id, 'pending' FROM subscribers WHERE status = 'active'",
+                 SELECT ?, id, 0 FROM subscribers WHERE status = 'active'",
                 [number],
             )? as u64
         };
@@ -314,7 +328,7 @@ pub fn complete_issue(conn: &Connection, number: IssueNumber) -> rusqlite::Resul
     let changed = conn.execute(
         "UPDATE issues SET state = 'complete', completed_at = ?1
          WHERE number = ?2 AND NOT EXISTS (
-             SELECT 1 FROM deliveries WHERE issue = ?2 AND state IN ('pending', 'sending'))",
+             SELECT 1 FROM deliveries WHERE issue = ?2 AND state IN (0, 2))",
         params![ts(Utc::now()), number],
     )?;
     Ok(changed == 1)
@@ -385,8 +399,8 @@ pub fn compacted_at(
 /// they may have been delivered, and will be re-sent with the same Message-ID.
 pub fn requeue_interrupted(conn: &Connection, number: IssueNumber) -> rusqlite::Result<usize> {
     conn.execute(
-        "UPDATE deliveries SET state = 'pending', next_attempt_ms = 0
-         WHERE issue = ? AND state = 'sending'",
+        "UPDATE deliveries SET state = 0, next_attempt_ms = 0
+         WHERE issue = ? AND state = 2",
         [number],
     )
 }
@@ -408,7 +422,7 @@ pub fn failed_deliveries(
     let mut stmt = conn.prepare(
         "SELECT s.email, d.failure, d.attempts, d.last_reply, s.status
          FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
-         WHERE d.issue = ? AND d.state = 'failed' ORDER BY s.email_norm",
+         WHERE d.issue = ? AND d.state = 3 ORDER BY s.email_norm",
     )?;
     let rows = stmt.query_map([number], |r| {
         Ok(FailedDelivery {
@@ -427,9 +441,9 @@ pub fn failed_deliveries(
 pub fn requeue_failed(conn: &Connection, number: IssueNumber) -> rusqlite::Result<usize> {
     store::in_write_transaction(conn, |tx| {
         let n = tx.execute(
-            "UPDATE deliveries SET state = 'pending', failure = NULL, attempts = 0, next_attempt_ms = 0,
+            "UPDATE deliveries SET state = 0, failure = NULL, attempts = 0, next_attempt_ms = 0,
                     bounce_held = 0
-             WHERE issue = ? AND state = 'failed'
+             WHERE issue = ? AND state = 3
                AND subscriber_id IN (SELECT id FROM subscribers WHERE status = 'active')",
             [number],
         )?;
@@ -468,7 +482,7 @@ pub fn due_deliveries(
     let mut stmt = conn.prepare_cached(
         "SELECT d.subscriber_id, s.email, s.name, s.status = 'active', d.attempts
          FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
-         WHERE d.issue = ? AND d.state = 'pending' AND d.subscriber_id > ? AND d.next_attempt_ms <= ?
+         WHERE d.issue = ? AND d.state = 0 AND d.subscriber_id > ? AND d.next_attempt_ms <= ?
          ORDER BY d.subscriber_id LIMIT ?",
     )?;
     let rows = stmt.query_map(params![number, after_id, now_ms, limit as i64], |r| {
@@ -490,7 +504,7 @@ pub fn due_deliveries(
 /// The earliest time a pending delivery of the issue becomes due, if any is pending.
 pub fn next_due_ms(conn: &Connection, number: IssueNumber) -> rusqlite::Result<Option<i64>> {
     conn.query_row(
-        "SELECT min(next_attempt_ms) FROM deliveries WHERE issue = ? AND state = 'pending'",
+        "SELECT min(next_attempt_ms) FROM deliveries WHERE issue = ? AND state = 0",
         [number],
         |r| r.get(0),
     )

@@ -80,6 +80,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/012_relays.sql"),
     include_str!("migrations/013_api.sql"),
     include_str!("migrations/014_tracking.sql"),
+    include_str!("migrations/015_lean_ledger.sql"),
 ];
 
 /// The schema version this binary creates and understands.

@@ -103,7 +103,8 @@ pub fn erase(conn: &Connection, email: &str, reason: Reason) -> Result<Erased, E
         if let Some(id) = id {
             erased.subscriber = Some(id);
             erased.deliveries = tx.query_row(
-                "SELECT count(*) FROM deliveries WHERE subscriber_id = ?",
+                "SELECT count(*) FROM deliveries
+                 WHERE issue IN (SELECT number FROM issues) AND subscriber_id = ?",
                 [id],
                 |r| r.get::<_, i64>(0),
             )? as u64;
@@ -344,14 +345,15 @@ pub fn show(conn: &Connection, email: &SubscriberEmail) -> rusqlite::Result<Opti
         .prepare(
             "SELECT d.issue, i.subject, d.state, d.failure, d.attempts, d.sent_at, d.last_reply
              FROM deliveries d JOIN issues i ON i.number = d.issue
-             WHERE d.subscriber_id = ? ORDER BY d.issue",
+             WHERE d.issue IN (SELECT number FROM issues) AND d.subscriber_id = ?
+             ORDER BY d.issue",
         )?
         .query_map([id], |r| {
             let sent_at: Option<i64> = r.get(5)?;
             Ok(DeliveryRow {
                 issue: r.get(0)?,
                 subject: r.get(1)?,
-                state: r.get(2)?,
+                state: store::ledger::state_name(r.get(2)?).to_owned(),
                 failure: r.get(3)?,
                 attempts: r.get(4)?,
                 sent_at: sent_at

@@ -338,7 +338,13 @@ mod tests {
                 "SELECT issue, subscriber_id, state FROM deliveries ORDER BY issue, subscriber_id",
             )
             .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    crate::store::ledger::state_name(r.get(2)?).to_owned(),
+                ))
+            })
             .unwrap()
             .map(Result::unwrap)
             .collect();

@@ -98,8 +98,8 @@ pub fn prune_usage(conn: &Connection, before_second: i64) -> rusqlite::Result<us
 pub fn per_issue(conn: &Connection, number: IssueNumber) -> rusqlite::Result<Vec<RelayTally>> {
     let mut stmt = conn.prepare_cached(
         "SELECT r.name,
-                sum(CASE WHEN d.state = 'sent' THEN 1 ELSE 0 END),
-                sum(CASE WHEN d.state <> 'sent' THEN 1 ELSE 0 END)
+                sum(CASE WHEN d.state = 1 THEN 1 ELSE 0 END),
+                sum(CASE WHEN d.state <> 1 THEN 1 ELSE 0 END)
          FROM deliveries d JOIN relays r ON r.id = d.relay
          WHERE d.issue = ?
          GROUP BY r.name ORDER BY r.name",

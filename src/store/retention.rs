@@ -188,7 +188,7 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
                     tx.prepare_cached(
                         "DELETE FROM deliveries WHERE issue = ?1 AND subscriber_id IN (
                              SELECT subscriber_id FROM deliveries
-                             WHERE issue = ?1 AND state IN ('sent', 'failed', 'skipped')
+                             WHERE issue = ?1 AND state IN (1, 3, 4)
                                AND EXISTS (SELECT 1 FROM issues WHERE number = ?1
                                            AND state IN ('complete', 'skipped'))
                              LIMIT ?2)",

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::common::TempSite;
+use crate::common::{state_at, TempSite};
 use crate::delivery::send;
 use crate::smtp::{self, Behaviour, Received, TestSmtp};
 use mailparse::MailHeaderMap;
@@ -45,7 +45,7 @@ fn deliveries(site: &TempSite) -> HashMap<String, (String, Option<String>)> {
              JOIN subscribers s ON s.id = d.subscriber_id WHERE d.issue = 1",
         )
         .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+    stmt.query_map([], |r| Ok((r.get(0)?, (state_at(r, 1)?, r.get(2)?))))
         .unwrap()
         .map(Result::unwrap)
         .collect()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use predicates::prelude::*;
 
-use crate::common::{seed_subscribers, TempSite, TEST_SECRET};
+use crate::common::{seed_subscribers, state_code, TempSite, TEST_SECRET};
 use crate::smtp::{Behaviour, TestSmtp};
 
 const AT: &str = "2026-11-23T09:00:00Z";
@@ -29,7 +29,7 @@ fn deliveries_in(conn: &rusqlite::Connection, state: &str) -> HashSet<String> {
              WHERE d.state = ?",
         )
         .unwrap();
-    stmt.query_map([state], |r| r.get(0))
+    stmt.query_map([state_code(state)], |r| r.get(0))
         .unwrap()
         .map(Result::unwrap)
         .collect()

@@ -412,3 +412,16 @@ impl Drop for Process {
 pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(Path::new(REPO).join("tests/fixtures").join(name)).unwrap()
 }
+
+/// A delivery's stored state (an integer since migration 15) by name, for assertions.
+pub fn state_at(row: &rusqlite::Row, i: usize) -> rusqlite::Result<String> {
+    Ok(verdicts::store::ledger::state_name(row.get(i)?).to_owned())
+}
+
+/// The stored code of a delivery state named as the ledger names it.
+pub fn state_code(name: &str) -> i64 {
+    verdicts::store::ledger::STATE_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or_else(|| panic!("no delivery state {name}")) as i64
+}

@@ -113,14 +113,11 @@ fn every_slot_is_sent_exactly_once_and_sigterm_exits_cleanly() {
     );
     // Each complete issue reached each subscriber exactly once.
     assert_eq!(
-        count(&site, "SELECT count(*) FROM deliveries d JOIN issues i ON i.number = d.issue WHERE i.state = 'complete' AND d.state = 'sent'"),
+        count(&site, "SELECT count(*) FROM deliveries d JOIN issues i ON i.number = d.issue WHERE i.state = 'complete' AND d.state = 1"),
         issues * 4
     );
     assert_eq!(
-        count(
-            &site,
-            "SELECT count(*) FROM deliveries WHERE state = 'sending'"
-        ),
+        count(&site, "SELECT count(*) FROM deliveries WHERE state = 2"),
         0
     );
 }
@@ -177,16 +174,10 @@ fn sigterm_mid_send_finishes_in_flight_and_leaves_nothing_sending() {
     let (code, stderr) = daemon.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
-        count(
-            &site,
-            "SELECT count(*) FROM deliveries WHERE state = 'sending'"
-        ),
+        count(&site, "SELECT count(*) FROM deliveries WHERE state = 2"),
         0
     );
-    let sent = count(
-        &site,
-        "SELECT count(*) FROM deliveries WHERE state = 'sent'",
-    );
+    let sent = count(&site, "SELECT count(*) FROM deliveries WHERE state = 1");
     assert_eq!(
         sent as usize,
         server.received().len(),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::common::{seed_subscribers, TempSite, TestConfig, TEST_SECRET};
+use crate::common::{seed_subscribers, state_at, TempSite, TestConfig, TEST_SECRET};
 use crate::smtp::{closed_port, Behaviour, Received, SilentServer, TestSmtp};
 use mailparse::MailHeaderMap;
 use predicates::prelude::*;
@@ -38,7 +38,7 @@ fn deliveries(site: &TempSite) -> HashMap<String, (String, u32)> {
              JOIN subscribers s ON s.id = d.subscriber_id WHERE d.issue = 1",
         )
         .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+    stmt.query_map([], |r| Ok((r.get(0)?, (state_at(r, 1)?, r.get(2)?))))
         .unwrap()
         .map(Result::unwrap)
         .collect()

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{seed_subscribers, Process, TempSite, TestConfig, TEST_SECRET};
+use crate::common::{seed_subscribers, state_at, Process, TempSite, TestConfig, TEST_SECRET};
 use crate::delivery::{send, site_with_subscribers};
 use crate::smtp::{Behaviour, TestSmtp};
 use predicates::prelude::*;
@@ -26,10 +26,12 @@ fn deliveries(db: &Path) -> HashMap<String, (String, Option<String>, u32)> {
              JOIN subscribers s ON s.id = d.subscriber_id WHERE d.issue = 1",
         )
         .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    stmt.query_map([], |r| {
+        Ok((r.get(0)?, (state_at(r, 1)?, r.get(2)?, r.get(3)?)))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
 }
 
 #[test]

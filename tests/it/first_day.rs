@@ -411,8 +411,8 @@ fn an_interrupted_issue_shows_as_interrupted_with_untried_counts() {
     site.db()
         .execute_batch(
             "UPDATE issues SET state = 'sending', completed_at = NULL;
-             UPDATE deliveries SET state = 'pending', attempts = 0 WHERE subscriber_id IN (3, 4);
-             UPDATE deliveries SET state = 'sending' WHERE subscriber_id = 2;",
+             UPDATE deliveries SET state = 0, attempts = 0 WHERE subscriber_id IN (3, 4);
+             UPDATE deliveries SET state = 2 WHERE subscriber_id = 2;",
         )
         .unwrap();
     site.cmd()

@@ -300,6 +300,14 @@ fn an_access_request_shows_everything_and_an_erasure_keeps_erased_readers_out() 
         count(&site, "SELECT count(*) FROM subscribers"),
         readers + 2
     );
+    // Re-admitted: the erasure record went with the import, so the reader is an ordinary
+    // subscriber again (shown, not refused) and nothing of them is held as erased.
+    assert_eq!(count(&site, "SELECT count(*) FROM erased_addresses"), 0);
+    site.cmd()
+        .args(["subscribers", "show", "loyal@example.net"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"status\": \"active\""));
 }
 
 /// Takes a database back to the layout release 9 wrote (migration 10 undone: text
@@ -368,8 +376,11 @@ fn back_to_release_9(conn: &rusqlite::Connection) {
          ) WITHOUT ROWID;
          INSERT INTO deliveries_9 (issue, subscriber_id, state, failure, attempts,
                                    next_attempt_ms, last_reply, sent_at, bounce_held)
-         SELECT issue, subscriber_id, state, failure, attempts, next_attempt_ms,
-                coalesce(last_reply, CASE WHEN state = 'sent'
+         SELECT issue, subscriber_id,
+                CASE state WHEN 0 THEN 'pending' WHEN 1 THEN 'sent' WHEN 2 THEN 'sending'
+                           WHEN 3 THEN 'failed' ELSE 'skipped' END,
+                failure, attempts, next_attempt_ms,
+                coalesce(last_reply, CASE WHEN state = 1
                                           THEN '250 2.0.0 Ok: queued as ' || hex(randomblob(5)) END),
                 strftime('%Y-%m-%dT%H:%M:%SZ', sent_at, 'unixepoch'), bounce_held
          FROM deliveries;
@@ -397,7 +408,7 @@ fn upgrading_a_database_with_sent_issues_keeps_every_number() {
     let before = printed(&site);
     let sent_at: i64 = count(
         &site,
-        "SELECT sent_at FROM deliveries WHERE issue = 1 AND state = 'sent' LIMIT 1",
+        "SELECT sent_at FROM deliveries WHERE issue = 1 AND state = 1 LIMIT 1",
     );
     back_to_release_9(&site.db());
     assert_eq!(
@@ -420,7 +431,7 @@ fn upgrading_a_database_with_sent_issues_keeps_every_number() {
     assert_eq!(
         count(
             &site,
-            "SELECT count(*) FROM deliveries WHERE state = 'sent' AND last_reply IS NOT NULL"
+            "SELECT count(*) FROM deliveries WHERE state = 1 AND last_reply IS NOT NULL"
         ),
         0,
         "plain 250 replies are not kept"
@@ -435,7 +446,7 @@ fn upgrading_a_database_with_sent_issues_keeps_every_number() {
     assert_eq!(
         count(
             &site,
-            "SELECT sent_at FROM deliveries WHERE issue = 1 AND state = 'sent' LIMIT 1"
+            "SELECT sent_at FROM deliveries WHERE issue = 1 AND state = 1 LIMIT 1"
         ),
         sent_at
     );
@@ -526,4 +537,141 @@ fn damage_in_an_old_issue_is_found_by_the_scheduled_check_and_this_weeks_send_go
         .assert()
         .code(3)
         .stderr(predicate::str::contains("is damaged"));
+}
+
+/// A clock past every window, whatever day the tests run on.
+const FAR: &str = "2099-01-01T00:00:00Z";
+
+#[test]
+fn events_and_readers_who_left_go_after_their_windows_and_an_old_file_is_vacuumed_once() {
+    let server = TestSmtp::start_with(Behaviour::default().unknown("refused@example.net"));
+    let site = two_weeks_with_everything(&server);
+    site.edit_config(|t| t + "retention:\n  events: 30d\n  unsubscribed: 60d\n");
+    let list_before = stdout(&site, &["issues"]);
+    let totals_before = totals_part(&stdout(&site, &["issues", "show", "1"]));
+    let events = count(&site, "SELECT count(*) FROM events");
+    let left: Vec<String> = {
+        let conn = site.db();
+        let mut stmt = conn
+            .prepare("SELECT email FROM subscribers WHERE status IN ('unsubscribed', 'bounced')")
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let stayed = count(
+        &site,
+        "SELECT count(*) FROM subscribers WHERE status = 'active'",
+    );
+    assert!(
+        events >= 3,
+        "the fixture records a bounce, a complaint and an unsubscribe"
+    );
+    assert!(left.len() >= 3, "{left:?}");
+
+    // Today everything is inside both windows: nothing goes.
+    let out = stdout(&site, &["compact"]);
+    assert!(
+        out.contains("Deleted 0 events older than retention.events."),
+        "{out}"
+    );
+    assert!(
+        out.contains("Erased 0 readers who left before retention.unsubscribed."),
+        "{out}"
+    );
+
+    // A file made before incremental vacuum existed.
+    site.db()
+        .execute_batch("PRAGMA auto_vacuum = NONE; VACUUM;")
+        .unwrap();
+    assert_eq!(count(&site, "PRAGMA auto_vacuum"), 0);
+
+    // Past the windows, a dry run says what would go and changes nothing.
+    let out = String::from_utf8(
+        site.cmd()
+            .args(["compact", "--dry-run"])
+            .env("VERDICTS_NOW", FAR)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert!(
+        out.contains(&format!(
+            "Would delete {events} events older than retention.events."
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "Would erase {} readers who left before retention.unsubscribed.",
+            left.len()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("Dry run: nothing changed."), "{out}");
+    assert_eq!(count(&site, "SELECT count(*) FROM events"), events);
+    assert_eq!(
+        count(&site, "SELECT count(*) FROM subscribers"),
+        stayed + left.len() as i64
+    );
+
+    // The real run, with --vacuum: events and leavers go, every total stays, and the file
+    // is rewritten once so that later passes hand freed pages back by themselves.
+    let out = String::from_utf8(
+        site.cmd()
+            .args(["compact", "--vacuum"])
+            .env("VERDICTS_NOW", FAR)
+            .timeout(Duration::from_secs(120))
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert!(
+        out.contains(&format!(
+            "Deleted {events} events older than retention.events."
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "Erased {} readers who left before retention.unsubscribed.",
+            left.len()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("Rewrote the file with incremental vacuum on"),
+        "{out}"
+    );
+    assert_eq!(count(&site, "PRAGMA auto_vacuum"), 2, "incremental");
+    assert_eq!(count(&site, "SELECT count(*) FROM events"), 0);
+    assert_eq!(count(&site, "SELECT count(*) FROM subscribers"), stayed);
+    assert_eq!(count(&site, "SELECT count(*) FROM deliveries"), 0);
+    assert_eq!(stdout(&site, &["issues"]), list_before);
+    assert_eq!(
+        totals_part(&stdout(&site, &["issues", "show", "1"])),
+        totals_before
+    );
+    for email in &left {
+        site.cmd()
+            .args(["subscribers", "show", email])
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("was erased on"));
+        site.cmd()
+            .args(["subscribers", "add", email])
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("was erased on"));
+    }
+
+    // The next pass finds nothing, and reports space handed back rather than kept.
+    let out = compact_at(&site, FAR);
+    assert!(out.contains("No issue is older"), "{out}");
+    assert!(out.contains("Returned "), "{out}");
 }

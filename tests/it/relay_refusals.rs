@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::common::{TempSite, TestConfig};
+use crate::common::{state_at, TempSite, TestConfig};
 use crate::delivery::{send, site_with_subscribers};
 use crate::smtp::{Behaviour, TestSmtp};
 use predicates::prelude::*;
@@ -50,7 +50,7 @@ fn delivery_states(site: &TempSite) -> HashMap<(String, u32), u64> {
     let mut stmt = conn
         .prepare("SELECT state, attempts, count(*) FROM deliveries WHERE issue = 1 GROUP BY 1, 2")
         .unwrap();
-    stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+    stmt.query_map([], |r| Ok(((state_at(r, 0)?, r.get(1)?), r.get(2)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect()

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::common::{TempSite, TestConfig};
+use crate::common::{state_at, TempSite, TestConfig};
 use crate::delivery::{send, site_with_subscribers};
 use crate::smtp::{Behaviour, Received, TestSmtp};
 use predicates::prelude::*;
@@ -59,7 +59,7 @@ fn ledger(site: &TempSite) -> HashMap<String, (String, Option<String>)> {
              LEFT JOIN relays r ON r.id = d.relay WHERE d.issue = 1",
         )
         .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+    stmt.query_map([], |r| Ok((r.get(0)?, (state_at(r, 1)?, r.get(2)?))))
         .unwrap()
         .map(Result::unwrap)
         .collect()
@@ -227,7 +227,7 @@ fn an_hourly_limit_pauses_the_issue_and_a_restart_sends_no_more_within_the_hour(
     let (pending, untried): (u64, u64) = site
         .db()
         .query_row(
-            "SELECT sum(state = 'pending'), sum(state = 'pending' AND attempts = 0)
+            "SELECT sum(state = 0), sum(state = 0 AND attempts = 0)
              FROM deliveries WHERE issue = 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -325,7 +325,7 @@ fn a_relay_refusing_unauthenticated_mail_pauses_names_the_relay_and_bounces_nobo
         .query_row(
             "SELECT (SELECT count(*) FROM subscribers WHERE status = 'active'),
                     (SELECT count(*) FROM events WHERE kind IN ('hard_bounce', 'soft_bounce')),
-                    (SELECT count(*) FROM deliveries WHERE issue = 1 AND (state <> 'pending' OR attempts > 0))",
+                    (SELECT count(*) FROM deliveries WHERE issue = 1 AND (state <> 0 OR attempts > 0))",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )

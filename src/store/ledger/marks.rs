@@ -56,8 +56,8 @@ pub fn mark_sending(
 ) -> rusqlite::Result<bool> {
     let changed = conn
         .prepare_cached(
-            "UPDATE deliveries SET state = 'sending', attempts = attempts + 1
-             WHERE issue = ?1 AND subscriber_id = ?2 AND state = 'pending'
+            "UPDATE deliveries SET state = 2, attempts = attempts + 1
+             WHERE issue = ?1 AND subscriber_id = ?2 AND state = 0
                AND EXISTS (SELECT 1 FROM subscribers WHERE id = ?2 AND status = 'active')",
         )?
         .execute(params![number, subscriber_id])?;
@@ -79,7 +79,7 @@ pub fn record_outcome(
     match outcome {
         Outcome::Sent { reply } => conn
             .prepare_cached(
-                "UPDATE deliveries SET state = 'sent', failure = NULL, last_reply = ?, sent_at = ?
+                "UPDATE deliveries SET state = 1, failure = NULL, last_reply = ?, sent_at = ?
                  WHERE issue = ? AND subscriber_id = ?",
             )?
             .execute(params![
@@ -91,7 +91,7 @@ pub fn record_outcome(
         Outcome::Retry { reply, retry_at_ms } => conn
             .prepare_cached(
                 "UPDATE deliveries SET
-                    state = CASE WHEN attempts >= ?1 THEN 'failed' ELSE 'pending' END,
+                    state = CASE WHEN attempts >= ?1 THEN 3 ELSE 0 END,
                     failure = CASE WHEN attempts >= ?1 THEN 'temporary' ELSE NULL END,
                     last_reply = ?2, next_attempt_ms = ?3
                  WHERE issue = ?4 AND subscriber_id = ?5",
@@ -105,7 +105,7 @@ pub fn record_outcome(
             ])?,
         Outcome::Deferred { reply } => conn
             .prepare_cached(
-                "UPDATE deliveries SET state = 'failed', failure = 'temporary', last_reply = ?
+                "UPDATE deliveries SET state = 3, failure = 'temporary', last_reply = ?
                  WHERE issue = ? AND subscriber_id = ?",
             )?
             .execute(params![reply, number, subscriber_id])?,
@@ -114,14 +114,14 @@ pub fn record_outcome(
                 // A "no such mailbox" refusal is held here, not applied: the reader is marked
                 // bounced only when the run ends without finding that the relay refuses
                 // everyone (see `apply_held_bounces` and `release_held_bounces`).
-                "UPDATE deliveries SET state = 'failed', failure = 'permanent', last_reply = ?,
+                "UPDATE deliveries SET state = 3, failure = 'permanent', last_reply = ?,
                         bounce_held = ?
                  WHERE issue = ? AND subscriber_id = ?",
             )?
             .execute(params![reply, *bounce, number, subscriber_id])?,
         Outcome::Skipped => conn
             .prepare_cached(
-                "UPDATE deliveries SET state = 'skipped' WHERE issue = ? AND subscriber_id = ?",
+                "UPDATE deliveries SET state = 4 WHERE issue = ? AND subscriber_id = ?",
             )?
             .execute(params![number, subscriber_id])?,
     };
@@ -138,9 +138,9 @@ pub fn refund_attempts(
 ) -> rusqlite::Result<()> {
     store::in_write_transaction(conn, |tx| {
         let mut stmt = tx.prepare_cached(
-            "UPDATE deliveries SET attempts = max(attempts - 1, 0), state = 'pending',
+            "UPDATE deliveries SET attempts = max(attempts - 1, 0), state = 0,
                     failure = NULL, next_attempt_ms = 0, bounce_held = 0
-             WHERE issue = ? AND subscriber_id = ? AND state IN ('pending', 'failed')",
+             WHERE issue = ? AND subscriber_id = ? AND state IN (0, 3)",
         )?;
         for id in subscriber_ids {
             stmt.execute(params![number, id])?;
@@ -211,7 +211,7 @@ pub fn apply_held_bounces(
 /// turned out to refuse everyone), so they are asked again. Returns how many.
 pub fn release_held_bounces(conn: &Connection, number: IssueNumber) -> rusqlite::Result<usize> {
     conn.execute(
-        "UPDATE deliveries SET state = 'pending', failure = NULL, next_attempt_ms = 0,
+        "UPDATE deliveries SET state = 0, failure = NULL, next_attempt_ms = 0,
                 attempts = max(attempts - 1, 0), bounce_held = 0
          WHERE issue = ? AND bounce_held = 1",
         [number],
@@ -222,8 +222,8 @@ pub fn release_held_bounces(conn: &Connection, number: IssueNumber) -> rusqlite:
 /// attempt count (so each gets one more attempt per run). Returns how many.
 pub fn requeue_deferred(conn: &Connection, number: IssueNumber) -> rusqlite::Result<usize> {
     conn.execute(
-        "UPDATE deliveries SET state = 'pending', failure = NULL, next_attempt_ms = 0
-         WHERE issue = ? AND state = 'failed' AND failure IS 'temporary'",
+        "UPDATE deliveries SET state = 0, failure = NULL, next_attempt_ms = 0
+         WHERE issue = ? AND state = 3 AND failure IS 'temporary'",
         [number],
     )
 }
@@ -236,9 +236,9 @@ pub fn give_up_pending(
     reason: &str,
 ) -> rusqlite::Result<usize> {
     conn.execute(
-        "UPDATE deliveries SET state = 'failed', failure = 'temporary',
+        "UPDATE deliveries SET state = 3, failure = 'temporary',
                 last_reply = coalesce(last_reply || ' / ', '') || ?
-         WHERE issue = ? AND state = 'pending'",
+         WHERE issue = ? AND state = 0",
         params![reason, number],
     )
 }
