@@ -688,25 +688,26 @@ impl<'a> Session<'a> {
         {
             return reply(out, "554 5.7.1 Message rejected as spam");
         }
-        let queue_id = {
-            let mut inner = self.shared.lock();
-            if self.shared.stopped.load(Ordering::SeqCst) {
-                // Stopped while receiving: never answered 250, so not recorded.
-                return Err(std::io::ErrorKind::ConnectionAborted.into());
-            }
-            inner.received.push(Received {
-                mail_from: from,
-                rcpt,
-                raw,
-                smtputf8,
-                session: self.id,
-                started: self.started.unwrap_or_else(Instant::now),
-                accepted: Instant::now(),
-            });
-            self.shared.changed.notify_all();
-            inner.received.len()
-        };
-        // Recorded before answering, so a client that saw 250 finds it in `received()`.
+        // Recorded before answering, so a client that saw 250 finds it in `received()`; the
+        // answer is written under the lock too, so `go_down` (which cuts the live sessions
+        // under it) never cuts a session between the two, leaving a message on record that
+        // its client never heard accepted.
+        let mut inner = self.shared.lock();
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            // Stopped while receiving: never answered 250, so not recorded.
+            return Err(std::io::ErrorKind::ConnectionAborted.into());
+        }
+        inner.received.push(Received {
+            mail_from: from,
+            rcpt,
+            raw,
+            smtputf8,
+            session: self.id,
+            started: self.started.unwrap_or_else(Instant::now),
+            accepted: Instant::now(),
+        });
+        self.shared.changed.notify_all();
+        let queue_id = inner.received.len();
         match &self.shared.behaviour.accepted_reply {
             Some(answer) => reply(out, &answer.replace("{n}", &format!("{queue_id:06}"))),
             None => reply(out, &format!("250 2.0.0 Ok: queued as T{queue_id:06}")),
