@@ -177,7 +177,18 @@ async fn deliver_watched<T: Transport>(
     let start = run::start(&job)?;
     let (before, deadline) = (start.before, start.deadline);
     let mut running = run::spawn(&job, transport, start, stop, quiet)?;
-    let dispatched = running.dispatch().await;
+    // The dispatcher runs as a task on the runtime's workers, beside the delivery workers it
+    // hands jobs to, rather than on the thread that started the runtime: a finished message
+    // then wakes it, and it the next worker, without a hand-off between threads each time.
+    let dispatcher = tokio::spawn(async move {
+        let dispatched = running.dispatch().await;
+        (running, dispatched)
+    });
+    let (running, dispatched) = match dispatcher.await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => anyhow::bail!("the delivery dispatcher stopped: {e}"),
+    };
     let mut stopped = running.shutdown().await;
     // A failed part is the run's result, whatever the dispatcher saw: the writer's own
     // error carries the cause.

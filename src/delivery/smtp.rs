@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use tokio::sync::oneshot;
 
@@ -55,12 +55,40 @@ pub(super) enum TxError {
     Timeout,
 }
 
+/// An open SMTP session, and whether its server offers PIPELINING (RFC 2920), which
+/// lettre does not track.
+pub(crate) struct Session {
+    pub(crate) conn: AsyncSmtpConnection,
+    pub(crate) pipelining: bool,
+}
+
+/// MAIL, every RCPT and DATA as one write, for a server that offers PIPELINING: lettre
+/// writes any `Display` command in one write, and its replies are then read one by one.
+struct Pipelined<'a> {
+    mail: Mail,
+    rcpts: &'a [Rcpt],
+}
+
+impl std::fmt::Display for Pipelined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.mail)?;
+        for rcpt in self.rcpts {
+            write!(f, "{rcpt}")?;
+        }
+        write!(f, "{Data}")
+    }
+}
+
 /// One message's SMTP transaction, each exchange under `timeout`. MAIL, RCPT and DATA
 /// overlap with the ledger commit of the `sending` mark; the body (and with it the delivery)
 /// only goes out once that mark is durable, so the ledger is never behind what the server
-/// has accepted. The wait for the ledger is not charged to the server's timeout.
+/// has accepted. The wait for the ledger is not charged to the server's timeout. Where the
+/// server offers PIPELINING, MAIL, RCPT and DATA go in one write and their replies are read
+/// in order: one round trip instead of three, for the server as for us. Any refusal ends
+/// the transaction and the caller drops the connection, so replies left unread never
+/// matter, and the body never follows a DATA the server refused.
 pub(super) async fn transaction(
-    conn: &mut AsyncSmtpConnection,
+    session: &mut Session,
     message: &OutgoingMessage,
     durable: &mut Option<oneshot::Receiver<bool>>,
     timeout: Duration,
@@ -75,6 +103,7 @@ pub(super) async fn transaction(
             Err(_) => Err(TxError::Timeout),
         }
     }
+    let conn = &mut session.conn;
     let envelope = message.envelope();
     let mut params = Vec::new();
     let non_ascii = envelope
@@ -98,21 +127,29 @@ pub(super) async fn transaction(
         }
         params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
-    step(
-        Stage::Sender,
-        timeout,
-        conn.command(Mail::new(envelope.from().cloned(), params)),
-    )
-    .await?;
-    for to in envelope.to() {
-        step(
-            Stage::Recipient,
-            timeout,
-            conn.command(Rcpt::new(to.clone(), vec![])),
-        )
-        .await?;
+    let mail = Mail::new(envelope.from().cloned(), params);
+    let rcpts: Vec<Rcpt> = envelope
+        .to()
+        .iter()
+        .map(|to| Rcpt::new(to.clone(), vec![]))
+        .collect();
+    if session.pipelining {
+        let group = Pipelined {
+            mail,
+            rcpts: &rcpts,
+        };
+        step(Stage::Sender, timeout, conn.command(group)).await?;
+        for _ in &rcpts {
+            step(Stage::Recipient, timeout, conn.read_response()).await?;
+        }
+        step(Stage::Message, timeout, conn.read_response()).await?;
+    } else {
+        step(Stage::Sender, timeout, conn.command(mail)).await?;
+        for rcpt in rcpts {
+            step(Stage::Recipient, timeout, conn.command(rcpt)).await?;
+        }
+        step(Stage::Message, timeout, conn.command(Data)).await?;
     }
-    step(Stage::Message, timeout, conn.command(Data)).await?;
     if let Some(mark) = durable.take() {
         match mark.await {
             Ok(true) => {}
@@ -196,7 +233,7 @@ pub(crate) async fn connect(
     smtp: &SmtpConfig,
     hello: &ClientId,
     password: Option<&str>,
-) -> Result<AsyncSmtpConnection, String> {
+) -> Result<Session, String> {
     let where_ = format!("{}:{}", smtp.host, smtp.port);
     let tls = || {
         let mut params = TlsParameters::builder(smtp.host.clone());
@@ -246,13 +283,22 @@ pub(crate) async fn connect(
             .await
             .map_err(|e| format!("STARTTLS with {where_} failed: {e}"))?;
     }
+    // lettre keeps only the extensions it knows, so PIPELINING is read from an EHLO of our
+    // own (before AUTH, which a new EHLO might undo); without an answer, no pipelining.
+    let pipelining = conn.command(Ehlo::new(hello.clone())).await.is_ok_and(|r| {
+        r.message().any(|line| {
+            line.split_whitespace()
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
+        })
+    });
     if let Some(user) = &smtp.username {
         let creds = Credentials::new(user.clone(), password.unwrap_or_default().to_owned());
         conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds)
             .await
             .map_err(|e| format!("login to {where_} as {user} failed: {e}"))?;
     }
-    Ok(conn)
+    Ok(Session { conn, pipelining })
 }
 
 #[cfg(test)]

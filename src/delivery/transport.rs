@@ -5,12 +5,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::extension::{ClientId, Extension};
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::smtp::{classify, connect, response_text, transaction, Attempt, TxError};
+use super::smtp::{classify, connect, response_text, transaction, Attempt, Session, TxError};
 use crate::config::SmtpConfig;
 use crate::mail::outgoing::OutgoingMessage;
 
@@ -72,7 +71,7 @@ impl SmtpTransport {
         }
     }
 
-    async fn open(&self) -> Result<AsyncSmtpConnection, String> {
+    async fn open(&self) -> Result<Session, String> {
         match tokio::time::timeout(
             self.smtp.timeout,
             connect(&self.smtp, &self.hello, self.password.as_deref()),
@@ -90,7 +89,7 @@ impl SmtpTransport {
 
 /// A worker's SMTP connection, and whether a message has gone over it yet.
 pub struct Connection {
-    conn: AsyncSmtpConnection,
+    session: Session,
     used: bool,
 }
 
@@ -102,17 +101,21 @@ impl Transport for SmtpTransport {
     }
 
     async fn prepare<'a>(&'a self, session: &'a mut Self::Session) -> Result<bool, Attempt> {
-        if session.as_ref().is_some_and(|c| c.conn.has_broken()) {
+        if session
+            .as_ref()
+            .is_some_and(|c| c.session.conn.has_broken())
+        {
             *session = None;
         }
         let c = match session {
             Some(c) => c,
             None => session.insert(Connection {
-                conn: self.open().await.map_err(Attempt::Connection)?,
+                session: self.open().await.map_err(Attempt::Connection)?,
                 used: false,
             }),
         };
-        Ok(c.conn
+        Ok(c.session
+            .conn
             .server_info()
             .supports_feature(Extension::SmtpUtfEight))
     }
@@ -134,7 +137,8 @@ impl Transport for SmtpTransport {
             }
             let c = session.as_mut().expect("prepared above");
             let reused = std::mem::replace(&mut c.used, true);
-            let result = transaction(&mut c.conn, message, &mut durable, self.smtp.timeout).await;
+            let result =
+                transaction(&mut c.session, message, &mut durable, self.smtp.timeout).await;
             match result {
                 Ok(resp) => return Attempt::Sent(response_text(&resp)),
                 Err(TxError::Ledger) => return Attempt::LedgerGone,
@@ -172,7 +176,7 @@ impl Transport for SmtpTransport {
 
     async fn close(&self, session: Self::Session) {
         if let Some(mut c) = session {
-            let _ = tokio::time::timeout(Duration::from_secs(2), c.conn.quit()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.session.conn.quit()).await;
         }
     }
 

@@ -288,6 +288,37 @@ fn user_unknown_bounces_and_retry_requeues_only_the_eligible() {
 }
 
 #[test]
+fn refusals_at_rcpt_and_data_come_out_the_same_with_or_without_pipelining() {
+    for pipelining in [true, false] {
+        let mut behaviour = Behaviour::default()
+            .unknown("reader2@example.com")
+            .temp_fail("reader4@example.com", 1)
+            .reject("reader8@example.com");
+        if !pipelining {
+            behaviour = behaviour.without_pipelining();
+        }
+        let server = TestSmtp::start_with(behaviour);
+        let site = site_with_subscribers(
+            10,
+            fast_retries(TestConfig::default().smtp_port(server.port())),
+        );
+        send(&site)
+            .success()
+            .stdout(predicate::str::contains("Totals: 8 sent, 2 failed"));
+        let d = deliveries(&site);
+        assert_eq!(d["reader2@example.com"], ("failed".into(), 1));
+        assert_eq!(d["reader8@example.com"], ("failed".into(), 1));
+        assert_eq!(d["reader4@example.com"], ("sent".into(), 2));
+        // Nothing went to a refused recipient, nobody got two copies.
+        let counts = server.count_by_recipient();
+        assert!(!counts.contains_key("reader2@example.com"), "{pipelining}");
+        assert!(!counts.contains_key("reader8@example.com"), "{pipelining}");
+        assert_eq!(counts.len(), 8, "{pipelining}");
+        assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    }
+}
+
+#[test]
 fn a_server_that_never_answers_does_not_hang_send() {
     let silent = SilentServer::start();
     let site = site_with_subscribers(

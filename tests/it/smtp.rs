@@ -77,6 +77,9 @@ pub struct Behaviour {
     /// Leave SMTPUTF8 out of the EHLO reply and refuse its MAIL parameter, as a server
     /// without RFC 6531 support does.
     pub no_smtputf8: bool,
+    /// Leave PIPELINING (RFC 2920) out of the EHLO reply: the client then waits for each
+    /// reply before its next command.
+    pub no_pipelining: bool,
     /// A policy on the whole relay: every RCPT is answered with this reply (e.g. Gmail's
     /// `421 4.7.28` or SES's `454 Throttling failure`) until [`TestSmtp::lift`] is called.
     pub every_rcpt: Option<String>,
@@ -120,6 +123,12 @@ impl Behaviour {
         self
     }
 
+    /// Do not offer PIPELINING.
+    pub fn without_pipelining(mut self) -> Self {
+        self.no_pipelining = true;
+        self
+    }
+
     /// Answer every RCPT with `reply` until the policy is lifted.
     pub fn every_rcpt(mut self, reply: &str) -> Self {
         self.every_rcpt = Some(reply.to_owned());
@@ -157,6 +166,7 @@ impl Behaviour {
             data_delay: self.data_delay,
             reject_sender: self.reject_sender,
             no_smtputf8: self.no_smtputf8,
+            no_pipelining: self.no_pipelining,
             every_rcpt: self.every_rcpt,
             rcpt_reply_first: self
                 .rcpt_reply_first
@@ -501,9 +511,14 @@ impl<'a> Session<'a> {
                 } else {
                     "250-SMTPUTF8\r\n"
                 };
+                let pipelining = if self.shared.behaviour.no_pipelining {
+                    ""
+                } else {
+                    "250-PIPELINING\r\n"
+                };
                 reply(
                     out,
-                    &format!("250-localhost\r\n250-8BITMIME\r\n{utf8}250-ENHANCEDSTATUSCODES\r\n250 SIZE 33554432"),
+                    &format!("250-localhost\r\n{pipelining}250-8BITMIME\r\n{utf8}250-ENHANCEDSTATUSCODES\r\n250 SIZE 33554432"),
                 )?;
             }
             "HELO" if !arg.is_empty() => {
@@ -673,25 +688,26 @@ impl<'a> Session<'a> {
         {
             return reply(out, "554 5.7.1 Message rejected as spam");
         }
-        let queue_id = {
-            let mut inner = self.shared.lock();
-            if self.shared.stopped.load(Ordering::SeqCst) {
-                // Stopped while receiving: never answered 250, so not recorded.
-                return Err(std::io::ErrorKind::ConnectionAborted.into());
-            }
-            inner.received.push(Received {
-                mail_from: from,
-                rcpt,
-                raw,
-                smtputf8,
-                session: self.id,
-                started: self.started.unwrap_or_else(Instant::now),
-                accepted: Instant::now(),
-            });
-            self.shared.changed.notify_all();
-            inner.received.len()
-        };
-        // Recorded before answering, so a client that saw 250 finds it in `received()`.
+        // Recorded before answering, so a client that saw 250 finds it in `received()`; the
+        // answer is written under the lock too, so `go_down` (which cuts the live sessions
+        // under it) never cuts a session between the two, leaving a message on record that
+        // its client never heard accepted.
+        let mut inner = self.shared.lock();
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            // Stopped while receiving: never answered 250, so not recorded.
+            return Err(std::io::ErrorKind::ConnectionAborted.into());
+        }
+        inner.received.push(Received {
+            mail_from: from,
+            rcpt,
+            raw,
+            smtputf8,
+            session: self.id,
+            started: self.started.unwrap_or_else(Instant::now),
+            accepted: Instant::now(),
+        });
+        self.shared.changed.notify_all();
+        let queue_id = inner.received.len();
         match &self.shared.behaviour.accepted_reply {
             Some(answer) => reply(out, &answer.replace("{n}", &format!("{queue_id:06}"))),
             None => reply(out, &format!("250 2.0.0 Ok: queued as T{queue_id:06}")),
