@@ -69,6 +69,16 @@ fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
+/// "12 ms, deleting delivery rows", or "0 ms" when the pass wrote nothing.
+fn longest_lock(report: &store::retention::Report) -> String {
+    let ms = report.longest_lock.as_millis();
+    if report.longest_lock_in.is_empty() {
+        format!("{ms} ms")
+    } else {
+        format!("{ms} ms, {}", report.longest_lock_in)
+    }
+}
+
 /// `verdicts compact [--dry-run] [--vacuum]`.
 pub fn compact(config: &Config, dry_run: bool, vacuum: bool) -> anyhow::Result<()> {
     let path = config.database_path();
@@ -125,17 +135,17 @@ pub fn compact(config: &Config, dry_run: bool, vacuum: bool) -> anyhow::Result<(
     }
     if report.incremental {
         println!(
-            "Returned {} to the file system; the file is {} (longest write lock {} ms).",
+            "Returned {} to the file system; the file is {} (longest write lock {}).",
             megabytes(report.bytes_returned),
             megabytes(report.file_bytes),
-            report.longest_lock.as_millis()
+            longest_lock(&report)
         );
     } else {
         println!(
-            "{} of free pages are reused by new rows; the file is {} (longest write lock {} ms). This file predates incremental vacuum: `verdicts compact --vacuum` once, in a quiet hour, lets it shrink.",
+            "{} of free pages are reused by new rows; the file is {} (longest write lock {}). This file predates incremental vacuum: `verdicts compact --vacuum` once, in a quiet hour, lets it shrink.",
             megabytes(report.bytes_free),
             megabytes(report.file_bytes),
-            report.longest_lock.as_millis()
+            longest_lock(&report)
         );
     }
     Ok(())

@@ -61,6 +61,7 @@ pub fn run_pass(config: &Config) -> anyhow::Result<()> {
             bytes_returned = report.bytes_returned,
             file_bytes = report.file_bytes,
             longest_lock_ms = report.longest_lock.as_millis() as u64,
+            longest_lock_in = report.longest_lock_in,
             "retention pass done"
         ),
         Err(e) => error!(error = %e, "the retention pass failed; it runs again tomorrow"),

@@ -73,8 +73,9 @@ pub struct Report {
     pub file_bytes: u64,
     /// Whether the file returns freed pages (`auto_vacuum = INCREMENTAL`).
     pub incremental: bool,
-    /// The longest single write transaction.
+    /// The longest single write transaction, and the step it belonged to.
     pub longest_lock: Duration,
+    pub longest_lock_in: &'static str,
 }
 
 /// Finished issues past the window whose rows are (still) there: a run killed half-way is
@@ -107,20 +108,59 @@ fn page_bytes(conn: &Connection, pragma: &str) -> rusqlite::Result<u64> {
     Ok((pages * size) as u64)
 }
 
-/// Runs one short write transaction, timing how long it held the lock, then copies the WAL
-/// back into the file with a passive checkpoint (which never blocks a writer), so that the
-/// copying is not done at a commit while a writer waits behind it.
-fn batch<T>(
-    conn: &Connection,
-    longest: &mut Duration,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    let started = Instant::now();
-    let value = store::in_write_transaction(conn, f)?;
-    *longest = (*longest).max(started.elapsed());
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-    std::thread::sleep(YIELD);
-    Ok(value)
+/// Runs the pass's write transactions one by one: times how long each held the write lock
+/// (from `BEGIN IMMEDIATE` succeeding to its commit, not the wait for a turn behind a
+/// send or an unsubscribe), names the step that held it longest, and sizes the next
+/// delete by how long the last one took, so a slow disk or a busy processor gets smaller
+/// batches instead of longer locks. After each commit the WAL is copied back into the
+/// file with a passive checkpoint (which never blocks a writer), so the copying is not done
+/// at a commit while a writer waits behind it.
+struct Batches<'c> {
+    conn: &'c Connection,
+    longest: Duration,
+    longest_in: &'static str,
+    size: i64,
+}
+
+/// Below this a batch doubles (up to [`BATCH`]); above [`SLOW`] it halves.
+const QUICK: Duration = Duration::from_millis(10);
+const SLOW: Duration = Duration::from_millis(40);
+const SMALLEST: i64 = 100;
+
+impl<'c> Batches<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Batches {
+            conn,
+            longest: Duration::ZERO,
+            longest_in: "",
+            size: BATCH,
+        }
+    }
+
+    fn run<T>(
+        &mut self,
+        step: &'static str,
+        f: impl FnOnce(&Connection, i64) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let tx = store::write_transaction(self.conn)?;
+        let started = Instant::now();
+        let value = f(&tx, self.size)?;
+        tx.commit()?;
+        let held = started.elapsed();
+        if held > self.longest {
+            self.longest = held;
+            self.longest_in = step;
+        }
+        if held > SLOW {
+            self.size = (self.size / 2).max(SMALLEST);
+        } else if held < QUICK {
+            self.size = (self.size * 2).min(BATCH);
+        }
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        std::thread::sleep(YIELD);
+        Ok(value)
+    }
 }
 
 /// Turns the connection's automatic checkpoint off while compaction runs (each batch
@@ -152,7 +192,7 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
         incremental: conn.pragma_query_value(None, "auto_vacuum", |r| r.get::<_, i64>(0))? == 2,
         ..Report::default()
     };
-    let mut longest = Duration::ZERO;
+    let mut batches = Batches::new(conn);
     let _manual = ManualCheckpoints::new(conn)?;
 
     for number in unmarked_issues(conn, policy.deliveries_before)? {
@@ -170,7 +210,7 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
         }
         // Marked first: from here on `issues show` says the detail is gone and `issues
         // retry` refuses, even while the rows are still being deleted.
-        batch(conn, &mut longest, |tx| {
+        batches.run("marking an issue compacted", |tx, _| {
             tx.execute(
                 "UPDATE issue_totals SET compacted_at = ?1 WHERE issue = ?2 AND compacted_at IS NULL",
                 params![Utc::now().timestamp(), number],
@@ -184,7 +224,7 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
                 report.issues.push(FoldedIssue { number, rows: 0 });
             }
             loop {
-                let deleted = batch(conn, &mut longest, |tx| {
+                let deleted = batches.run("deleting delivery rows", |tx, size| {
                     tx.prepare_cached(
                         "DELETE FROM deliveries WHERE issue = ?1 AND subscriber_id IN (
                              SELECT subscriber_id FROM deliveries
@@ -193,7 +233,7 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
                                            AND state IN ('complete', 'skipped'))
                              LIMIT ?2)",
                     )?
-                    .execute(params![number, BATCH])
+                    .execute(params![number, size])
                 })?;
                 if deleted == 0 {
                     break;
@@ -202,12 +242,12 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
             // The relays' message ids find a delivery row; with the rows gone they find
             // nothing, so they go too.
             loop {
-                let deleted = batch(conn, &mut longest, |tx| {
+                let deleted = batches.run("deleting relay message ids", |tx, size| {
                     tx.prepare_cached(
                         "DELETE FROM relay_message_ids WHERE relay_id IN (
                              SELECT relay_id FROM relay_message_ids WHERE issue = ?1 LIMIT ?2)",
                     )?
-                    .execute(params![number, BATCH])
+                    .execute(params![number, size])
                 })?;
                 if deleted == 0 {
                     break;
@@ -224,18 +264,31 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
             |r| r.get::<_, i64>(0),
         )? as u64;
     } else {
+        // Events have no index by time (it would cost every event its bytes), so the
+        // rows to delete are found by a read, which takes no lock, walking up by id from
+        // where the last batch stopped; the write transaction only deletes those rows.
+        let mut after = 0_i64;
         loop {
-            let deleted = batch(conn, &mut longest, |tx| {
-                tx.prepare_cached(
-                    "DELETE FROM events WHERE id IN (
-                         SELECT id FROM events WHERE at < ? ORDER BY id LIMIT ?)",
+            let ids: Vec<i64> = conn
+                .prepare_cached(
+                    "SELECT id FROM events WHERE id > ?1 AND at < ?2 ORDER BY id LIMIT ?3",
                 )?
-                .execute(params![events_before, BATCH])
+                .query_map(params![after, events_before, batches.size], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let Some(&last) = ids.last() else {
+                break;
+            };
+            after = last;
+            let deleted = batches.run("deleting events", |tx, _| {
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM events WHERE id = ?1 AND at < ?2")?;
+                let mut deleted = 0;
+                for id in &ids {
+                    deleted += delete.execute(params![id, events_before])?;
+                }
+                Ok(deleted)
             })?;
             report.events += deleted as u64;
-            if deleted == 0 {
-                break;
-            }
         }
     }
 
@@ -245,8 +298,8 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
         let before = Utc::now() - chrono::Duration::days(7);
         let up_to = store::webhooks::newest_id(conn)?;
         loop {
-            let deleted = batch(conn, &mut longest, |tx| {
-                store::webhooks::prune(tx, before, up_to, BATCH as usize)
+            let deleted = batches.run("deleting webhook announcements", |tx, size| {
+                store::webhooks::prune(tx, before, up_to, size as usize)
             })?;
             report.announcements += deleted as u64;
             if deleted == 0 {
@@ -260,7 +313,7 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
         report.erased = left.len() as u64;
         if !dry_run {
             for email in left {
-                batch(conn, &mut longest, |tx| {
+                batches.run("erasing a reader who left", |tx, _| {
                     privacy::erase(tx, &email, privacy::Reason::Retention).map_err(|e| match e {
                         privacy::EraseError::Store(e) => e,
                         other => rusqlite::Error::ToSqlConversionFailure(Box::new(other)),
@@ -277,7 +330,7 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
                 break;
             }
             let before = page_bytes(conn, "page_count")?;
-            batch(conn, &mut longest, |tx| {
+            batches.run("handing pages back", |tx, _| {
                 tx.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))
             })?;
             let after = page_bytes(conn, "page_count")?;
@@ -289,7 +342,8 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
     }
     report.bytes_free = page_bytes(conn, "freelist_count")?;
     report.file_bytes = page_bytes(conn, "page_count")?;
-    report.longest_lock = longest;
+    report.longest_lock = batches.longest;
+    report.longest_lock_in = batches.longest_in;
     Ok(report)
 }
 
@@ -372,5 +426,53 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(left, ["stays@example.com"]);
+    }
+
+    #[test]
+    fn events_past_the_window_go_in_batches_however_their_ids_and_times_interleave() {
+        let (_dir, conn) = store();
+        add(
+            &conn,
+            &email("reader@example.com"),
+            None,
+            SubscriberSource::Cli,
+        )
+        .unwrap();
+        // Relays report late: an event recorded after newer ones can carry an older time.
+        // Two old events for every new one, more old ones than one batch holds.
+        let old = 2 * BATCH + 7;
+        let mut new = 0;
+        for n in 0..old {
+            let record = |at: &str| {
+                conn.execute(
+                    "INSERT INTO events (subscriber_id, kind, channel, source, at)
+                     SELECT id, 'unsubscribe', 'cli', 'cli', ?1 FROM subscribers",
+                    [at],
+                )
+                .unwrap()
+            };
+            record("2024-01-01T00:00:00Z");
+            if n % 2 == 1 {
+                new += record("2026-06-01T00:00:00Z") as i64;
+            }
+        }
+        let policy = Policy {
+            deliveries_before: utc("2000-01-01T00:00:00Z"),
+            events_before: utc("2025-01-01T00:00:00Z"),
+            erase_left_before: None,
+        };
+        assert_eq!(compact(&conn, &policy, true).unwrap().events, old as u64);
+        let done = compact(&conn, &policy, false).unwrap();
+        assert_eq!(done.events, old as u64);
+        assert!(!done.longest_lock_in.is_empty());
+        let left: Vec<(String, i64)> = conn
+            .prepare("SELECT at, count(*) FROM events GROUP BY at")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(left, [("2026-06-01T00:00:00Z".to_owned(), new)]);
+        assert_eq!(compact(&conn, &policy, false).unwrap().events, 0);
     }
 }
