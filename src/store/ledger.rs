@@ -421,7 +421,8 @@ pub fn failed_deliveries(
 ) -> rusqlite::Result<Vec<FailedDelivery>> {
     let mut stmt = conn.prepare(
         "SELECT s.email, d.failure, d.attempts, d.last_reply, s.status
-         FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+         FROM deliveries d INDEXED BY deliveries_failed
+         JOIN subscribers s ON s.id = d.subscriber_id
          WHERE d.issue = ? AND d.state = 3 ORDER BY s.email_norm",
     )?;
     let rows = stmt.query_map([number], |r| {
@@ -441,8 +442,8 @@ pub fn failed_deliveries(
 pub fn requeue_failed(conn: &Connection, number: IssueNumber) -> rusqlite::Result<usize> {
     store::in_write_transaction(conn, |tx| {
         let n = tx.execute(
-            "UPDATE deliveries SET state = 0, failure = NULL, attempts = 0, next_attempt_ms = 0,
-                    bounce_held = 0
+            "UPDATE deliveries INDEXED BY deliveries_failed
+             SET state = 0, failure = NULL, attempts = 0, next_attempt_ms = 0, bounce_held = 0
              WHERE issue = ? AND state = 3
                AND subscriber_id IN (SELECT id FROM subscribers WHERE status = 'active')",
             [number],

@@ -81,6 +81,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/013_api.sql"),
     include_str!("migrations/014_tracking.sql"),
     include_str!("migrations/015_lean_ledger.sql"),
+    include_str!("migrations/016_failed_deliveries.sql"),
 ];
 
 /// The schema version this binary creates and understands.

@@ -222,7 +222,8 @@ pub fn release_held_bounces(conn: &Connection, number: IssueNumber) -> rusqlite:
 /// attempt count (so each gets one more attempt per run). Returns how many.
 pub fn requeue_deferred(conn: &Connection, number: IssueNumber) -> rusqlite::Result<usize> {
     conn.execute(
-        "UPDATE deliveries SET state = 0, failure = NULL, next_attempt_ms = 0
+        "UPDATE deliveries INDEXED BY deliveries_failed
+         SET state = 0, failure = NULL, next_attempt_ms = 0
          WHERE issue = ? AND state = 3 AND failure IS 'temporary'",
         [number],
     )
