@@ -293,6 +293,7 @@ pub fn run(config: &Config, command: Option<IssuesCommand>) -> anyhow::Result<()
                     at.format("%Y-%m-%d")
                 ));
             }
+            runtime::lower_priority(config);
             let requeued =
                 runtime::block_on_until_signal(runtime::send_workers(config), |stop| async {
                     issue::requeue_failed(config, number, stop, &mut |e| {

@@ -52,6 +52,8 @@ fn web_state(config: &Config) -> anyhow::Result<(Arc<WebState>, Outbox, Option<S
 }
 
 pub fn run(config: &Config, allow_empty: bool) -> anyhow::Result<()> {
+    // Before any thread starts, so that every one of them inherits it.
+    runtime::lower_priority(config);
     // Check everything that can be wrong before taking the lock and listening.
     crate::content::load_dir(&config.content_dir)?;
     let dispatcher = Dispatcher::for_sending(config)?.allow_empty(allow_empty);

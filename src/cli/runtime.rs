@@ -18,6 +18,32 @@ pub fn send_workers(config: &crate::config::Config) -> Option<usize> {
     }
 }
 
+/// Takes the configured CPU priority (`nice`) in a process that is about to send, before its
+/// runtime starts: Linux keeps a nice value per thread and threads inherit it from the one
+/// that starts them, so the async workers, the ledger writer and the blocking pool all run
+/// at it. A signed send keeps every core busy signing; at a lower priority it yields to the
+/// mail server and the web server on the same machine instead of sharing the cores with
+/// them evenly, which also makes the send itself faster when its relay is local
+/// (docs/performance-dkim.md). A process started at a lower priority stays there.
+pub fn lower_priority(config: &crate::config::Config) {
+    if config.nice == 0 {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        if getpriority_process(None).is_ok_and(|now| now >= config.nice) {
+            return;
+        }
+        match setpriority_process(None, config.nice) {
+            Ok(()) => tracing::debug!(nice = config.nice, "CPU priority lowered"),
+            Err(e) => {
+                tracing::warn!(nice = config.nice, error = %e, "cannot lower the CPU priority")
+            }
+        }
+    }
+}
+
 /// Runs `f` on a fresh runtime with a stop flag that turns true on SIGINT or SIGTERM.
 /// `worker_threads: None` is one per core (see [`send_workers`] for a send).
 pub fn block_on_until_signal<F, Fut, T>(worker_threads: Option<usize>, f: F) -> anyhow::Result<T>

@@ -49,6 +49,7 @@ pub fn send(
         Err(refused) => return Err(UserError::new(refused.to_string()).into()),
     };
     let bar = std::io::stderr().is_terminal();
+    runtime::lower_priority(config);
     let outcome = runtime::block_on_until_signal(runtime::send_workers(config), |stop| async {
         dispatcher
             .execute(prepared, false, bar, stop, &mut |e| print_event(config, e))

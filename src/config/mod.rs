@@ -84,6 +84,12 @@ struct RawConfig {
     webhooks: Vec<crate::webhooks::outgoing::config::RawWebhook>,
     #[serde(default)]
     tracking: crate::tracking::config::RawTracking,
+    #[serde(default = "default_nice")]
+    nice: i64,
+}
+
+fn default_nice() -> i64 {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +303,9 @@ pub struct Config {
     pub webhooks: Vec<crate::webhooks::outgoing::config::WebhookConfig>,
     /// Votes, click counts and the operator's report (`tracking:`).
     pub tracking: crate::tracking::config::TrackingConfig,
+    /// The CPU priority (Unix nice, 0..=19) that `send`, `issues retry` and the daemon take
+    /// before they start sending (`nice`); 0 leaves it as it is.
+    pub nice: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -438,6 +447,15 @@ impl Config {
             .map_err(|(field, reason)| check.invalid(field, reason))?;
         let tracking = crate::tracking::config::TrackingConfig::from_raw(raw.tracking)
             .map_err(|(field, reason)| check.invalid(field, reason))?;
+        if !(0..=19).contains(&raw.nice) {
+            return Err(check.invalid(
+                "nice",
+                format!(
+                    "{} is out of range 0..=19 (a send can lower its priority, not raise it)",
+                    raw.nice
+                ),
+            ));
+        }
         Ok(Config {
             path: path.to_owned(),
             newsletter: check.newsletter(raw.newsletter)?,
@@ -466,6 +484,7 @@ impl Config {
             domains,
             webhooks,
             tracking,
+            nice: raw.nice as i32,
         })
     }
 

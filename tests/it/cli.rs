@@ -157,6 +157,15 @@ fn bad_config_is_a_clear_error() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("field `schedule.cron`"));
+
+    // A send may lower its CPU priority, never raise it.
+    std::fs::write(site.config_path(), format!("{cfg}nice: -5\n")).unwrap();
+    site.cmd()
+        .arg("check")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("field `nice`"))
+        .stderr(predicate::str::contains("-5 is out of range 0..=19"));
 }
 
 #[test]

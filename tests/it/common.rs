@@ -288,6 +288,16 @@ impl Process {
         Self::start_with_env(site, args, &[])
     }
 
+    /// The CPU priority (nice) of each of the process's threads, from `/proc`.
+    pub fn thread_nice_values(&self) -> Vec<i32> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(&tasks)
+            .unwrap_or_else(|e| panic!("{tasks}: {e}"))
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            .map(|stat| nice_of(&stat))
+            .collect()
+    }
+
     /// The same, with extra environment variables (secrets named in the config).
     pub fn start_with_env(site: &TempSite, args: &[&str], env: &[(&str, &str)]) -> Process {
         use std::io::BufRead;
@@ -424,4 +434,21 @@ pub fn state_code(name: &str) -> i64 {
         .iter()
         .position(|n| *n == name)
         .unwrap_or_else(|| panic!("no delivery state {name}")) as i64
+}
+
+/// The nice value in a `/proc/.../stat` line: after the command name in parentheses, state
+/// is field 3 and nice field 19.
+fn nice_of(stat: &str) -> i32 {
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[16].parse().unwrap()
+}
+
+/// This test process's own CPU priority (nice).
+pub fn own_nice() -> i32 {
+    nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap())
 }

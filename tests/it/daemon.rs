@@ -57,6 +57,15 @@ fn every_slot_is_sent_exactly_once_and_sigterm_exits_cleanly() {
     let site = daemon_site(4, fast(server.port()).schedule_key("on_empty", "send"));
     let mut daemon = Process::start(&site, &["run"]);
     wait_for_http(daemon.web_port());
+    // Every thread of the daemon runs at the configured lower priority (`nice: 10`), so its
+    // sends yield to a mail server on the same machine.
+    // (A test runner already at a lower priority passes its own on.)
+    let expected = crate::common::own_nice().max(10);
+    let nice = daemon.thread_nice_values();
+    assert!(
+        nice.len() > 1 && nice.iter().all(|&n| n == expected),
+        "{nice:?}"
+    );
 
     // A second daemon on the same database refuses to start.
     site.cmd()
