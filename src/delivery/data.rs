@@ -28,6 +28,13 @@ impl<'a> DataContent<'a> {
         }
     }
 
+    /// Replaces `out`'s text with this content, reusing its memory.
+    pub fn write_into(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.clear();
+        write!(out, "{self}").expect("writing to a String cannot fail");
+    }
+
     /// From any sequence of text pieces forming one message.
     pub fn from_segments(segments: impl IntoIterator<Item = &'a str>) -> Self {
         DataContent {

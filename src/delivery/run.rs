@@ -168,6 +168,7 @@ pub(super) fn spawn<T: Transport>(
         job.db_path.clone(),
         job.issue,
         job.smtp.max_attempts,
+        workers_needed,
         fault.clone(),
     )?;
     let total = start.before.outstanding();

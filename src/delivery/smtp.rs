@@ -60,6 +60,9 @@ pub(super) enum TxError {
 pub(crate) struct Session {
     pub(crate) conn: AsyncSmtpConnection,
     pub(crate) pipelining: bool,
+    /// The DATA content of the session's current message, kept between messages so that
+    /// each copy is laid out in memory the session already has.
+    data: String,
 }
 
 /// MAIL, every RCPT and DATA as one write, for a server that offers PIPELINING: lettre
@@ -157,11 +160,14 @@ pub(super) async fn transaction(
             Err(_) => return Err(TxError::Ledger),
         }
     }
-    // One write of the dot-stuffed content and its terminator (see `DataContent`).
+    // One write of the dot-stuffed content and its terminator (see `DataContent`), laid out
+    // in the session's buffer first: lettre copies a `&str` command in one piece, where a
+    // command written piece by piece would grow its copy many times over.
+    DataContent::new(message).write_into(&mut session.data);
     step(
         Stage::Message,
         timeout,
-        conn.command(DataContent::new(message)),
+        session.conn.command(session.data.as_str()),
     )
     .await
 }
@@ -298,7 +304,11 @@ pub(crate) async fn connect(
             .await
             .map_err(|e| format!("login to {where_} as {user} failed: {e}"))?;
     }
-    Ok(Session { conn, pipelining })
+    Ok(Session {
+        conn,
+        pipelining,
+        data: String::new(),
+    })
 }
 
 #[cfg(test)]

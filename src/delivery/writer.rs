@@ -35,6 +35,9 @@ pub(super) enum WriteOp {
 /// transaction. It also bounds how long the writer holds the database's write lock.
 const GROUP_COMMIT: Duration = Duration::from_millis(20);
 
+/// The longest a `sending` mark waits for others to share its commit (see [`MarkBatch`]).
+const MARK_WAIT: Duration = Duration::from_millis(2);
+
 /// How often the checkpoint thread copies the WAL back into the database during a send
 /// (at 3,700 msgs/s the ledger adds a few MB of WAL in that time).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
@@ -45,6 +48,7 @@ pub(super) fn spawn(
     db_path: PathBuf,
     issue: IssueNumber,
     max_attempts: u32,
+    sessions: usize,
     fault: Fault,
 ) -> std::io::Result<(
     std::sync::mpsc::Sender<WriteOp>,
@@ -60,7 +64,7 @@ pub(super) fn spawn(
                 .and_then(|conn| {
                     // Copies the WAL back ahead of the writer's own checkpoints (see there).
                     let _checkpointer = Checkpointer::spawn(&db_path, CHECKPOINT_EVERY)?;
-                    writer_loop(conn, issue, max_attempts, rx)
+                    writer_loop(conn, issue, max_attempts, sessions, rx)
                 });
             let result = result.map_err(|e| explain(e, &db_path));
             if let Err(e) = &result {
@@ -97,17 +101,64 @@ pub(super) fn explain(err: anyhow::Error, db_path: &Path) -> anyhow::Error {
     }
 }
 
-/// The single writer: applies queued state changes in group commits. A commit happens as
-/// soon as an operation needs an acknowledgement (a `sending` mark, which must be durable
-/// before its message goes out, or a flush), so outcomes ride along with the next mark
-/// instead of costing a commit each; outcomes alone are committed within `GROUP_COMMIT`.
-/// Each worker therefore has at most one delivered-but-unrecorded message at any time. On
-/// an error the pending acknowledgements are dropped, so no message waits for a mark that
-/// will never be durable.
+/// When the `sending` marks of an open group are committed. A commit costs the writer far
+/// more than a row (the pages it writes to the WAL, the WAL's locks, waking the sessions),
+/// so with many sessions the marks are gathered: the group is committed once half the
+/// run's sessions wait on it, or once its first mark has waited [`MARK_WAIT`]. A run with
+/// one or two sessions never waits. On a signed send at 16 sessions this cut the commits
+/// from one per message to one per seven and raised the rate by 6% (docs/performance-dkim.md).
+#[derive(Debug)]
+struct MarkBatch {
+    /// How many marks make a group worth committing at once.
+    enough: usize,
+    /// Marks in the open group, and when the first of them arrived.
+    waiting: usize,
+    first: Option<Instant>,
+}
+
+impl MarkBatch {
+    fn new(sessions: usize) -> Self {
+        MarkBatch {
+            enough: sessions.div_ceil(2).max(1),
+            waiting: 0,
+            first: None,
+        }
+    }
+
+    fn marked(&mut self) {
+        self.waiting += 1;
+        self.first.get_or_insert_with(Instant::now);
+    }
+
+    fn committed(&mut self) {
+        self.waiting = 0;
+        self.first = None;
+    }
+
+    fn due(&self) -> bool {
+        self.first
+            .is_some_and(|first| self.waiting >= self.enough || first.elapsed() >= MARK_WAIT)
+    }
+
+    /// How long the writer may wait for more operations before the marks are due.
+    fn patience(&self) -> Option<Duration> {
+        self.first
+            .map(|first| MARK_WAIT.saturating_sub(first.elapsed()))
+    }
+}
+
+/// The single writer: applies queued state changes in group commits. A commit happens when
+/// `sending` marks are waiting (see [`MarkBatch`]; each must be durable before its message
+/// goes out) or a flush is asked for, so outcomes ride along with the marks instead of
+/// costing a commit each; outcomes alone are committed within `GROUP_COMMIT`. Each worker
+/// therefore has at most one delivered-but-unrecorded message at any time. On an error the
+/// pending acknowledgements are dropped, so no message waits for a mark that will never be
+/// durable.
 pub(super) fn writer_loop(
     conn: Connection,
     issue: IssueNumber,
     max_attempts: u32,
+    sessions: usize,
     rx: std::sync::mpsc::Receiver<WriteOp>,
 ) -> anyhow::Result<()> {
     use std::sync::mpsc::RecvTimeoutError;
@@ -121,10 +172,15 @@ pub(super) fn writer_loop(
     let mut first_use_noted: Vec<RelayId> = Vec::new();
     // Messages handed to each relay per second in the open group, written with its commit.
     let mut handed: Vec<(RelayId, i64, u64)> = Vec::new();
+    let mut marks = MarkBatch::new(sessions);
+    let mut flush_asked = false;
     loop {
         let next = match open_since {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(since) => rx.recv_timeout(GROUP_COMMIT.saturating_sub(since.elapsed())),
+            Some(since) => {
+                let wait = GROUP_COMMIT.saturating_sub(since.elapsed());
+                rx.recv_timeout(marks.patience().map_or(wait, |p| p.min(wait)))
+            }
         };
         let disconnected = matches!(next, Err(RecvTimeoutError::Disconnected));
         if let Ok(first) = next {
@@ -155,11 +211,15 @@ pub(super) fn writer_loop(
                             }
                         }
                         acks.push(Ack::Mark(ack, go));
+                        marks.marked();
                     }
                     WriteOp::Record { id, outcome } => {
-                        ledger::record_outcome(&conn, issue, id, &outcome, max_attempts)?
+                        ledger::record_outcome(&conn, issue, id, &outcome, max_attempts)?;
                     }
-                    WriteOp::Flush { ack } => acks.push(Ack::Flush(ack)),
+                    WriteOp::Flush { ack } => {
+                        acks.push(Ack::Flush(ack));
+                        flush_asked = true;
+                    }
                 }
                 applied += 1;
                 if applied < 4096 {
@@ -168,12 +228,14 @@ pub(super) fn writer_loop(
             }
         }
         let due = open_since.is_some_and(|since| since.elapsed() >= GROUP_COMMIT);
-        if open_since.is_some() && (!acks.is_empty() || due || disconnected) {
+        if open_since.is_some() && (marks.due() || flush_asked || due || disconnected) {
             for (relay, second, n) in handed.drain(..) {
                 relays::count_handed(&conn, relay, second, n)?;
             }
             ledger::commit_group(&conn)?;
             open_since = None;
+            marks.committed();
+            flush_asked = false;
             for ack in acks.drain(..) {
                 match ack {
                     Ack::Mark(tx, go) => {
@@ -201,7 +263,7 @@ mod tests {
         let f = Fixture::new(3);
         let (tx, rx) = std::sync::mpsc::channel();
         let conn = store::open(&f.db_path).unwrap();
-        let writer = std::thread::spawn(move || writer_loop(conn, f.issue, 3, rx));
+        let writer = std::thread::spawn(move || writer_loop(conn, f.issue, 3, 1, rx));
         let (ack, acked) = oneshot::channel();
         tx.send(WriteOp::MarkSending {
             id: f.ids[0],
@@ -233,6 +295,31 @@ mod tests {
     }
 
     #[test]
+    fn marks_wait_for_half_the_sessions_or_two_milliseconds() {
+        let mut alone = MarkBatch::new(1);
+        alone.marked();
+        assert!(alone.due(), "one session never waits");
+        let mut two = MarkBatch::new(2);
+        two.marked();
+        assert!(two.due(), "nor does one of two");
+
+        let mut many = MarkBatch::new(16);
+        assert!(!many.due(), "nothing to commit");
+        for _ in 0..7 {
+            many.marked();
+        }
+        assert!(!many.due(), "7 of 16 wait for more");
+        many.marked();
+        assert!(many.due(), "8 of 16 are enough");
+        many.committed();
+        assert!(!many.due());
+        many.marked();
+        std::thread::sleep(MARK_WAIT + Duration::from_millis(1));
+        assert!(many.due(), "a lone mark waits no longer than MARK_WAIT");
+        assert_eq!(many.patience(), Some(Duration::ZERO));
+    }
+
+    #[test]
     fn a_failing_database_drops_the_mark_and_raises_the_fault_with_its_cause() {
         let f = Fixture::new(2);
         // The writer's database refuses every write from now on.
@@ -243,7 +330,7 @@ mod tests {
             )
             .unwrap();
         let fault = Fault::new();
-        let (tx, handle) = spawn(f.db_path.clone(), f.issue, 3, fault.clone()).unwrap();
+        let (tx, handle) = spawn(f.db_path.clone(), f.issue, 3, 1, fault.clone()).unwrap();
         let (ack, acked) = oneshot::channel();
         tx.send(WriteOp::MarkSending {
             id: f.ids[0],
