@@ -84,7 +84,7 @@ fn send_issue(conn: &Connection, k: i64) -> IssueNumber {
         after = last.subscriber_id;
         ledger::begin_group(conn).unwrap();
         for d in &due {
-            ledger::mark_sending(conn, number, d.subscriber_id).unwrap();
+            ledger::mark_sending(conn, number, d.subscriber_id, None).unwrap();
             let outcome = if d.subscriber_id.get() % 200 == 7 {
                 Outcome::Permanent {
                     reply:

@@ -193,10 +193,9 @@ pub(super) fn writer_loop(
             while let Some(current) = op.take() {
                 match current {
                     WriteOp::MarkSending { id, ack, relay } => {
-                        let go = ledger::mark_sending(&conn, issue, id)?;
+                        let go = ledger::mark_sending(&conn, issue, id, relay)?;
                         if let (true, Some(relay)) = (go, relay) {
                             let now = super::now_ms();
-                            relays::note_relay(&conn, issue, id, relay)?;
                             let second = now.div_euclid(1000);
                             match handed
                                 .iter_mut()

@@ -33,19 +33,6 @@ pub fn first_used_ms(conn: &Connection, relay: RelayId) -> rusqlite::Result<Opti
     .map(Option::flatten)
 }
 
-/// Records that a delivery is being handed to `relay`. Called in the ledger writer's
-/// transaction with the delivery's `sending` mark.
-pub fn note_relay(
-    conn: &Connection,
-    number: IssueNumber,
-    subscriber_id: SubscriberId,
-    relay: RelayId,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE deliveries SET relay = ? WHERE issue = ? AND subscriber_id = ?")?
-        .execute(params![relay.0, number, subscriber_id])?;
-    Ok(())
-}
-
 /// Adds `n` messages handed to `relay` in `second` (seconds since the epoch) to its count:
 /// what its limits are measured against. Written in the same transaction as their marks.
 pub fn count_handed(

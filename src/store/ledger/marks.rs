@@ -1,6 +1,7 @@
 //! During a send: the sending marks, outcomes, held bounces and what goes back to pending.
 
 use super::*;
+use crate::store::relays::RelayId;
 
 /// What happened to one delivery attempt, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,19 +49,20 @@ pub fn commit_group(conn: &Connection) -> rusqlite::Result<()> {
 /// Marks a delivery as under way, counting the attempt, if it is still pending and its
 /// subscriber still active (checked here, at the last moment, not when the batch was read).
 /// Returns false when the message must not go out. Must be durable before the message body
-/// is transferred.
+/// is transferred. `relay`, when given, is noted on the delivery as the relay it goes to.
 pub fn mark_sending(
     conn: &Connection,
     number: IssueNumber,
     subscriber_id: SubscriberId,
+    relay: Option<RelayId>,
 ) -> rusqlite::Result<bool> {
     let changed = conn
         .prepare_cached(
-            "UPDATE deliveries SET state = 2, attempts = attempts + 1
+            "UPDATE deliveries SET state = 2, attempts = attempts + 1, relay = coalesce(?3, relay)
              WHERE issue = ?1 AND subscriber_id = ?2 AND state = 0
                AND EXISTS (SELECT 1 FROM subscribers WHERE id = ?2 AND status = 'active')",
         )?
-        .execute(params![number, subscriber_id])?;
+        .execute(params![number, subscriber_id, relay.map(|r| r.0)])?;
     Ok(changed == 1)
 }
 
