@@ -106,7 +106,7 @@ pub(super) fn explain(err: anyhow::Error, db_path: &Path) -> anyhow::Error {
 /// so with many sessions the marks are gathered: the group is committed once half the
 /// run's sessions wait on it, or once its first mark has waited [`MARK_WAIT`]. A run with
 /// one or two sessions never waits. On a signed send at 16 sessions this cut the commits
-/// from one per message to one per seven and raised the rate by 6% (docs/performance-dkim.md).
+/// from about one per message to one per seven (docs/performance-dkim.md).
 #[derive(Debug)]
 struct MarkBatch {
     /// How many marks make a group worth committing at once.
