@@ -168,7 +168,14 @@ pub(super) fn spawn<T: Transport>(
         job.db_path.clone(),
         job.issue,
         job.smtp.max_attempts,
-        workers_needed,
+        writer::Sessions {
+            by_relay: relay_ids
+                .iter()
+                .copied()
+                .zip(relays.iter().map(|r| r.concurrency))
+                .collect(),
+            otherwise: workers_needed,
+        },
         fault.clone(),
     )?;
     let total = start.before.outstanding();

@@ -48,7 +48,7 @@ pub(super) fn spawn(
     db_path: PathBuf,
     issue: IssueNumber,
     max_attempts: u32,
-    sessions: usize,
+    sessions: Sessions,
     fault: Fault,
 ) -> std::io::Result<(
     std::sync::mpsc::Sender<WriteOp>,
@@ -104,12 +104,13 @@ pub(super) fn explain(err: anyhow::Error, db_path: &Path) -> anyhow::Error {
 /// When the `sending` marks of an open group are committed. A commit costs the writer far
 /// more than a row (the pages it writes to the WAL, the WAL's locks, waking the sessions),
 /// so with many sessions the marks are gathered: the group is committed once half the
-/// run's sessions wait on it, or once its first mark has waited [`MARK_WAIT`]. A run with
-/// one or two sessions never waits. On a signed send at 16 sessions this cut the commits
+/// sessions of the marks' relay wait on it, or once its first mark has waited
+/// [`MARK_WAIT`]. A relay with one or two sessions never waits. On a signed send at 16 sessions this cut the commits
 /// from about one per message to one per seven (docs/performance-dkim.md).
 #[derive(Debug)]
 struct MarkBatch {
-    /// How many marks make a group worth committing at once.
+    sessions: Sessions,
+    /// How many marks make the open group worth committing at once.
     enough: usize,
     /// Marks in the open group, and when the first of them arrived.
     waiting: usize,
@@ -117,17 +118,22 @@ struct MarkBatch {
 }
 
 impl MarkBatch {
-    fn new(sessions: usize) -> Self {
+    fn new(sessions: Sessions) -> Self {
         MarkBatch {
-            enough: sessions.div_ceil(2).max(1),
+            sessions,
+            enough: 1,
             waiting: 0,
             first: None,
         }
     }
 
-    fn marked(&mut self) {
+    /// A mark for a message to `relay` joined the open group.
+    fn marked(&mut self, relay: Option<RelayId>) {
+        if self.first.is_none() {
+            self.enough = self.sessions.of(relay).div_ceil(2).max(1);
+            self.first = Some(Instant::now());
+        }
         self.waiting += 1;
-        self.first.get_or_insert_with(Instant::now);
     }
 
     fn committed(&mut self) {
@@ -147,6 +153,22 @@ impl MarkBatch {
     }
 }
 
+/// How many sessions send to each relay of the run (a run moves to a relay with fewer
+/// sessions when it fails over), and how many to count for a mark without a relay.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Sessions {
+    pub(super) by_relay: Vec<(RelayId, usize)>,
+    pub(super) otherwise: usize,
+}
+
+impl Sessions {
+    fn of(&self, relay: Option<RelayId>) -> usize {
+        relay
+            .and_then(|r| self.by_relay.iter().find(|(id, _)| *id == r))
+            .map_or(self.otherwise, |&(_, n)| n)
+    }
+}
+
 /// The single writer: applies queued state changes in group commits. A commit happens when
 /// `sending` marks are waiting (see [`MarkBatch`]; each must be durable before its message
 /// goes out) or a flush is asked for, so outcomes ride along with the marks instead of
@@ -158,7 +180,7 @@ pub(super) fn writer_loop(
     conn: Connection,
     issue: IssueNumber,
     max_attempts: u32,
-    sessions: usize,
+    sessions: Sessions,
     rx: std::sync::mpsc::Receiver<WriteOp>,
 ) -> anyhow::Result<()> {
     use std::sync::mpsc::RecvTimeoutError;
@@ -210,7 +232,7 @@ pub(super) fn writer_loop(
                             }
                         }
                         acks.push(Ack::Mark(ack, go));
-                        marks.marked();
+                        marks.marked(relay);
                     }
                     WriteOp::Record { id, outcome } => {
                         ledger::record_outcome(&conn, issue, id, &outcome, max_attempts)?;
@@ -262,7 +284,8 @@ mod tests {
         let f = Fixture::new(3);
         let (tx, rx) = std::sync::mpsc::channel();
         let conn = store::open(&f.db_path).unwrap();
-        let writer = std::thread::spawn(move || writer_loop(conn, f.issue, 3, 1, rx));
+        let writer =
+            std::thread::spawn(move || writer_loop(conn, f.issue, 3, Sessions::default(), rx));
         let (ack, acked) = oneshot::channel();
         tx.send(WriteOp::MarkSending {
             id: f.ids[0],
@@ -294,28 +317,35 @@ mod tests {
     }
 
     #[test]
-    fn marks_wait_for_half_the_sessions_or_two_milliseconds() {
-        let mut alone = MarkBatch::new(1);
-        alone.marked();
-        assert!(alone.due(), "one session never waits");
-        let mut two = MarkBatch::new(2);
-        two.marked();
-        assert!(two.due(), "nor does one of two");
-
-        let mut many = MarkBatch::new(16);
-        assert!(!many.due(), "nothing to commit");
+    fn marks_wait_for_half_the_sessions_of_their_relay_or_two_milliseconds() {
+        let (primary, backup) = (RelayId(1), RelayId(2));
+        let sessions = Sessions {
+            by_relay: vec![(primary, 16), (backup, 2)],
+            otherwise: 1,
+        };
+        let mut marks = MarkBatch::new(sessions);
+        assert!(!marks.due(), "nothing to commit");
         for _ in 0..7 {
-            many.marked();
+            marks.marked(Some(primary));
         }
-        assert!(!many.due(), "7 of 16 wait for more");
-        many.marked();
-        assert!(many.due(), "8 of 16 are enough");
-        many.committed();
-        assert!(!many.due());
-        many.marked();
+        assert!(!marks.due(), "7 of 16 wait for more");
+        marks.marked(Some(primary));
+        assert!(marks.due(), "8 of 16 are enough");
+        marks.committed();
+        assert!(!marks.due());
+
+        // After a failover to a relay with two sessions, nothing waits.
+        marks.marked(Some(backup));
+        assert!(marks.due(), "one of two never waits");
+        marks.committed();
+        marks.marked(None);
+        assert!(marks.due(), "a lone session never waits");
+        marks.committed();
+
+        marks.marked(Some(primary));
         std::thread::sleep(MARK_WAIT + Duration::from_millis(1));
-        assert!(many.due(), "a lone mark waits no longer than MARK_WAIT");
-        assert_eq!(many.patience(), Some(Duration::ZERO));
+        assert!(marks.due(), "a lone mark waits no longer than MARK_WAIT");
+        assert_eq!(marks.patience(), Some(Duration::ZERO));
     }
 
     #[test]
@@ -329,7 +359,14 @@ mod tests {
             )
             .unwrap();
         let fault = Fault::new();
-        let (tx, handle) = spawn(f.db_path.clone(), f.issue, 3, 1, fault.clone()).unwrap();
+        let (tx, handle) = spawn(
+            f.db_path.clone(),
+            f.issue,
+            3,
+            Sessions::default(),
+            fault.clone(),
+        )
+        .unwrap();
         let (ack, acked) = oneshot::channel();
         tx.send(WriteOp::MarkSending {
             id: f.ids[0],
