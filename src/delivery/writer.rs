@@ -195,7 +195,6 @@ pub(super) fn writer_loop(
     // Messages handed to each relay per second in the open group, written with its commit.
     let mut handed: Vec<(RelayId, i64, u64)> = Vec::new();
     let mut marks = MarkBatch::new(sessions);
-    let mut flush_asked = false;
     loop {
         let next = match open_since {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -237,10 +236,7 @@ pub(super) fn writer_loop(
                     WriteOp::Record { id, outcome } => {
                         ledger::record_outcome(&conn, issue, id, &outcome, max_attempts)?;
                     }
-                    WriteOp::Flush { ack } => {
-                        acks.push(Ack::Flush(ack));
-                        flush_asked = true;
-                    }
+                    WriteOp::Flush { ack } => acks.push(Ack::Flush(ack)),
                 }
                 applied += 1;
                 if applied < 4096 {
@@ -249,6 +245,7 @@ pub(super) fn writer_loop(
             }
         }
         let due = open_since.is_some_and(|since| since.elapsed() >= GROUP_COMMIT);
+        let flush_asked = acks.iter().any(|a| matches!(a, Ack::Flush(_)));
         if open_since.is_some() && (marks.due() || flush_asked || due || disconnected) {
             for (relay, second, n) in handed.drain(..) {
                 relays::count_handed(&conn, relay, second, n)?;
@@ -256,7 +253,6 @@ pub(super) fn writer_loop(
             ledger::commit_group(&conn)?;
             open_since = None;
             marks.committed();
-            flush_asked = false;
             for ack in acks.drain(..) {
                 match ack {
                     Ack::Mark(tx, go) => {
