@@ -2,10 +2,12 @@
 //! queued in the database by signups, retrying temporary failures, and removes signups that
 //! were never confirmed. A signup returns as soon as its row is committed; a slow relay
 //! delays mails, never the endpoint, and a crash before sending leaves the row queued for
-//! the next start.
+//! the next start. Mails go through the issue's relays in their order: while the primary
+//! cannot be reached, the fallbacks take them, and the primary is tried again after
+//! [`RELAY_DOWN_WAIT`].
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rusqlite::Connection;
@@ -23,7 +25,8 @@ use crate::store::subscribers::StoreError;
 
 /// How often unconfirmed signups are swept and idle limiter entries forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// How long to wait after the relay could not be reached at all.
+/// How long a relay that could not be reached is left alone (and how long to wait when
+/// none of them could).
 const RELAY_DOWN_WAIT: Duration = Duration::from_secs(30);
 /// The longest wait between two attempts of one mail.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
@@ -33,8 +36,12 @@ const BATCH: usize = 50;
 pub struct Outbox {
     db: Arc<Mutex<Connection>>,
     newsletter: Newsletter,
+    /// The primary's settings: the retry schedule of every mail.
     smtp: SmtpConfig,
-    password: Option<String>,
+    /// Every relay in order, the primary first, each with its password.
+    relays: Vec<(SmtpConfig, Option<String>)>,
+    /// Until when each relay (by index in `relays`) is skipped after it could not be reached.
+    resting: Mutex<Vec<Option<Instant>>>,
     key: TokenKey,
     dkim: Option<DkimSigner>,
     expire_after: Duration,
@@ -60,11 +67,14 @@ impl Outbox {
         wake: Arc<Notify>,
         limits: Arc<Limits>,
     ) -> anyhow::Result<Outbox> {
+        let mut relays = vec![(config.smtp.clone(), crate::issue::smtp_password(config)?)];
+        relays.extend(crate::delivery::relays::fallbacks_with_passwords(config)?);
         Ok(Outbox {
             db: Arc::new(Mutex::new(crate::store::open(&config.database_path())?)),
             newsletter: config.newsletter.clone(),
             smtp: config.smtp.clone(),
-            password: crate::issue::smtp_password(config)?,
+            resting: Mutex::new(vec![None; relays.len()]),
+            relays,
             key,
             dkim: crate::mail::dkim::load(config)?,
             expire_after: config.signup.expire_after,
@@ -150,61 +160,99 @@ impl Outbox {
             let next = self.with_db(store_signup::next_due_ms).await?;
             return Ok(Pass::Idle(next));
         }
-        let transport = SmtpTransport::new(self.smtp.clone(), self.password.clone());
-        let mut session = transport.session();
-        for mail in due {
-            let outcome = self.send_one(&transport, &mut session, &mail).await;
-            let id = mail.id;
-            let record = match outcome {
-                Sent::Yes(reply) => {
-                    info!(confirmation = id, "confirmation mail sent");
-                    self.with_db(move |conn| store_signup::mark_sent(conn, id, &reply))
-                        .await
+        let mut due = due.into_iter().peekable();
+        for (index, (smtp, password)) in self.relays.iter().enumerate() {
+            if self.is_resting(index) {
+                continue;
+            }
+            let transport = SmtpTransport::new(smtp.clone(), password.clone());
+            let mut session = transport.session();
+            let mut lost = false;
+            while let Some(mail) = due.peek() {
+                match self.send_one(&transport, &mut session, mail).await {
+                    Sent::SessionLost(reply) => {
+                        warn!(relay = %smtp.name, %reply, "cannot reach the relay for confirmation mails");
+                        self.rest(index);
+                        lost = true;
+                        break;
+                    }
+                    outcome => {
+                        if let Sent::Yes(_) = outcome {
+                            info!(confirmation = mail.id, relay = %smtp.name, "confirmation mail sent");
+                        }
+                        self.record(mail, outcome).await?;
+                        due.next();
+                    }
                 }
-                Sent::Retry(reply) => {
-                    let wait = backoff(self.smtp.retry_base, mail.attempts);
-                    let next = Utc::now().timestamp_millis() + wait.as_millis() as i64;
-                    let give_up = mail.attempts + 1 >= self.smtp.max_attempts.max(8);
-                    warn!(confirmation = id, %reply, give_up, "confirmation mail not accepted");
-                    self.with_db(move |conn| {
-                        store_signup::mark_attempt_failed(
-                            conn,
-                            id,
-                            &reply,
-                            (!give_up).then_some(next),
-                        )
-                    })
-                    .await
-                }
-                Sent::Never(reply) => {
-                    warn!(confirmation = id, %reply, "confirmation mail refused for good");
-                    self.with_db(move |conn| {
-                        store_signup::mark_attempt_failed(conn, id, &reply, None)
-                    })
-                    .await
-                }
-                Sent::SessionLost(reply) => {
-                    warn!(confirmation = id, %reply, "cannot reach the relay for confirmation mails");
-                    transport.close(session).await;
-                    return Ok(Pass::RelayDown);
-                }
-            };
-            record?;
+            }
+            transport.close(session).await;
+            if !lost {
+                return Ok(Pass::Worked);
+            }
         }
-        transport.close(session).await;
-        Ok(Pass::Worked)
+        // Every relay is down: what is left stays queued for the next pass.
+        Ok(Pass::RelayDown)
     }
 
-    /// Asks the relay what it offers (at start), so the endpoint knows which addresses it
-    /// can deliver to before the first confirmation mail is due.
-    pub async fn probe_relay(&self) {
-        let transport = SmtpTransport::new(self.smtp.clone(), self.password.clone());
-        let mut session = transport.session();
-        match transport.prepare(&mut session).await {
-            Ok(smtputf8) => self.limits.learn_relay_smtputf8(smtputf8),
-            Err(e) => warn!(error = ?e, "cannot reach the relay to ask what it offers"),
+    /// Whether relay `index` is skipped for now, after it could not be reached.
+    fn is_resting(&self, index: usize) -> bool {
+        let resting = self.resting.lock().expect("resting lock");
+        resting[index].is_some_and(|until| Instant::now() < until)
+    }
+
+    fn rest(&self, index: usize) {
+        self.resting.lock().expect("resting lock")[index] = Some(Instant::now() + RELAY_DOWN_WAIT);
+    }
+
+    /// What one attempt of `mail` came to, in the database.
+    async fn record(&self, mail: &QueuedMail, outcome: Sent) -> anyhow::Result<()> {
+        let id = mail.id;
+        match outcome {
+            Sent::Yes(reply) => {
+                self.with_db(move |conn| store_signup::mark_sent(conn, id, &reply))
+                    .await
+            }
+            // (A lost session is handled by the caller, which tries the next relay.)
+            Sent::Retry(reply) | Sent::SessionLost(reply) => {
+                let wait = backoff(self.smtp.retry_base, mail.attempts);
+                let next = Utc::now().timestamp_millis() + wait.as_millis() as i64;
+                let give_up = mail.attempts + 1 >= self.smtp.max_attempts.max(8);
+                warn!(confirmation = id, %reply, give_up, "confirmation mail not accepted");
+                self.with_db(move |conn| {
+                    store_signup::mark_attempt_failed(conn, id, &reply, (!give_up).then_some(next))
+                })
+                .await
+            }
+            Sent::Never(reply) => {
+                warn!(confirmation = id, %reply, "confirmation mail refused for good");
+                self.with_db(move |conn| store_signup::mark_attempt_failed(conn, id, &reply, None))
+                    .await
+            }
         }
-        transport.close(session).await;
+    }
+
+    /// Asks the first relay that answers what it offers (at start), so the endpoint knows
+    /// which addresses it can deliver to before the first confirmation mail is due.
+    pub async fn probe_relay(&self) {
+        for (index, (smtp, password)) in self.relays.iter().enumerate() {
+            let transport = SmtpTransport::new(smtp.clone(), password.clone());
+            let mut session = transport.session();
+            let answered = match transport.prepare(&mut session).await {
+                Ok(smtputf8) => {
+                    self.limits.learn_relay_smtputf8(smtputf8);
+                    true
+                }
+                Err(e) => {
+                    warn!(relay = %smtp.name, error = ?e, "cannot reach the relay to ask what it offers");
+                    self.rest(index);
+                    false
+                }
+            };
+            transport.close(session).await;
+            if answered {
+                return;
+            }
+        }
     }
 
     /// One confirmation mail through the issue path: the same transport, session setup,

@@ -18,7 +18,7 @@ const OUTLOOK_UNAUTHENTICATED: &str = "550 5.7.515 Access denied, sending domain
 
 /// `smtp:` as a list: `primary` on one port, `backup` (its fallback) on another, with the
 /// given extra lines for the primary.
-fn two_relays(primary: u16, backup: u16, primary_extra: &str) -> String {
+pub(crate) fn two_relays(primary: u16, backup: u16, primary_extra: &str) -> String {
     format!(
         "smtp:
   - name: primary
@@ -41,7 +41,7 @@ fn two_relays(primary: u16, backup: u16, primary_extra: &str) -> String {
 }
 
 /// Replaces the single `smtp:` block of the test config with `smtp`.
-fn with_smtp(site: &TempSite, smtp: &str) {
+pub(crate) fn with_smtp(site: &TempSite, smtp: &str) {
     site.edit_config(|yaml| {
         let start = yaml.find("smtp:\n").expect("an smtp block");
         let end = yaml.find("web:\n").expect("a web block");

@@ -671,6 +671,45 @@ fn a_confirmation_queued_before_a_crash_is_sent_after_the_restart() {
 }
 
 #[test]
+fn confirmation_mails_go_through_the_fallback_relay_while_the_primary_is_down() {
+    // Nothing listens on the primary's port; the fallback is a real SMTP server.
+    let backup = TestSmtp::start();
+    let web = closed_port();
+    let site = signup_site(closed_port(), web, "");
+    crate::relays::with_smtp(
+        &site,
+        &crate::relays::two_relays(closed_port(), backup.port(), ""),
+    );
+    let served = Served::start(&site, web);
+    let agent = http();
+    let a = post_form(
+        &agent,
+        &served.url("/subscribe"),
+        "email=steady%40example.com",
+    );
+    assert_eq!(a.status, 200);
+    assert!(
+        wait_until(Duration::from_secs(20), || backup.received().len() == 1),
+        "the confirmation mail did not reach the fallback relay"
+    );
+    assert_eq!(backup.received()[0].rcpt, ["steady@example.com"]);
+    let state: String = site
+        .db()
+        .query_row("SELECT mail_state FROM confirmations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(state, "sent");
+    // The link in the mail the fallback carried confirms the reader.
+    let link = confirm_link(&backup, "steady@example.com", web);
+    let confirmed = post_form(&agent, &link, "");
+    assert!(
+        confirmed.body.contains("You are subscribed"),
+        "{}",
+        confirmed.body
+    );
+    assert_eq!(status_of(&site, "steady@example.com"), "active");
+}
+
+#[test]
 fn the_daemon_removes_signups_never_confirmed() {
     let server = TestSmtp::start();
     let web = closed_port();
