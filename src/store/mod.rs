@@ -82,6 +82,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/014_tracking.sql"),
     include_str!("migrations/015_lean_ledger.sql"),
     include_str!("migrations/016_failed_deliveries.sql"),
+    include_str!("migrations/017_relay_totals.sql"),
 ];
 
 /// The schema version this binary creates and understands.

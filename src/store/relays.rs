@@ -81,16 +81,66 @@ pub fn prune_usage(conn: &Connection, before_second: i64) -> rusqlite::Result<us
 
 /// How many of the issue's deliveries each relay took (sent) and was handed without
 /// success (failed or still pending after an attempt), by relay name, in name order.
-/// Deliveries never handed to a relay are not counted.
+/// Deliveries never handed to a relay are not counted. For a compacted issue, the shares
+/// folded before its rows went ([`fold_issue`]).
 pub fn per_issue(conn: &Connection, number: IssueNumber) -> rusqlite::Result<Vec<RelayTally>> {
-    let mut stmt = conn.prepare_cached(
+    let folded = tallies(
+        conn,
+        "SELECT r.name, t.sent, t.not_sent
+         FROM issue_relay_totals t JOIN relays r ON r.id = t.relay_id
+         WHERE t.issue = ? ORDER BY r.name",
+        number,
+    )?;
+    if !folded.is_empty() {
+        return Ok(folded);
+    }
+    tallies(
+        conn,
         "SELECT r.name,
                 sum(CASE WHEN d.state = 1 THEN 1 ELSE 0 END),
                 sum(CASE WHEN d.state <> 1 THEN 1 ELSE 0 END)
          FROM deliveries d JOIN relays r ON r.id = d.relay
          WHERE d.issue = ?
          GROUP BY r.name ORDER BY r.name",
+        number,
+    )
+}
+
+/// Each relay's share of the issue as its delivery rows say, by relay id: read (without
+/// the write lock) before compaction deletes the rows, and kept with [`fold_issue`].
+pub fn shares_of(conn: &Connection, number: IssueNumber) -> rusqlite::Result<Vec<(i64, u64, u64)>> {
+    conn.prepare_cached(
+        "SELECT relay, sum(state = 1), sum(state <> 1) FROM deliveries
+         WHERE issue = ? AND relay IS NOT NULL GROUP BY relay",
+    )?
+    .query_map([number], |r| {
+        Ok((
+            r.get(0)?,
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, i64>(2)? as u64,
+        ))
+    })?
+    .collect()
+}
+
+/// Keeps `shares` (from [`shares_of`]) as the issue's relay totals.
+pub fn fold_issue(
+    conn: &Connection,
+    number: IssueNumber,
+    shares: &[(i64, u64, u64)],
+) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT OR REPLACE INTO issue_relay_totals (issue, relay_id, sent, not_sent)
+         VALUES (?1, ?2, ?3, ?4)",
     )?;
+    for &(relay, sent, not_sent) in shares {
+        insert.execute(params![number, relay, sent as i64, not_sent as i64])?;
+    }
+    Ok(())
+}
+
+fn tallies(conn: &Connection, sql: &str, number: IssueNumber) -> rusqlite::Result<Vec<RelayTally>> {
+    let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map([number], |r| {
         Ok(RelayTally {
             relay: r.get(0)?,

@@ -208,13 +208,20 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
         if dry_run {
             continue;
         }
+        // Each relay's share, read without the write lock and kept with the mark, so the
+        // `Relays:` line of `issues show` outlives the rows.
+        let shares = store::relays::shares_of(conn, number)?;
         // Marked first: from here on `issues show` says the detail is gone and `issues
         // retry` refuses, even while the rows are still being deleted.
         batches.run("marking an issue compacted", |tx, _| {
-            tx.execute(
+            let marked = tx.execute(
                 "UPDATE issue_totals SET compacted_at = ?1 WHERE issue = ?2 AND compacted_at IS NULL",
                 params![Utc::now().timestamp(), number],
-            )
+            )?;
+            if marked > 0 {
+                store::relays::fold_issue(tx, number, &shares)?;
+            }
+            Ok(marked)
         })?;
     }
     if !dry_run {
