@@ -104,7 +104,8 @@ pub enum SubscribersCommand {
         allow_erased: bool,
     },
     /// Print everything held about one reader as JSON: the subscriber row, the consent
-    /// record, confirmations, events and the deliveries still kept (an access request)
+    /// record, confirmations, events, votes, per-reader clicks and the deliveries still kept
+    /// (an access request)
     Show {
         /// Email address (any spelling of the mailbox)
         email: String,
