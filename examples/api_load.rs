@@ -6,51 +6,17 @@
 //! api_load ADDR KEY walk PAGE_SIZE            GETs every page of the subscriber list by
 //!                                              cursor; prints readers, pages, seconds
 
+#[path = "support/http1.rs"]
+mod http1;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 
-/// Sends one request and reads the response; returns the status and body.
-async fn exchange(
-    stream: &mut BufReader<TcpStream>,
-    request: &[u8],
-) -> std::io::Result<(u16, Vec<u8>)> {
-    stream.get_mut().write_all(request).await?;
-    let mut line = String::new();
-    stream.read_line(&mut line).await?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        stream.read_line(&mut line).await?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    stream.read_exact(&mut body).await?;
-    Ok((status, body))
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
+use http1::{exchange, percentile};
 
 async fn creates(addr: String, key: String, seconds: u64, clients: usize) {
     let stop = Arc::new(AtomicBool::new(false));

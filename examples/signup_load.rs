@@ -9,14 +9,19 @@
 //! subscribers 1..=SUBSCRIBERS (`reader{id-1}@bench.example.com`, the secret from
 //! VERDICTS_SECRET). Afterwards, 200 idle connections are held open while /healthz is asked.
 
+#[path = "support/http1.rs"]
+mod http1;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use verdicts::mail::token::TokenKey;
 use verdicts::store::SubscriberId;
+
+use http1::{exchange, percentile};
 
 #[derive(Default)]
 struct Tally {
@@ -24,46 +29,10 @@ struct Tally {
     statuses: std::collections::BTreeMap<u16, u64>,
 }
 
-/// Sends one request and reads the response; returns the status.
-async fn exchange(stream: &mut BufReader<TcpStream>, request: &[u8]) -> std::io::Result<u16> {
-    stream.get_mut().write_all(request).await?;
-    let mut line = String::new();
-    stream.read_line(&mut line).await?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        stream.read_line(&mut line).await?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    stream.read_exact(&mut body).await?;
-    Ok(status)
-}
-
 async fn connect(addr: &str) -> BufReader<TcpStream> {
     let s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).unwrap();
     BufReader::new(s)
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
 }
 
 fn report(name: &str, tally: &Tally, secs: f64) {
@@ -119,7 +88,7 @@ async fn main() {
                     body.len()
                 );
                 let t = Instant::now();
-                let status = exchange(&mut conn, req.as_bytes()).await.expect("signup");
+                let (status, _) = exchange(&mut conn, req.as_bytes()).await.expect("signup");
                 tally.latencies_us.push(t.elapsed().as_micros() as u64);
                 *tally.statuses.entry(status).or_default() += 1;
             }
@@ -148,7 +117,7 @@ async fn main() {
                     body.len()
                 );
                 let t = Instant::now();
-                let status = exchange(&mut conn, req.as_bytes()).await.expect("unsubscribe");
+                let (status, _) = exchange(&mut conn, req.as_bytes()).await.expect("unsubscribe");
                 tally.latencies_us.push(t.elapsed().as_micros() as u64);
                 *tally.statuses.entry(status).or_default() += 1;
             }
@@ -197,7 +166,7 @@ async fn main() {
             tokio::time::timeout(Duration::from_secs(5), exchange(&mut conn, req.as_bytes()))
                 .await
                 .map_err(|_| "no answer within 5 s")
-                .and_then(|r| r.map_err(|_| "connection failed"));
+                .and_then(|r| r.map(|(s, _)| s).map_err(|_| "connection failed"));
         match status {
             Ok(s) => {
                 health.latencies_us.push(t.elapsed().as_micros() as u64);
