@@ -121,6 +121,10 @@ fn print_relays(
     if tallies.len() < 2 && config.fallbacks.is_empty() {
         return Ok(());
     }
+    if tallies.is_empty() && ledger::compacted_at(conn, number)?.is_some() {
+        // Compacted before the shares were kept (schema 17): nothing is known any more.
+        return Ok(());
+    }
     let parts: Vec<String> = tallies
         .iter()
         .map(|t| {

@@ -93,22 +93,27 @@ impl Transport for RelaySet {
 pub fn fallbacks_with_passwords(
     config: &crate::config::Config,
 ) -> anyhow::Result<Vec<(SmtpConfig, Option<String>)>> {
+    config
+        .fallbacks
+        .iter()
+        .map(|smtp| Ok((smtp.clone(), fallback_password(smtp)?)))
+        .collect()
+}
+
+/// One fallback relay's password (see [`fallbacks_with_passwords`]).
+pub fn fallback_password(smtp: &SmtpConfig) -> anyhow::Result<Option<String>> {
     use crate::error::UserError;
-    let mut out = Vec::with_capacity(config.fallbacks.len());
-    for smtp in &config.fallbacks {
-        let password = match &smtp.username {
-            None => None,
-            Some(user) => {
-                if smtp.tls == crate::config::TlsMode::None
-                    && !crate::issue::is_loopback(&smtp.host)
-                {
-                    return Err(UserError::new(format!(
+    Ok(match &smtp.username {
+        None => None,
+        Some(user) => {
+            if smtp.tls == crate::config::TlsMode::None && !crate::issue::is_loopback(&smtp.host) {
+                return Err(UserError::new(format!(
                         "refusing to log in to relay {} as {user} without TLS: the password would cross the network in clear text. Set its tls to starttls or tls",
                         smtp.name
                     ))
                     .into());
-                }
-                Some(match &smtp.password_file {
+            }
+            Some(match &smtp.password_file {
                     Some(path) => crate::config::read_secret_file(path, "smtp.password_file")?,
                     None => match std::env::var(&smtp.password_env) {
                         Ok(p) if !p.is_empty() => p,
@@ -121,9 +126,6 @@ pub fn fallbacks_with_passwords(
                         }
                     },
                 })
-            }
-        };
-        out.push((smtp.clone(), password));
-    }
-    Ok(out)
+        }
+    })
 }

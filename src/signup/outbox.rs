@@ -68,7 +68,18 @@ impl Outbox {
         limits: Arc<Limits>,
     ) -> anyhow::Result<Outbox> {
         let mut relays = vec![(config.smtp.clone(), crate::issue::smtp_password(config)?)];
-        relays.extend(crate::delivery::relays::fallbacks_with_passwords(config)?);
+        for smtp in &config.fallbacks {
+            // A fallback whose password this host lacks is left out of the confirmations
+            // rather than keeping the web process from starting.
+            match crate::delivery::relays::fallback_password(smtp) {
+                Ok(password) => relays.push((smtp.clone(), password)),
+                Err(e) => warn!(
+                    relay = %smtp.name,
+                    error = %format!("{e:#}"),
+                    "this fallback relay will not carry confirmation mails"
+                ),
+            }
+        }
         Ok(Outbox {
             db: Arc::new(Mutex::new(crate::store::open(&config.database_path())?)),
             newsletter: config.newsletter.clone(),
@@ -169,7 +180,7 @@ impl Outbox {
             let mut session = transport.session();
             let mut lost = false;
             while let Some(mail) = due.peek() {
-                match self.send_one(&transport, &mut session, mail).await {
+                match self.send_one(&transport, &mut session, mail, index).await {
                     Sent::SessionLost(reply) => {
                         warn!(relay = %smtp.name, %reply, "cannot reach the relay for confirmation mails");
                         self.rest(index);
@@ -231,28 +242,19 @@ impl Outbox {
         }
     }
 
-    /// Asks the first relay that answers what it offers (at start), so the endpoint knows
-    /// which addresses it can deliver to before the first confirmation mail is due.
+    /// Asks the primary relay what it offers (at start), so the endpoint knows which
+    /// addresses it can deliver to before the first confirmation mail is due. What the
+    /// endpoint accepts follows the primary only; a fallback that cannot spell an address
+    /// leaves its mail for the primary (see [`Outbox::send_one`]).
     pub async fn probe_relay(&self) {
-        for (index, (smtp, password)) in self.relays.iter().enumerate() {
-            let transport = SmtpTransport::new(smtp.clone(), password.clone());
-            let mut session = transport.session();
-            let answered = match transport.prepare(&mut session).await {
-                Ok(smtputf8) => {
-                    self.limits.learn_relay_smtputf8(smtputf8);
-                    true
-                }
-                Err(e) => {
-                    warn!(relay = %smtp.name, error = ?e, "cannot reach the relay to ask what it offers");
-                    self.rest(index);
-                    false
-                }
-            };
-            transport.close(session).await;
-            if answered {
-                return;
-            }
+        let (smtp, password) = &self.relays[0];
+        let transport = SmtpTransport::new(smtp.clone(), password.clone());
+        let mut session = transport.session();
+        match transport.prepare(&mut session).await {
+            Ok(smtputf8) => self.limits.learn_relay_smtputf8(smtputf8),
+            Err(e) => warn!(error = ?e, "cannot reach the relay to ask what it offers"),
         }
+        transport.close(session).await;
     }
 
     /// One confirmation mail through the issue path: the same transport, session setup,
@@ -263,12 +265,15 @@ impl Outbox {
         transport: &SmtpTransport,
         session: &mut <SmtpTransport as Transport>::Session,
         mail: &QueuedMail,
+        relay: usize,
     ) -> Sent {
         let smtputf8 = match transport.prepare(session).await {
             Ok(offered) => offered,
             Err(attempt) => return sent(attempt),
         };
-        self.limits.learn_relay_smtputf8(smtputf8);
+        if relay == 0 {
+            self.limits.learn_relay_smtputf8(smtputf8);
+        }
         let built = ConfirmationMail {
             id: mail.id,
             email: &mail.email,
@@ -279,6 +284,9 @@ impl Outbox {
         .build(&self.newsletter, &self.key, self.dkim.as_ref(), smtputf8);
         let message = match built {
             Ok(m) => m,
+            // A fallback without SMTPUTF8 cannot spell a non-ASCII local part; the primary
+            // may, so the mail waits for it instead of failing for good.
+            Err(e) if relay > 0 => return Sent::Retry(e.to_string()),
             Err(e) => return Sent::Never(e.to_string()),
         };
         // No ledger mark to wait for: the body may go at once.

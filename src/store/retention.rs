@@ -212,10 +212,15 @@ pub fn compact(conn: &Connection, policy: &Policy, dry_run: bool) -> rusqlite::R
         // `Relays:` line of `issues show` outlives the rows.
         let shares = store::relays::shares_of(conn, number)?;
         // Marked first: from here on `issues show` says the detail is gone and `issues
-        // retry` refuses, even while the rows are still being deleted.
+        // retry` refuses, even while the rows are still being deleted. An `issues retry`
+        // that re-queued the issue since it was picked (it is `sending` again) leaves it
+        // unmarked, so no share read before the retry is kept.
         batches.run("marking an issue compacted", |tx, _| {
             let marked = tx.execute(
-                "UPDATE issue_totals SET compacted_at = ?1 WHERE issue = ?2 AND compacted_at IS NULL",
+                "UPDATE issue_totals SET compacted_at = ?1
+                 WHERE issue = ?2 AND compacted_at IS NULL
+                   AND EXISTS (SELECT 1 FROM issues WHERE number = ?2
+                               AND state IN ('complete', 'skipped'))",
                 params![Utc::now().timestamp(), number],
             )?;
             if marked > 0 {
