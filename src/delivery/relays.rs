@@ -108,24 +108,24 @@ pub fn fallback_password(smtp: &SmtpConfig) -> anyhow::Result<Option<String>> {
         Some(user) => {
             if smtp.tls == crate::config::TlsMode::None && !crate::issue::is_loopback(&smtp.host) {
                 return Err(UserError::new(format!(
-                        "refusing to log in to relay {} as {user} without TLS: the password would cross the network in clear text. Set its tls to starttls or tls",
-                        smtp.name
-                    ))
-                    .into());
+                    "refusing to log in to relay {} as {user} without TLS: the password would cross the network in clear text. Set its tls to starttls or tls",
+                    smtp.name
+                ))
+                .into());
             }
             Some(match &smtp.password_file {
-                    Some(path) => crate::config::read_secret_file(path, "smtp.password_file")?,
-                    None => match std::env::var(&smtp.password_env) {
-                        Ok(p) if !p.is_empty() => p,
-                        _ => {
-                            return Err(UserError::new(format!(
-                                "relay {} has a username but the environment variable {} (its password_env) holding the password is not set",
-                                smtp.name, smtp.password_env
-                            ))
-                            .into())
-                        }
-                    },
-                })
+                Some(path) => crate::config::read_secret_file(path, "smtp.password_file")?,
+                None => match std::env::var(&smtp.password_env) {
+                    Ok(p) if !p.is_empty() => p,
+                    _ => {
+                        return Err(UserError::new(format!(
+                            "relay {} has a username but the environment variable {} (its password_env) holding the password is not set",
+                            smtp.name, smtp.password_env
+                        ))
+                        .into())
+                    }
+                },
+            })
         }
     })
 }

@@ -36,9 +36,8 @@ const BATCH: usize = 50;
 pub struct Outbox {
     db: Arc<Mutex<Connection>>,
     newsletter: Newsletter,
-    /// The primary's settings: the retry schedule of every mail.
-    smtp: SmtpConfig,
-    /// Every relay in order, the primary first, each with its password.
+    /// Every relay in order, the primary first (whose settings give every mail's retry
+    /// schedule), each with its password.
     relays: Vec<(SmtpConfig, Option<String>)>,
     /// Until when each relay (by index in `relays`) is skipped after it could not be reached.
     resting: Mutex<Vec<Option<Instant>>>,
@@ -83,7 +82,6 @@ impl Outbox {
         Ok(Outbox {
             db: Arc::new(Mutex::new(crate::store::open(&config.database_path())?)),
             newsletter: config.newsletter.clone(),
-            smtp: config.smtp.clone(),
             resting: Mutex::new(vec![None; relays.len()]),
             relays,
             key,
@@ -178,13 +176,11 @@ impl Outbox {
             }
             let transport = SmtpTransport::new(smtp.clone(), password.clone());
             let mut session = transport.session();
-            let mut lost = false;
             while let Some(mail) = due.peek() {
                 match self.send_one(&transport, &mut session, mail, index).await {
                     Sent::SessionLost(reply) => {
                         warn!(relay = %smtp.name, %reply, "cannot reach the relay for confirmation mails");
                         self.rest(index);
-                        lost = true;
                         break;
                     }
                     outcome => {
@@ -197,7 +193,8 @@ impl Outbox {
                 }
             }
             transport.close(session).await;
-            if !lost {
+            // A mail is left only when this relay's session was lost.
+            if due.peek().is_none() {
                 return Ok(Pass::Worked);
             }
         }
@@ -225,9 +222,10 @@ impl Outbox {
             }
             // (A lost session is handled by the caller, which tries the next relay.)
             Sent::Retry(reply) | Sent::SessionLost(reply) => {
-                let wait = backoff(self.smtp.retry_base, mail.attempts);
+                let primary = &self.relays[0].0;
+                let wait = backoff(primary.retry_base, mail.attempts);
                 let next = Utc::now().timestamp_millis() + wait.as_millis() as i64;
-                let give_up = mail.attempts + 1 >= self.smtp.max_attempts.max(8);
+                let give_up = mail.attempts + 1 >= primary.max_attempts.max(8);
                 warn!(confirmation = id, %reply, give_up, "confirmation mail not accepted");
                 self.with_db(move |conn| {
                     store_signup::mark_attempt_failed(conn, id, &reply, (!give_up).then_some(next))
